@@ -20,7 +20,10 @@ def encode(mask: np.ndarray) -> dict[str, Any]:
     """Bool (H, W) mask -> compressed RLE ``{"size": [h, w], "counts": str}``."""
     m = np.asfortranarray(np.asarray(mask, dtype=bool).astype(np.uint8))
     rle = mask_utils.encode(m)
-    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
+    return {
+        "size": [int(rle["size"][0]), int(rle["size"][1])],
+        "counts": rle["counts"].decode("ascii"),
+    }
 
 
 def encode_instances(label_map: np.ndarray, ids: list[int] | None = None) -> list[dict[str, Any]]:
@@ -56,23 +59,35 @@ def from_polygons(polygons: list[list[float]], height: int, width: int) -> dict[
     """COCO polygons (one object may have several parts) -> one merged compressed RLE."""
     parts = mask_utils.frPyObjects([list(map(float, p)) for p in polygons], height, width)
     merged = mask_utils.merge(parts)
-    return {"size": [int(merged["size"][0]), int(merged["size"][1])], "counts": merged["counts"].decode("ascii")}
+    return {
+        "size": [int(merged["size"][0]), int(merged["size"][1])],
+        "counts": merged["counts"].decode("ascii"),
+    }
 
 
 def from_uncompressed(rle: dict[str, Any]) -> dict[str, Any]:
     """COCO uncompressed RLE (``counts`` a list of ints) -> compressed RLE."""
     h, w = rle["size"]
     comp = mask_utils.frPyObjects(rle, int(h), int(w))
-    return {"size": [int(comp["size"][0]), int(comp["size"][1])], "counts": comp["counts"].decode("ascii")}
+    return {
+        "size": [int(comp["size"][0]), int(comp["size"][1])],
+        "counts": comp["counts"].decode("ascii"),
+    }
 
 
 def area(rles: list[dict[str, Any]]) -> np.ndarray:
     """Pixel areas of many RLEs (chunked: pycocotools overflows on 256+ at once)."""
-    out = [mask_utils.area([_as_pycoco(r) for r in rles[i : i + _CHUNK]]) for i in range(0, len(rles), _CHUNK)]
+    out = [
+        mask_utils.area([_as_pycoco(r) for r in rles[i : i + _CHUNK]])
+        for i in range(0, len(rles), _CHUNK)
+    ]
     return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
 
 
 def to_bbox(rles: list[dict[str, Any]]) -> np.ndarray:
     """Tight xywh boxes (pixels) of many RLEs, shape (N, 4)."""
-    out = [mask_utils.toBbox([_as_pycoco(r) for r in rles[i : i + _CHUNK]]) for i in range(0, len(rles), _CHUNK)]
+    out = [
+        mask_utils.toBbox([_as_pycoco(r) for r in rles[i : i + _CHUNK]])
+        for i in range(0, len(rles), _CHUNK)
+    ]
     return np.concatenate(out).reshape(-1, 4).astype(np.float64) if out else np.zeros((0, 4))

@@ -96,7 +96,9 @@ class SegmentationDataset(Dataset):
         orig = rle.decode_many([o["segmentation"] for o in objects], h0, w0)
         orig_t = torch.from_numpy(orig)
         if orig_t.shape[0]:
-            masks = F.interpolate(orig_t[None].to(torch.uint8), size=(r, r), mode="nearest-exact")[0].bool()
+            masks = F.interpolate(orig_t[None].to(torch.uint8), size=(r, r), mode="nearest-exact")[
+                0
+            ].bool()
         else:
             masks = torch.zeros((0, r, r), dtype=torch.bool)
 

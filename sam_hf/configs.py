@@ -1,0 +1,408 @@
+"""Recipe configuration: flat dataclasses, YAML defaults, CLI overrides, validation up front.
+
+A recipe's YAML sets values, any key can be overridden on the command line as ``--key value``,
+and unknown keys or bad values fail *before* a model is built, with a message that names the
+key and says what is allowed (the way TRL's parser behaves, but with types checked too).
+The config is flat (``cfg.learning_rate``, not ``cfg.training.learning_rate``) because the
+guide's YAML files are flat; the mixins below only group the keys for ``--help``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key or value is wrong; the message says how to fix it."""
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - mirrors argparse's name
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainingArgs:
+    """The optimisation loop, checkpoints, evaluation schedule and logging."""
+
+    output_dir: str = _f("outputs/run", "Where checkpoints, logs, eval_results.json and final/ go.")
+    seed: int = _f(42, "Seeds model init, data order, augmentation and prompts.")
+    num_epochs: int = _f(1, "Epochs to train (ignored when max_steps > 0).")
+    max_steps: int = _f(-1, "Optimizer steps to train; > 0 overrides num_epochs.")
+    batch_size: int = _f(2, "Images per device per micro-batch.")
+    eval_batch_size: int = _f(0, "Images per device at evaluation; 0 = batch_size.")
+    learning_rate: float = _f(1e-4, "Peak learning rate of AdamW.")
+    weight_decay: float = _f(0.01, "AdamW weight decay (never applied to biases and norms).")
+    adam_beta1: float = _f(0.9, "AdamW beta1.")
+    adam_beta2: float = _f(0.999, "AdamW beta2.")
+    adam_epsilon: float = _f(1e-8, "AdamW epsilon.")
+    optimizer: Literal["adamw", "adamw_8bit"] = _f("adamw", "adamw_8bit needs bitsandbytes.")
+    lr_scheduler: Literal["cosine", "linear", "constant", "plateau"] = _f(
+        "cosine", "Schedule after warmup; plateau = ReduceLROnPlateau on the best-model metric."
+    )
+    warmup_epochs: float = _f(0.0, "Linear warmup length in epochs (alternative: warmup_steps).")
+    warmup_steps: int = _f(0, "Linear warmup length in optimizer steps (wins over warmup_epochs).")
+    min_lr_ratio: float = _f(0.0, "Cosine/linear decay floor as a fraction of learning_rate.")
+    plateau_factor: float = _f(0.5, "ReduceLROnPlateau factor.")
+    plateau_patience: int = _f(2, "ReduceLROnPlateau patience, in evaluations.")
+    gradient_accumulation_steps: int = _f(1, "Micro-batches per optimizer step.")
+    mixed_precision: Literal["no", "fp16", "bf16"] = _f("no", "Autocast dtype (fp16 needs a GPU).")
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm; 0 disables clipping.")
+    gradient_checkpointing: bool = _f(False, "Recompute block activations in backward.")
+    eval_steps: int = _f(0, "Also evaluate every N optimizer steps (0: only at epoch ends).")
+    eval_on_start: bool = _f(True, "Evaluate before training ('initial' in eval_results.json).")
+    save_steps: int = _f(0, "Also checkpoint every N optimizer steps (0: only at epoch ends).")
+    save_total_limit: int = _f(3, "Step/epoch checkpoints kept (best/ and final/ are extra).")
+    metric_for_best_model: str = _f("mean_iou", "Validation metric that picks best/.")
+    greater_is_better: bool = _f(True, "Whether a larger metric_for_best_model is better.")
+    early_stopping_patience: int = _f(0, "Stop after N evaluations without improvement (0: off).")
+    resume: str | None = _f(None, "'auto' (newest complete checkpoint in output_dir) or a path.")
+    init_from: str | None = _f(
+        None, "Start from the weights of an earlier fine-tune (fresh optimizer and schedule)."
+    )
+    num_workers: int = _f(0, "DataLoader worker processes.")
+    pin_memory: bool = _f(False, "DataLoader pin_memory (useful on GPU).")
+    logging_steps: int = _f(10, "Log to training.log / trackers every N optimizer steps.")
+    max_nonfinite_steps: int = _f(5, "Stop after this many non-finite losses in a row.")
+    report_to: list[str] = _f(["none"], "Trackers: wandb, tensorboard, trackio or none.")
+    run_name: str | None = _f(None, "Run name for trackers (default: output_dir's name).")
+    wandb_project: str = _f("sam_hf", "wandb project.")
+
+
+@dataclass
+class DataArgs:
+    """Which prepared dataset, which splits, and augmentation."""
+
+    dataset_path: str = _f("data/mineapple", "A DatasetDict folder written by scripts/prepare_*.")
+    train_split: str = _f("train", "Split to train on.")
+    eval_split: str = _f("validation", "Split to evaluate on.")
+    max_train_samples: int = _f(0, "Use only the first N training images (0: all).")
+    max_eval_samples: int = _f(0, "Use only the first N evaluation images (0: all).")
+    hflip_prob: float = _f(0.0, "Probability of a horizontal flip per training sample.")
+    color_jitter: float = _f(0.0, "Brightness/contrast/saturation jitter strength (0.2 = +-20%).")
+    synthetic_num_images: int = _f(
+        0, "If > 0 and dataset_path is absent, generate the synthetic orchard there first."
+    )
+    synthetic_image_size: list[int] = _f([256, 256], "Synthetic orchard image size [H, W].")
+
+
+@dataclass
+class Sam2ModelArgs:
+    """Which SAM2 checkpoint and what of it to train."""
+
+    model_name_or_path: str = _f(
+        "facebook/sam2.1-hiera-large", "Hub id, local HF folder, original .pt, or 'sam2-tiny'."
+    )
+    model_type: str | None = _f(None, "sam2.1 name (e.g. sam2.1-hiera-large) instead of a path.")
+    revision: str = _f("main", "Hub revision of model_name_or_path.")
+    resolution: int = _f(1024, "Square input size; SAM2 checkpoints were trained at 1024.")
+    freeze_image_encoder: bool = _f(False, "Freeze the Hiera image encoder.")
+    freeze_prompt_encoder: bool = _f(False, "Freeze the prompt encoder.")
+    freeze_mask_decoder: bool = _f(False, "Freeze the mask decoder.")
+
+
+@dataclass
+class Sam2PromptArgs:
+    """Prompt simulation (sampled from the ground truth every step, never stored)."""
+
+    prompt_type: Literal["point", "box", "mixed"] = _f("point", "Geometric prompt per object.")
+    num_points: int = _f(1, "Positive points per object (1, or 3-5).")
+    box_noise: float = _f(0.1, "Box corner noise std as a fraction of the box side.")
+    box_noise_max_px: float = _f(20.0, "Cap on box noise, in pixels.")
+    mask_prompt_prob: float = _f(0.0, "Probability of also giving the previous low-res mask.")
+    num_correction_clicks: int = _f(0, "Iterative correction clicks from the error region.")
+    max_objects_per_image: int = _f(16, "Objects prompted per image per step (random subset).")
+    multimask_output: bool = _f(True, "Predict 3 masks per prompt; only the best is trained.")
+
+
+@dataclass
+class Sam2LossArgs:
+    """Weights of the SAM2 loss terms (the guide's defaults)."""
+
+    loss_focal: float = _f(20.0, "Sigmoid focal loss weight.")
+    loss_dice: float = _f(1.0, "Dice loss weight.")
+    loss_iou: float = _f(1.0, "IoU-prediction loss weight.")
+    loss_bce: float = _f(5.0, "Object-score BCE weight.")
+    iou_loss: Literal["l1", "mse"] = _f("l1", "IoU-prediction loss type.")
+    focal_alpha: float = _f(0.25, "Focal alpha.")
+    focal_gamma: float = _f(2.0, "Focal gamma.")
+    extra_loss_weights: dict[str, float] = _f({}, "Weights of registered custom loss terms.")
+
+
+@dataclass
+class Sam2Config(TrainingArgs, DataArgs, Sam2ModelArgs, Sam2PromptArgs, Sam2LossArgs):
+    """Everything recipes/sam2_mineapple.py accepts."""
+
+    family: Literal["sam2"] = _f("sam2", "Model family (fixed by the recipe).")
+
+
+_SECTIONS: dict[type, tuple[type, ...]] = {
+    Sam2Config: (TrainingArgs, DataArgs, Sam2ModelArgs, Sam2PromptArgs, Sam2LossArgs),
+}
+
+
+def register_config(config_cls: type, sections: tuple[type, ...]) -> None:
+    """Let another family (SAM3) declare its config class and the sections shown in --help."""
+    _SECTIONS[config_cls] = sections
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Convert a YAML/CLI value to the field's declared type or raise a ConfigError."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(key, value, inner[0])
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {list(args)}.")
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
+            return False
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise ConfigError(f"{key}: expected true or false, got {value!r}.")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}.")
+        try:
+            f = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}.") from None
+        if not f.is_integer():
+            raise ConfigError(f"{key}: expected an integer, got {value!r}.")
+        return int(f)
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}.")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a number, got {value!r}.") from None
+    if tp is str:
+        if isinstance(value, dict | list):
+            raise ConfigError(f"{key}: expected a string, got {value!r}.")
+        return str(value)
+    if origin is list:
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip().startswith("[") else value.split(",")
+        if not isinstance(value, list | tuple):
+            value = [value]
+        return [_coerce(f"{key}[]", v, args[0]) for v in value]
+    if origin is dict:
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping like {{name: 1.0}}, got {value!r}.")
+        return {str(k): _coerce(f"{key}.{k}", v, args[1]) for k, v in value.items()}
+    return value
+
+
+def _unknown_key_error(key: str, known: list[str], source: str) -> ConfigError:
+    close = difflib.get_close_matches(key, known, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    return ConfigError(
+        f"Unknown config key '{key}' (from {source}).{hint} Run with --help for all keys."
+    )
+
+
+def load_config(
+    config_cls: type, yaml_path: str | os.PathLike | None = None, overrides: dict | None = None
+) -> Any:
+    """Build and validate a config from an optional YAML file and a dict of overrides."""
+    hints = _type_hints(config_cls)
+    known = sorted(f.name for f in dataclasses.fields(config_cls))
+    values: dict[str, Any] = {}
+    sources: list[tuple[str, dict]] = []
+    if yaml_path is not None:
+        if not Path(yaml_path).is_file():
+            raise ConfigError(f"Config file {yaml_path} does not exist.")
+        data = yaml.safe_load(Path(yaml_path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{yaml_path} must hold a mapping of key: value.")
+        sources.append((str(yaml_path), data))
+    sources.append(("the command line", overrides or {}))
+    for source, data in sources:
+        for key, value in data.items():
+            if key not in hints:
+                raise _unknown_key_error(key, known, source)
+            values[key] = _coerce(key, value, hints[key])
+    cfg = config_cls(**values)
+    validate(cfg)
+    return cfg
+
+
+def _help(config_cls: type) -> str:
+    lines = [f"Keys of {config_cls.__name__} (set them in the YAML or as --key value):"]
+    hints = _type_hints(config_cls)
+    for section in _SECTIONS.get(config_cls, (config_cls,)):
+        lines.append(f"\n{section.__name__}: {section.__doc__ or ''}")
+        for f in dataclasses.fields(section):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            tp = getattr(hints.get(f.name), "__name__", None) or str(hints.get(f.name))
+            lines.append(f"  --{f.name} ({tp}, default {default!r}): {f.metadata.get('help', '')}")
+    return "\n".join(lines)
+
+
+def parse_args(config_cls: type, argv: list[str] | None = None) -> Any:
+    """Parse ``[--config FILE.yaml] [--key value ...]`` into a validated config.
+
+    ``--key=value`` and ``--flag`` (meaning true, for booleans) are accepted too.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        print(_help(config_cls))
+        raise SystemExit(0)
+    yaml_path = None
+    overrides: dict[str, Any] = {}
+    hints = _type_hints(config_cls)
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"Unexpected argument {arg!r}; use --key value.")
+        key, eq, val = arg[2:].partition("=")
+        key = key.replace("-", "_")
+        if not eq:
+            nxt = argv[i + 1] if i + 1 < len(argv) else None
+            if hints.get(key) is bool and (nxt is None or nxt.startswith("--")):
+                val = "true"
+            elif nxt is None:
+                raise ConfigError(f"--{key} needs a value.")
+            else:
+                val = nxt
+                i += 1
+        if key == "config":
+            yaml_path = val
+        else:
+            overrides[key] = val
+        i += 1
+    return load_config(config_cls, yaml_path, overrides)
+
+
+# -------------------------------------------------------------------------- validation
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+def validate(cfg: Any) -> None:
+    """Reject impossible values and combinations before anything heavy starts."""
+    _check(cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}.")
+    _check(cfg.eval_batch_size >= 0, "eval_batch_size must be >= 0 (0 means batch_size).")
+    _check(
+        cfg.gradient_accumulation_steps >= 1,
+        f"gradient_accumulation_steps must be >= 1, got {cfg.gradient_accumulation_steps}.",
+    )
+    _check(cfg.learning_rate > 0, f"learning_rate must be > 0, got {cfg.learning_rate}.")
+    _check(
+        cfg.max_steps > 0 or cfg.num_epochs >= 1,
+        "Set num_epochs >= 1 or max_steps > 0: nothing would be trained.",
+    )
+    _check(cfg.resolution > 0, "resolution must be positive.")
+    _check(0.0 <= cfg.hflip_prob <= 1.0, "hflip_prob must be within [0, 1].")
+    _check(0.0 <= cfg.color_jitter < 1.0, "color_jitter must be within [0, 1).")
+    _check(cfg.save_total_limit >= 1, "save_total_limit must be >= 1.")
+    _check(cfg.max_nonfinite_steps >= 1, "max_nonfinite_steps must be >= 1.")
+    for t in cfg.report_to:
+        _check(
+            t in ("none", "wandb", "tensorboard", "trackio"),
+            f"report_to: {t!r} is not allowed; use wandb, tensorboard, trackio or none.",
+        )
+    if cfg.mixed_precision == "fp16":
+        import torch
+
+        _check(
+            torch.cuda.is_available(),
+            "mixed_precision: fp16 needs a CUDA GPU (there is none); use bf16 or no on the CPU.",
+        )
+    if cfg.resume is not None and cfg.init_from is not None:
+        raise ConfigError(
+            "resume and init_from exclude each other: resume continues a run (optimizer, "
+            "schedule, data position); init_from starts a new run from finished weights."
+        )
+    if len(cfg.synthetic_image_size) != 2:
+        raise ConfigError("synthetic_image_size must be [H, W].")
+    if cfg.family == "sam2":
+        _validate_sam2(cfg)
+
+
+_SAM1_NAMES = {
+    "vit_h": "sam2.1-hiera-large",
+    "vit_l": "sam2.1-hiera-base-plus",
+    "vit_b": "sam2.1-hiera-small",
+}
+SAM2_MODEL_TYPES = {
+    "sam2.1-hiera-tiny": "facebook/sam2.1-hiera-tiny",
+    "sam2.1-hiera-small": "facebook/sam2.1-hiera-small",
+    "sam2.1-hiera-base-plus": "facebook/sam2.1-hiera-base-plus",
+    "sam2.1-hiera-large": "facebook/sam2.1-hiera-large",
+}
+
+
+def _validate_sam2(cfg: Sam2Config) -> None:
+    if cfg.model_type is not None:
+        if cfg.model_type in _SAM1_NAMES:
+            raise ConfigError(
+                f"model_type {cfg.model_type!r} is a SAM1 ViT name; SAM2 uses Hiera backbones. "
+                f"Use model_type: {_SAM1_NAMES[cfg.model_type]} (or any of "
+                f"{sorted(SAM2_MODEL_TYPES)})."
+            )
+        _check(
+            cfg.model_type in SAM2_MODEL_TYPES,
+            f"model_type {cfg.model_type!r} is unknown; choose one of {sorted(SAM2_MODEL_TYPES)}.",
+        )
+    _check(
+        cfg.num_points == 1 or 3 <= cfg.num_points <= 5,
+        f"num_points must be 1 or 3-5 (the official SAM2 sampling), got {cfg.num_points}.",
+    )
+    _check(cfg.num_correction_clicks >= 0, "num_correction_clicks must be >= 0.")
+    _check(cfg.max_objects_per_image >= 1, "max_objects_per_image must be >= 1.")
+    _check(0.0 <= cfg.mask_prompt_prob <= 1.0, "mask_prompt_prob must be within [0, 1].")
+    _check(
+        cfg.resolution % 32 == 0,
+        f"resolution {cfg.resolution} must be a multiple of 32 (Hiera downsamples the input "
+        "32x); SAM2 checkpoints were trained at 1024.",
+    )
+    for name in ("loss_focal", "loss_dice", "loss_iou", "loss_bce"):
+        _check(getattr(cfg, name) >= 0, f"{name} must be >= 0.")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The resolved config as a plain dict (what is saved beside checkpoints and logged)."""
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Any, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML (reloadable with ``--config``)."""
+    d = to_dict(cfg)
+    d.pop("family", None)
+    Path(path).write_text(yaml.safe_dump(d, sort_keys=False))

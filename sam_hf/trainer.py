@@ -1,0 +1,596 @@
+"""The training loop shared by the SAM2 and SAM3 recipes, on Accelerate.
+
+Shape of the loop (after lerobot's ``update_policy``): one function, :func:`training_step`,
+handles one micro-batch inside ``accelerator.accumulate`` and performs the optimizer step when
+gradients sync. All rank logic goes through Accelerate (``main_process_first``,
+``gather_for_metrics``, ``is_main_process``, ``wait_for_everyone``, ``end_training``).
+
+Exact resume: the data order of epoch ``e`` is a permutation seeded by ``(seed, e)`` and every
+sample's augmentation/prompts by ``(seed, e, index)`` (see ``sam_hf.data.transforms``), so a
+checkpoint only needs the model, optimizer, scheduler, RNG states (``save_state``) and how many
+micro-batches of the current epoch were consumed; resuming skips exactly those.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader, Sampler
+from tqdm.auto import tqdm
+
+from sam_hf import checkpointing
+from sam_hf.configs import ConfigError, save_config, to_dict
+
+logger = logging.getLogger("sam_hf")
+
+
+class Task(Protocol):
+    """What a model family provides to the trainer (see ``sam_hf.tasks``)."""
+
+    def prepare_data(self, cfg: Any) -> None: ...
+    def build_model(self, cfg: Any) -> tuple[torch.nn.Module, Any]: ...
+    def build_datasets(self, cfg: Any, processor: Any) -> tuple[Any, Any]: ...
+    def collator(self, cfg: Any, train: bool) -> Any: ...
+    def eval_records(self, predictions: list[dict]) -> list[Any]: ...
+    def compute_metrics(self, records: list[Any]) -> dict[str, float]: ...
+    def save_pretrained(self, module: torch.nn.Module, processor: Any, out_dir: Path) -> None: ...
+    def load_weights(self, module: torch.nn.Module, path: str) -> None: ...
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A permutation of the dataset seeded by ``(seed, epoch)``: the same on every rank and
+    after a resume, unlike a sampler that draws from the global RNG."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True) -> None:
+        self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        if not self.shuffle:
+            return iter(range(self.n))
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+@dataclass
+class TrainerState:
+    """What a checkpoint needs beyond ``save_state`` to continue a run exactly."""
+
+    global_step: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0  # micro-batches of `epoch` already consumed
+    best_metric: float | None = None
+    best_step: int | None = None
+    evals_without_improvement: int = 0
+    nonfinite_in_a_row: int = 0
+    nonfinite_total: int = 0
+    skipped_empty_images: int = 0
+    history: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+# ------------------------------------------------------------------------------ set-up
+
+
+def check_output_dir(output_dir: str | os.PathLike, min_free_mb: int = 50) -> None:
+    """Fail now, not at the first checkpoint, when ``output_dir`` cannot hold a run."""
+    path = Path(output_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-") as f:
+            f.write(b"0" * 1024)
+            f.flush()
+    except OSError as e:
+        raise ConfigError(
+            f"output_dir {path} is not writable ({e.strerror or e}); choose another --output_dir."
+        ) from e
+    free_mb = shutil.disk_usage(path).free / 2**20
+    if free_mb < min_free_mb:
+        raise ConfigError(
+            f"output_dir {path} has only {free_mb:.0f} MB free; checkpoints need more. "
+            "Free space or choose another --output_dir."
+        )
+
+
+def check_trackers(cfg: Any) -> None:
+    """wandb raises mid-run without credentials; say so before anything starts."""
+    if "wandb" not in cfg.report_to:
+        return
+    if os.environ.get("WANDB_MODE") in ("offline", "disabled", "dryrun"):
+        return
+    if os.environ.get("WANDB_API_KEY") or (Path.home() / ".netrc").is_file():
+        return
+    raise ConfigError(
+        "report_to includes wandb but no wandb credentials were found (WANDB_API_KEY or "
+        "`wandb login`). Log offline with WANDB_MODE=offline (sync later with `wandb sync`), "
+        "or drop wandb from report_to."
+    )
+
+
+def build_accelerator(cfg: Any) -> Accelerator:
+    trackers = [t for t in cfg.report_to if t != "none"]
+    return Accelerator(
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        mixed_precision=cfg.mixed_precision,
+        log_with=trackers or None,
+        project_dir=cfg.output_dir,
+        # SAM2's mask-prompt embedding and SAM3's geometry encoder get no gradient in steps
+        # without such prompts; DDP must be told, or it waits for them forever.
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        cpu=not torch.cuda.is_available(),
+    )
+
+
+def setup_logging(accelerator: Accelerator, output_dir: str) -> None:
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+    if accelerator.is_main_process:
+        fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
+        fh = logging.FileHandler(Path(output_dir) / "training.log")
+        fh.setFormatter(fmt)
+        logger.addHandler(fh)
+        sh = logging.StreamHandler()
+        sh.setFormatter(fmt)
+        logger.addHandler(sh)
+    else:
+        logger.addHandler(logging.NullHandler())
+
+
+def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: no weight decay on biases and normalisation weights (1-D tensors).
+
+    Frozen parameters are left out entirely so AdamW allocates no state for them.
+    """
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(cfg: Any, module: torch.nn.Module) -> torch.optim.Optimizer:
+    groups = param_groups(module, cfg.weight_decay)
+    if not any(g["params"] for g in groups):
+        raise ConfigError("Every parameter is frozen: unfreeze a part or enable LoRA.")
+    kw = dict(lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon)
+    if cfg.optimizer == "adamw_8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError as e:
+            raise ConfigError("optimizer adamw_8bit needs `pip install bitsandbytes`.") from e
+        return bnb.optim.AdamW8bit(groups, **kw)
+    return torch.optim.AdamW(groups, **kw)
+
+
+def build_scheduler(
+    cfg: Any, optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int
+) -> Any:
+    """Linear warmup then cosine/linear decay to ``min_lr_ratio`` (or constant / plateau)."""
+    if cfg.lr_scheduler == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer,
+            mode="max" if cfg.greater_is_better else "min",
+            factor=cfg.plateau_factor,
+            patience=cfg.plateau_patience,
+        )
+    warmup = cfg.warmup_steps or int(round(cfg.warmup_epochs * steps_per_epoch))
+    warmup = min(warmup, max(total_steps - 1, 0))
+    floor = cfg.min_lr_ratio
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if cfg.lr_scheduler == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        if cfg.lr_scheduler == "linear":
+            return floor + (1 - floor) * (1 - progress)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# ---------------------------------------------------------------------------- one step
+
+
+def training_step(
+    accelerator: Accelerator,
+    module: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    batch: dict,
+    cfg: Any,
+    window: dict,
+) -> dict | None:
+    """One micro-batch; performs the optimizer step when gradients sync.
+
+    Returns the step's stats when an optimizer step was taken (or skipped for a non-finite
+    loss), ``None`` for a micro-batch that only accumulated. A non-finite loss on ANY rank skips
+    the backward on every rank (they must agree or DDP's all-reduce hangs) and voids the whole
+    accumulation window, so a NaN never reaches the weights or AdamW's moments.
+    """
+    with accelerator.accumulate(module):
+        with accelerator.autocast():
+            out = module(batch)
+        loss = out["loss"]
+        finite = torch.isfinite(loss.detach()).float().reshape(1)
+        all_finite = bool(
+            accelerator.reduce(finite, reduction="sum").item() == accelerator.num_processes
+        )
+        if all_finite:
+            accelerator.backward(loss)
+        else:
+            window["bad"] = True
+            window.setdefault("bad_ids", []).extend(batch.get("image_ids", []))
+        for k, v in out.get("terms", {}).items():
+            window.setdefault("terms", {}).setdefault(k, []).append(float(v))
+        window.setdefault("loss", []).append(float(loss.detach()))
+        window["samples"] = window.get("samples", 0) + int(batch.get("num_images", 0))
+        window["skipped_empty"] = window.get("skipped_empty", 0) + int(
+            batch.get("num_skipped_empty", 0)
+        )
+        if not accelerator.sync_gradients:
+            return None
+        stats: dict[str, Any] = {
+            "nonfinite": window.get("bad", False),
+            "bad_ids": window.get("bad_ids", []),
+        }
+        if window.get("bad"):
+            optimizer.zero_grad(set_to_none=True)
+        else:
+            grad_norm = None
+            if cfg.max_grad_norm > 0:
+                grad_norm = accelerator.clip_grad_norm_(module.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            if not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if grad_norm is not None:
+                stats["grad_norm"] = float(grad_norm)
+        stats["loss"] = sum(window["loss"]) / len(window["loss"])
+        for k, v in window.get("terms", {}).items():
+            stats[f"loss_{k}" if not k.startswith("loss") else k] = sum(v) / len(v)
+        stats["samples"] = window.get("samples", 0)
+        stats["skipped_empty"] = window.get("skipped_empty", 0)
+        window.clear()
+        return stats
+
+
+# ---------------------------------------------------------------------------- evaluate
+
+
+@torch.no_grad()
+def evaluate(
+    accelerator: Accelerator, module: torch.nn.Module, loader: DataLoader, task: Task
+) -> dict:
+    """Predict on every evaluation image once (no duplicates across ranks) and score.
+
+    Each rank turns its predictions into small picklable records (RLE masks, per-object
+    values) and ``gather_for_metrics`` collects them, dropping the samples that the
+    distributed sampler repeated to even out the last batch.
+    """
+    was_training = module.training
+    module.eval()
+    inner = accelerator.unwrap_model(module)
+    records: list[Any] = []
+    for batch in loader:
+        with accelerator.autocast():
+            preds = inner.predict(batch)
+        records.extend(
+            accelerator.gather_for_metrics(task.eval_records(preds), use_gather_object=True)
+        )
+    module.train(was_training)
+    return task.compute_metrics(records) if records else {}
+
+
+# ------------------------------------------------------------------------------- train
+
+
+def _is_better(cfg: Any, value: float, best: float | None) -> bool:
+    if best is None:
+        return True
+    return value > best if cfg.greater_is_better else value < best
+
+
+def train(cfg: Any, task: Task) -> dict:
+    """Run a whole fine-tune as configured; returns ``eval_results`` (also written to disk)."""
+    check_output_dir(cfg.output_dir)
+    check_trackers(cfg)
+    accelerator = build_accelerator(cfg)
+    setup_logging(accelerator, cfg.output_dir)
+    set_seed(cfg.seed)
+    out_dir = Path(cfg.output_dir)
+    if accelerator.is_main_process:
+        save_config(cfg, out_dir / "config.yaml")
+    logger.info("Resolved config:\n%s", json.dumps(to_dict(cfg), indent=2, default=str))
+
+    with accelerator.main_process_first():
+        task.prepare_data(cfg)
+    module, processor = task.build_model(cfg)
+    if cfg.init_from:
+        task.load_weights(module, cfg.init_from)
+        logger.info("Initialised weights from %s (fresh optimizer and schedule).", cfg.init_from)
+    train_ds, eval_ds = task.build_datasets(cfg, processor)
+    if cfg.batch_size > len(train_ds):
+        raise ConfigError(
+            f"batch_size {cfg.batch_size} is larger than the training split ({len(train_ds)} "
+            "images); lower batch_size or add data."
+        )
+
+    sampler = EpochShuffleSampler(len(train_ds), cfg.seed)
+    train_dl = DataLoader(
+        train_ds,
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        collate_fn=task.collator(cfg, train=True),
+        num_workers=cfg.num_workers,
+        pin_memory=cfg.pin_memory,
+        drop_last=False,
+    )
+    eval_dl = DataLoader(
+        eval_ds,
+        batch_size=cfg.eval_batch_size or cfg.batch_size,
+        shuffle=False,
+        collate_fn=task.collator(cfg, train=False),
+        num_workers=cfg.num_workers,
+        pin_memory=cfg.pin_memory,
+    )
+
+    optimizer = build_optimizer(cfg, module)
+    micro_per_epoch = math.ceil(len(train_ds) / (cfg.batch_size * accelerator.num_processes))
+    steps_per_epoch = max(1, micro_per_epoch // cfg.gradient_accumulation_steps)
+    if cfg.max_steps > 0:
+        total_steps = cfg.max_steps
+        num_epochs = math.ceil(total_steps / steps_per_epoch)
+    else:
+        num_epochs = cfg.num_epochs
+        total_steps = num_epochs * steps_per_epoch
+    scheduler = build_scheduler(cfg, optimizer, total_steps, steps_per_epoch)
+    module, optimizer, train_dl, eval_dl, scheduler = accelerator.prepare(
+        module, optimizer, train_dl, eval_dl, scheduler
+    )
+
+    state = TrainerState()
+    if cfg.resume:
+        path = checkpointing.find_resume_checkpoint(cfg.output_dir, cfg.resume)
+        if path is None:
+            logger.info(
+                "--resume auto: no complete checkpoint in %s, starting fresh.", cfg.output_dir
+            )
+        else:
+            state = TrainerState(**checkpointing.load_checkpoint(accelerator, path))
+            logger.info(
+                "Resumed from %s: step %d, epoch %d, %d batches into it.",
+                path,
+                state.global_step,
+                state.epoch,
+                state.batches_in_epoch,
+            )
+
+    trackers = [t for t in cfg.report_to if t != "none"]
+    if trackers:
+        accelerator.init_trackers(
+            cfg.wandb_project,
+            config=to_dict(cfg),
+            init_kwargs={"wandb": {"name": cfg.run_name or out_dir.name, "dir": str(out_dir)}},
+        )
+
+    results_path = out_dir / "eval_results.json"
+    results: dict = (
+        json.loads(results_path.read_text()) if (cfg.resume and results_path.is_file()) else {}
+    )
+    if cfg.eval_on_start and "initial" not in results:
+        results["initial"] = evaluate(accelerator, module, eval_dl, task)
+        logger.info("Initial eval: %s", _fmt(results["initial"]))
+        _write_json(accelerator, results_path, results)
+
+    def save_best(metrics: dict) -> None:
+        value = metrics.get(cfg.metric_for_best_model)
+        if value is None:
+            raise ConfigError(
+                f"metric_for_best_model {cfg.metric_for_best_model!r} is not among the eval "
+                f"metrics {sorted(metrics)}."
+            )
+        if isinstance(
+            scheduler.scheduler if hasattr(scheduler, "scheduler") else scheduler,
+            torch.optim.lr_scheduler.ReduceLROnPlateau,
+        ):
+            scheduler.step(value)
+        if _is_better(cfg, value, state.best_metric):
+            state.best_metric, state.best_step = float(value), state.global_step
+            state.evals_without_improvement = 0
+            if accelerator.is_main_process:
+                _export(task, accelerator, module, processor, cfg, out_dir / "best", metrics)
+            accelerator.wait_for_everyone()
+        else:
+            state.evals_without_improvement += 1
+
+    def run_eval() -> dict:
+        metrics = evaluate(accelerator, module, eval_dl, task)
+        logger.info("Eval at step %d: %s", state.global_step, _fmt(metrics))
+        state.history.append({"step": state.global_step, **metrics})
+        accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=state.global_step)
+        save_best(metrics)
+        return metrics
+
+    def checkpoint() -> None:
+        checkpointing.save_checkpoint(
+            accelerator, cfg.output_dir, state.global_step, state.to_dict(), cfg.save_total_limit
+        )
+
+    module.train()
+    bar = tqdm(
+        total=total_steps,
+        initial=state.global_step,
+        disable=not accelerator.is_main_process,
+        desc="train",
+        dynamic_ncols=True,
+    )
+    window: dict = {}
+    t_last, samples_since = time.perf_counter(), 0
+    stop = state.global_step >= total_steps
+    for epoch in range(state.epoch, num_epochs):
+        if stop:
+            break
+        state.epoch = epoch
+        skip = state.batches_in_epoch
+        loader = accelerator.skip_first_batches(train_dl, skip) if skip else train_dl
+        # The prepared loader re-applies its own epoch counter to the sampler when iterated;
+        # set it (and the dataset's, which seeds augmentation and prompts) explicitly.
+        loader.set_epoch(epoch)
+        train_ds.set_epoch(epoch)
+        for batch in loader:
+            stats = training_step(accelerator, module, optimizer, scheduler, batch, cfg, window)
+            state.batches_in_epoch += 1
+            if stats is None:
+                continue
+            samples_since += stats["samples"]
+            state.skipped_empty_images += stats["skipped_empty"]
+            if stats["nonfinite"]:
+                state.nonfinite_in_a_row += 1
+                state.nonfinite_total += 1
+                logger.warning(
+                    "Non-finite loss at step %d (images %s): step skipped (%d in a row).",
+                    state.global_step,
+                    stats["bad_ids"],
+                    state.nonfinite_in_a_row,
+                )
+                accelerator.log(
+                    {"train/nonfinite_steps": state.nonfinite_total}, step=state.global_step
+                )
+                if state.nonfinite_in_a_row >= cfg.max_nonfinite_steps:
+                    raise FloatingPointError(
+                        f"{state.nonfinite_in_a_row} non-finite losses in a row (last batch: images "
+                        f"{stats['bad_ids']}). Lower learning_rate, check those annotations, or "
+                        "use bf16 instead of fp16."
+                    )
+                continue
+            state.nonfinite_in_a_row = 0
+            state.global_step += 1
+            lr = optimizer.param_groups[0]["lr"]
+            bar.update(1)
+            bar.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{lr:.2e}")
+            if state.global_step % cfg.logging_steps == 0 or state.global_step == 1:
+                now = time.perf_counter()
+                sps = samples_since * accelerator.num_processes / max(now - t_last, 1e-9)
+                t_last, samples_since = now, 0
+                log = {f"train/{k}": v for k, v in stats.items() if isinstance(v, float)}
+                log.update({"train/lr": lr, "train/samples_per_s": sps, "train/epoch": epoch})
+                if torch.cuda.is_available():
+                    log["train/peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
+                accelerator.log(log, step=state.global_step)
+                logger.info("step %d %s", state.global_step, _fmt(log))
+            done = state.global_step >= total_steps
+            if cfg.eval_steps and state.global_step % cfg.eval_steps == 0 and not done:
+                run_eval()
+                if (
+                    cfg.early_stopping_patience
+                    and state.evals_without_improvement >= cfg.early_stopping_patience
+                ):
+                    logger.info(
+                        "Early stopping: %d evaluations without improvement.",
+                        state.evals_without_improvement,
+                    )
+                    stop = True
+            if cfg.save_steps and state.global_step % cfg.save_steps == 0:
+                checkpoint()
+            if done or stop:
+                stop = True
+                break
+        else:
+            # a full epoch: evaluate and checkpoint at its end
+            state.epoch, state.batches_in_epoch = epoch + 1, 0
+            run_eval()
+            checkpoint()
+            if (
+                cfg.early_stopping_patience
+                and state.evals_without_improvement >= cfg.early_stopping_patience
+            ):
+                logger.info(
+                    "Early stopping: %d evaluations without improvement.",
+                    state.evals_without_improvement,
+                )
+                stop = True
+    bar.close()
+
+    final_metrics = evaluate(accelerator, module, eval_dl, task)
+    if (
+        state.best_metric is None
+        or not state.history
+        or state.history[-1]["step"] != state.global_step
+    ):
+        state.history.append({"step": state.global_step, **final_metrics})
+        save_best(final_metrics)
+    results["final"] = final_metrics
+    results["best"] = {"step": state.best_step, cfg.metric_for_best_model: state.best_metric}
+    results["train"] = {
+        "global_step": state.global_step,
+        "nonfinite_steps": state.nonfinite_total,
+        "skipped_empty_images": state.skipped_empty_images,
+    }
+    logger.info("Final eval: %s", _fmt(final_metrics))
+    if accelerator.is_main_process:
+        _export(task, accelerator, module, processor, cfg, out_dir / "final", final_metrics)
+    _write_json(accelerator, results_path, results)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return results
+
+
+def _export(
+    task: Task,
+    accelerator: Accelerator,
+    module: Any,
+    processor: Any,
+    cfg: Any,
+    target: Path,
+    metrics: dict,
+) -> None:
+    """Write a plain-transformers model folder atomically (tmp folder, then rename)."""
+    tmp = target.with_name(f".tmp-{target.name}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    task.save_pretrained(accelerator.unwrap_model(module), processor, tmp)
+    save_config(cfg, tmp / "training_config.yaml")
+    (tmp / "eval_results.json").write_text(json.dumps(metrics, indent=2))
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+
+
+def _write_json(accelerator: Accelerator, path: Path, obj: dict) -> None:
+    if accelerator.is_main_process:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(obj, indent=2))
+        os.replace(tmp, path)
+
+
+def _fmt(d: dict) -> str:
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in d.items())
