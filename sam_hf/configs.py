@@ -147,8 +147,63 @@ class Sam2Config(TrainingArgs, DataArgs, Sam2ModelArgs, Sam2PromptArgs, Sam2Loss
     family: Literal["sam2"] = _f("sam2", "Model family (fixed by the recipe).")
 
 
+@dataclass
+class Sam3ModelArgs:
+    """Which SAM3 checkpoint and what of it to train."""
+
+    model_name_or_path: str = _f("facebook/sam3", "Hub id, local HF folder, or 'sam3-tiny'.")
+    revision: str = _f("main", "Hub revision of model_name_or_path.")
+    resolution: int = _f(
+        1008, "Square input size; SAM3 was trained at 1008 (other sizes degrade it)."
+    )
+    freeze_vision_encoder: bool = _f(False, "Freeze the ViT vision encoder.")
+    freeze_text_encoder: bool = _f(False, "Freeze the CLIP text encoder.")
+    freeze_tracker: bool = _f(True, "Always true: the video tracker is not trained by this recipe.")
+    noun_phrase_from_category: bool = _f(
+        False, "Use the category name for objects whose noun_phrase is empty (else an error)."
+    )
+
+
+@dataclass
+class Sam3QueryArgs:
+    """Text queries per image: positives from the annotations, sampled negatives."""
+
+    negative_ratio: float = _f(0.2, "Negative phrases per positive phrase.")
+    max_phrases_per_image: int = _f(8, "Positive phrases queried per image per step.")
+    hard_negatives: bool = _f(True, "Include attribute-swapped hard negatives.")
+
+
+@dataclass
+class Sam3LossArgs:
+    """SAM3 loss: Hungarian matching, then grouped weights (see sam_hf.losses.sam3)."""
+
+    loss_segmentation: float = _f(1.0, "Group weight of mask focal + dice on matched queries.")
+    loss_grounding: float = _f(0.5, "Group weight of classification + presence + boxes.")
+    loss_attribute: float = _f(0.3, "Extra weight on attribute hard-negative queries.")
+    class_loss: Literal["focal", "bce"] = _f("focal", "Per-query classification loss.")
+    cost_class: float = _f(2.0, "Matcher classification cost.")
+    cost_bbox: float = _f(5.0, "Matcher box L1 cost.")
+    cost_giou: float = _f(2.0, "Matcher GIoU cost.")
+    cost_mask: float = _f(0.0, "Matcher mask (dice) cost; 0 = off.")
+    weight_class: float = _f(1.0, "Classification term weight.")
+    weight_presence: float = _f(1.0, "Presence BCE term weight.")
+    weight_bbox: float = _f(5.0, "Box L1 term weight.")
+    weight_giou: float = _f(2.0, "GIoU term weight.")
+    weight_mask_focal: float = _f(20.0, "Mask sigmoid focal term weight.")
+    weight_mask_dice: float = _f(1.0, "Mask dice term weight.")
+    score_threshold: float = _f(0.5, "Score above which a prediction counts (SA-Co uses 0.5).")
+
+
+@dataclass
+class Sam3Config(TrainingArgs, DataArgs, Sam3ModelArgs, Sam3QueryArgs, Sam3LossArgs):
+    """Everything recipes/sam3_coco_text.py accepts."""
+
+    family: Literal["sam3"] = _f("sam3", "Model family (fixed by the recipe).")
+
+
 _SECTIONS: dict[type, tuple[type, ...]] = {
     Sam2Config: (TrainingArgs, DataArgs, Sam2ModelArgs, Sam2PromptArgs, Sam2LossArgs),
+    Sam3Config: (TrainingArgs, DataArgs, Sam3ModelArgs, Sam3QueryArgs, Sam3LossArgs),
 }
 
 
@@ -353,6 +408,8 @@ def validate(cfg: Any) -> None:
         raise ConfigError("synthetic_image_size must be [H, W].")
     if cfg.family == "sam2":
         _validate_sam2(cfg)
+    elif cfg.family == "sam3":
+        _validate_sam3(cfg)
 
 
 _SAM1_NAMES = {
@@ -394,6 +451,22 @@ def _validate_sam2(cfg: Sam2Config) -> None:
     )
     for name in ("loss_focal", "loss_dice", "loss_iou", "loss_bce"):
         _check(getattr(cfg, name) >= 0, f"{name} must be >= 0.")
+
+
+def _validate_sam3(cfg: Sam3Config) -> None:
+    _check(
+        cfg.freeze_tracker,
+        "freeze_tracker: false is not supported: the tracker (SAM3's video memory) is not "
+        "trained by sam_hf, as in the guide; image fine-tuning never runs it.",
+    )
+    _check(
+        cfg.resolution % 14 == 0,
+        f"resolution {cfg.resolution} must be a multiple of SAM3's ViT patch size 14 "
+        "(1008 = 72 x 14 is what the checkpoint was trained at).",
+    )
+    _check(0.0 <= cfg.negative_ratio <= 10.0, "negative_ratio must be within [0, 10].")
+    _check(cfg.max_phrases_per_image >= 1, "max_phrases_per_image must be >= 1.")
+    _check(0.0 < cfg.score_threshold < 1.0, "score_threshold must be within (0, 1).")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

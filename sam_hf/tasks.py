@@ -1,0 +1,183 @@
+"""Per-family glue between the shared trainer and the SAM2 / SAM3 pieces.
+
+A task says how to get the data ready, build the model, turn predictions into records that
+can be gathered across ranks, score them, and export a plain-transformers folder. Everything
+heavy lives in ``sam_hf.models``, ``sam_hf.data``, ``sam_hf.losses`` and ``sam_hf.metrics``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from sam_hf.configs import ConfigError
+from sam_hf.data.transforms import SegmentationDataset
+
+logger = logging.getLogger("sam_hf")
+
+
+def load_splits(cfg: Any) -> datasets.DatasetDict:
+    """The prepared DatasetDict, with a message that says how to make one when it is missing."""
+    path = Path(cfg.dataset_path)
+    if not path.exists():
+        raise ConfigError(
+            f"dataset_path {path} does not exist. Prepare it with scripts/prepare_mineapple.py "
+            "or scripts/prepare_coco_text.py, or set synthetic_num_images > 0 for the demo."
+        )
+    dd = datasets.load_from_disk(str(path))
+    if not isinstance(dd, datasets.DatasetDict):
+        raise ConfigError(f"{path} holds a single Dataset; expected a DatasetDict with splits.")
+    for split in (cfg.train_split, cfg.eval_split):
+        if split not in dd:
+            raise ConfigError(
+                f"{path} has splits {sorted(dd)}, but the config asks for {split!r} "
+                "(train_split / eval_split)."
+            )
+    return dd
+
+
+def _subset(ds: datasets.Dataset, n: int) -> datasets.Dataset:
+    return ds.select(range(min(n, len(ds)))) if n > 0 else ds
+
+
+def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Weights of a saved folder, only through safetensors (never pickle)."""
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise ConfigError(f"init_from {path} has no *.safetensors weights.")
+    sd: dict[str, torch.Tensor] = {}
+    for f in files:
+        sd.update(load_file(str(f)))
+    return sd
+
+
+def _check_model_type(path: Path, expected: str) -> None:
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise ConfigError(f"{path} is not a saved model folder (no config.json).")
+    got = json.loads(cfg_file.read_text()).get("model_type")
+    if got != expected:
+        raise ConfigError(f"{path} holds a {got!r} model, but this recipe trains {expected!r}.")
+
+
+class Sam2Task:
+    """SAM2 with geometric prompts on instance masks (MinneApple and friends)."""
+
+    family = "sam2"
+
+    def prepare_data(self, cfg: Any) -> None:
+        """For the demo: generate and convert the synthetic orchard when the data is absent."""
+        path = Path(cfg.dataset_path)
+        if path.exists() or cfg.synthetic_num_images <= 0:
+            return
+        from sam_hf.data.minneapple import convert_minneapple
+        from sam_hf.data.synthetic import make_synthetic_orchard
+
+        raw = path.with_name(path.name + "_raw")
+        logger.info(
+            "%s is absent: generating %d synthetic orchard images.", path, cfg.synthetic_num_images
+        )
+        make_synthetic_orchard(
+            raw,
+            num_images=cfg.synthetic_num_images,
+            seed=cfg.seed,
+            image_size=tuple(cfg.synthetic_image_size),
+        )
+        dd = convert_minneapple(raw / "minneapple", val_fraction=0.2, seed=cfg.seed)
+        tmp = path.with_name(f".tmp-{path.name}")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        dd.save_to_disk(str(tmp))
+        tmp.rename(path)
+
+    def build_model(self, cfg: Any) -> tuple[torch.nn.Module, Any]:
+        from sam_hf.models.sam2 import Sam2ForTraining, build_sam2
+
+        model, processor = build_sam2(cfg)
+        return Sam2ForTraining(model, cfg), processor
+
+    def build_datasets(
+        self, cfg: Any, processor: Any
+    ) -> tuple[SegmentationDataset, SegmentationDataset]:
+        dd = load_splits(cfg)
+        ip = processor.image_processor
+        common = dict(
+            resolution=cfg.resolution,
+            image_mean=ip.image_mean,
+            image_std=ip.image_std,
+            seed=cfg.seed,
+        )
+        train = SegmentationDataset(
+            _subset(dd[cfg.train_split], cfg.max_train_samples),
+            train=True,
+            hflip_prob=cfg.hflip_prob,
+            color_jitter=cfg.color_jitter,
+            **common,
+        )
+        evals = SegmentationDataset(
+            _subset(dd[cfg.eval_split], cfg.max_eval_samples),
+            train=False,
+            keep_orig_masks=True,
+            **common,
+        )
+        return train, evals
+
+    def collator(self, cfg: Any, train: bool) -> Any:
+        from sam_hf.data.collate import Sam2Collator
+
+        return Sam2Collator(cfg, train=train)
+
+    def eval_records(self, predictions: list[dict]) -> list[dict]:
+        """Per image: per-object IoU, Dice and Boundary F1 at the original resolution."""
+        from sam_hf.metrics import boundary_f1, dice, mask_iou
+
+        out = []
+        for p in predictions:
+            pred, gt = p["pred_masks"].bool().cpu(), p["gt_masks"].bool().cpu()
+            out.append(
+                {
+                    "image_id": p["image_id"],
+                    "iou": mask_iou(pred, gt).tolist(),
+                    "dice": dice(pred, gt).tolist(),
+                    "boundary_f1": boundary_f1(pred, gt).tolist(),
+                }
+            )
+        return out
+
+    def compute_metrics(self, records: list[dict]) -> dict[str, float]:
+        """Means over every evaluated object (not over images), plus the object count."""
+        iou = np.array([v for r in records for v in r["iou"]], dtype=np.float64)
+        if iou.size == 0:
+            return {"mean_iou": 0.0, "mean_dice": 0.0, "mean_boundary_f1": 0.0, "num_objects": 0}
+        dsc = np.array([v for r in records for v in r["dice"]], dtype=np.float64)
+        bf1 = np.array([v for r in records for v in r["boundary_f1"]], dtype=np.float64)
+        return {
+            "mean_iou": float(iou.mean()),
+            "mean_dice": float(dsc.mean()),
+            "mean_boundary_f1": float(bf1.mean()),
+            "iou_at_50": float((iou >= 0.5).mean()),
+            "num_objects": int(iou.size),
+            "num_images": len(records),
+        }
+
+    def save_pretrained(self, module: torch.nn.Module, processor: Any, out_dir: Path) -> None:
+        module.model.save_pretrained(str(out_dir))
+        processor.save_pretrained(str(out_dir))
+
+    def load_weights(self, module: torch.nn.Module, path: str) -> None:
+        p = Path(path)
+        _check_model_type(p, "sam2")
+        missing, unexpected = module.model.load_state_dict(_load_state_dict(p), strict=False)
+        if unexpected or missing:
+            raise ConfigError(
+                f"init_from {p}: weights do not fit this model (missing {missing[:5]}, unexpected "
+                f"{unexpected[:5]}); was it trained with another model_name_or_path?"
+            )
