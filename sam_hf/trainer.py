@@ -435,7 +435,10 @@ def train(cfg: Any, task: Task) -> dict:
         metrics = evaluate(accelerator, module, eval_dl, task)
         logger.info("Eval at step %d: %s", state.global_step, _fmt(metrics))
         state.history.append({"step": state.global_step, **metrics})
-        accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=state.global_step)
+        accelerator.log(
+            {f"eval/{k}": v for k, v in metrics.items() if isinstance(v, int | float)},
+            step=state.global_step,
+        )
         save_best(metrics)
         return metrics
 

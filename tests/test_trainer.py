@@ -1,0 +1,244 @@
+"""The shared training loop: exact resume, accumulation, the non-finite guard, early stopping,
+checkpoint hygiene. Uses a small conv net (tests/toy_task.py) so each run takes seconds."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from toy_task import ToyTask
+
+from sam_hf import checkpointing
+from sam_hf.configs import ConfigError, Sam2Config, parse_args
+from sam_hf.trainer import check_output_dir, train
+
+HERE = Path(__file__).resolve().parent
+
+
+def cfg_for(out: Path, *extra: str):
+    return parse_args(
+        Sam2Config,
+        [
+            "--output_dir",
+            str(out),
+            "--batch_size",
+            "2",
+            "--learning_rate",
+            "0.05",
+            "--num_epochs",
+            "2",
+            "--logging_steps",
+            "1",
+            "--save_total_limit",
+            "10",
+            "--lr_scheduler",
+            "cosine",
+            "--warmup_steps",
+            "2",
+            "--metric_for_best_model",
+            "mean_iou",
+            *extra,
+        ],
+    )
+
+
+def final_weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(out / "final" / "model.safetensors"))
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs"
+
+
+def test_training_improves_and_writes_results(tmp_path):
+    res = train(cfg_for(tmp_path / "run"), ToyTask())
+    assert res["final"]["mean_iou"] > res["initial"]["mean_iou"]
+    on_disk = json.loads((tmp_path / "run" / "eval_results.json").read_text())
+    assert on_disk["final"]["mean_iou"] == pytest.approx(res["final"]["mean_iou"])
+    assert (tmp_path / "run" / "training.log").read_text().count("step ") >= 6
+    assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
+    # every eval image scored exactly once
+    assert res["final"]["image_ids"] == sorted(f"img{i}" for i in range(5))
+
+
+def test_resume_mid_epoch_equals_straight_run(tmp_path):
+    """N steps straight == k steps, a stop, and N-k resumed steps (same weights, bit for bit).
+
+    The stop is a run whose max_steps ends at k under a constant schedule (so the schedule of
+    the two parts equals the straight one); the SIGKILL test below covers a real crash.
+    """
+    straight = train(
+        cfg_for(tmp_path / "a", "--max_steps", "9", "--lr_scheduler", "constant"), ToyTask()
+    )
+    train(
+        cfg_for(
+            tmp_path / "b", "--max_steps", "4", "--save_steps", "4", "--lr_scheduler", "constant"
+        ),
+        ToyTask(),
+    )
+    resumed = train(
+        cfg_for(
+            tmp_path / "b", "--max_steps", "9", "--resume", "auto", "--lr_scheduler", "constant"
+        ),
+        ToyTask(),
+    )
+    assert resumed["train"]["global_step"] == straight["train"]["global_step"] == 9
+    assert_same_weights(final_weights(tmp_path / "a"), final_weights(tmp_path / "b"))
+
+
+def test_gradient_accumulation_matches_bigger_batch(tmp_path):
+    big = cfg_for(tmp_path / "big", "--batch_size", "4", "--max_steps", "3", "--max_grad_norm", "0")
+    acc = cfg_for(
+        tmp_path / "acc",
+        "--batch_size",
+        "2",
+        "--gradient_accumulation_steps",
+        "2",
+        "--max_steps",
+        "3",
+        "--max_grad_norm",
+        "0",
+    )
+    train(big, ToyTask())
+    train(acc, ToyTask())
+    a, b = final_weights(tmp_path / "big"), final_weights(tmp_path / "acc")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+def test_nonfinite_steps_are_skipped_then_stop_with_image_ids(tmp_path):
+    # img3 is in one batch per epoch: that step is skipped, counted, and training goes on.
+    res = train(cfg_for(tmp_path / "one", "--eval_on_start", "false"), ToyTask(nan_ids={"img3"}))
+    assert res["train"]["nonfinite_steps"] == 2
+    assert res["train"]["global_step"] == 2 * 6 - 2
+    assert torch.isfinite(
+        torch.cat([v.flatten() for v in final_weights(tmp_path / "one").values()])
+    ).all()
+    log = (tmp_path / "one" / "training.log").read_text()
+    assert "Non-finite loss" in log and "img3" in log
+    # every image poisoned: stops after max_nonfinite_steps in a row, naming images and a hint
+    every = {f"img{i}" for i in range(12)}
+    with pytest.raises(
+        FloatingPointError, match=r"3 non-finite losses in a row.*img.*bf16 instead of fp16"
+    ):
+        train(cfg_for(tmp_path / "all", "--max_nonfinite_steps", "3"), ToyTask(nan_ids=every))
+
+
+def test_early_stopping_and_checkpoint_limit(tmp_path):
+    out = tmp_path / "es"
+    # learning rate so small the metric cannot improve after the first eval
+    cfg = cfg_for(
+        out,
+        "--num_epochs",
+        "10",
+        "--learning_rate",
+        "1e-12",
+        "--early_stopping_patience",
+        "2",
+        "--save_total_limit",
+        "2",
+        "--greater_is_better",
+        "true",
+    )
+    res = train(cfg, ToyTask())
+    # best at epoch 1, then 2 epochs without improvement -> stop after epoch 3
+    assert res["train"]["global_step"] == 3 * 6
+    names = [p.name for p in checkpointing.list_checkpoints(out)]
+    assert names == ["step-12", "step-18"]
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step-18"
+
+
+def test_resume_ignores_partial_checkpoint(tmp_path):
+    out = tmp_path / "p"
+    train(cfg_for(out, "--max_steps", "4", "--save_steps", "2"), ToyTask())
+    # a crash while writing step-6 leaves only a temporary folder behind
+    (out / "checkpoints" / ".tmp-step-6").mkdir()
+    (out / "checkpoints" / "step-8").mkdir()  # no completion marker: not a checkpoint
+    assert checkpointing.find_resume_checkpoint(out, "auto").name == "step-4"
+    with pytest.raises(FileNotFoundError, match="not a complete sam_hf checkpoint"):
+        checkpointing.find_resume_checkpoint(out, str(out / "checkpoints" / "step-8"))
+
+
+def test_unwritable_output_dir_fails_before_training(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ConfigError, match="not writable.*choose another --output_dir"):
+        check_output_dir(blocker / "run")
+
+
+def test_batch_larger_than_dataset(tmp_path):
+    with pytest.raises(ConfigError, match="batch_size 20 is larger than the training split"):
+        train(cfg_for(tmp_path / "x", "--batch_size", "20"), ToyTask())
+
+
+def _launch(out: Path, *extra: str) -> subprocess.Popen:
+    args = [
+        "--output_dir",
+        str(out),
+        "--batch_size",
+        "2",
+        "--learning_rate",
+        "0.05",
+        "--max_steps",
+        "24",
+        "--save_steps",
+        "1",
+        "--save_total_limit",
+        "3",
+        "--lr_scheduler",
+        "cosine",
+        "--warmup_steps",
+        "3",
+        "--eval_on_start",
+        "false",
+        *extra,
+    ]
+    env = {**os.environ, "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    return subprocess.Popen(
+        [sys.executable, str(HERE / "toy_task.py"), *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def test_sigkill_at_random_points_then_resume_is_bit_exact(tmp_path):
+    ref = _launch(tmp_path / "ref")
+    assert ref.wait(timeout=240) == 0, ref.stderr.read().decode()[-2000:]
+    out = tmp_path / "killed"
+    rng = torch.Generator().manual_seed(0)
+    kills = 0
+    for _ in range(3):
+        proc = _launch(out, "--resume", "auto")
+        # wait until this attempt has made progress past a random number of new checkpoints
+        start = (
+            len(list((out / "checkpoints").glob("step-*"))) if (out / "checkpoints").exists() else 0
+        )
+        target = int(torch.randint(1, 4, (1,), generator=rng))
+        deadline = time.time() + 120
+        while proc.poll() is None and time.time() < deadline:
+            latest = checkpointing.list_checkpoints(out)
+            step = int(latest[-1].name.split("-")[1]) if latest else 0
+            if step >= start + target:
+                time.sleep(
+                    float(torch.rand(1, generator=rng)) * 0.3
+                )  # land anywhere, even mid-save
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+                break
+            time.sleep(0.02)
+        proc.wait(timeout=60)
+    final = _launch(out, "--resume", "auto")
+    assert final.wait(timeout=240) == 0, final.stderr.read().decode()[-2000:]
+    assert kills >= 1
+    assert_same_weights(final_weights(tmp_path / "ref"), final_weights(out))

@@ -1,0 +1,126 @@
+"""A small, fast stand-in model family for testing the shared trainer's loop mechanics.
+
+It follows the same contracts as the SAM tasks (seeded per-sample randomness, forward -> loss,
+predict -> masks) with a 3-layer conv net, so resume, accumulation and the non-finite guard can
+be tested in seconds. The SAM2 recipe has its own end-to-end tests.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from sam_hf.configs import Sam2Config, parse_args
+from sam_hf.data.transforms import sample_seed
+
+
+class ToyDataset(Dataset):
+    def __init__(self, n: int, seed: int, train: bool, size: int = 16) -> None:
+        self.n, self.seed, self.train, self.size, self.epoch = n, seed, train, size, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        base = torch.Generator().manual_seed(1000 + i)  # the fixed content of image i
+        img = torch.rand(3, self.size, self.size, generator=base)
+        mask = img[0] > 0.5
+        aug = torch.Generator().manual_seed(
+            sample_seed(self.seed, self.epoch if self.train else 0, i)
+        )
+        img = img + 0.05 * torch.randn(img.shape, generator=aug)  # seeded "augmentation"
+        return {"pixel_values": img, "mask": mask, "image_id": f"img{i}"}
+
+
+def collate(samples: list[dict]) -> dict:
+    return {
+        "pixel_values": torch.stack([s["pixel_values"] for s in samples]),
+        "mask": torch.stack([s["mask"] for s in samples]),
+        "image_ids": [s["image_id"] for s in samples],
+        "num_images": len(samples),
+    }
+
+
+class ToyModule(nn.Module):
+    def __init__(self, nan_ids: set[str] | None = None) -> None:
+        super().__init__()
+        self.model = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.GroupNorm(2, 8),
+            nn.ReLU(),
+            nn.Conv2d(8, 1, 3, padding=1),
+        )
+        self.nan_ids = nan_ids or set()
+
+    def forward(self, batch: dict) -> dict:
+        logits = self.model(batch["pixel_values"])[:, 0]
+        loss = F.binary_cross_entropy_with_logits(logits, batch["mask"].float())
+        if self.nan_ids & set(batch["image_ids"]):
+            loss = loss * float("nan")
+        return {"loss": loss, "terms": {"bce": loss.detach()}}
+
+    @torch.no_grad()
+    def predict(self, batch: dict) -> list[dict]:
+        logits = self.model(batch["pixel_values"])[:, 0]
+        return [
+            {"image_id": i, "pred": (lg > 0), "gt": m}
+            for i, lg, m in zip(batch["image_ids"], logits, batch["mask"])
+        ]
+
+
+class ToyTask:
+    def __init__(self, n_train: int = 12, n_eval: int = 5, nan_ids: set[str] | None = None) -> None:
+        self.n_train, self.n_eval, self.nan_ids = n_train, n_eval, nan_ids
+
+    def prepare_data(self, cfg: Any) -> None:
+        pass
+
+    def build_model(self, cfg: Any) -> tuple[nn.Module, Any]:
+        torch.manual_seed(cfg.seed)
+        return ToyModule(self.nan_ids), None
+
+    def build_datasets(self, cfg: Any, processor: Any) -> tuple[Dataset, Dataset]:
+        return ToyDataset(self.n_train, cfg.seed, True), ToyDataset(self.n_eval, cfg.seed, False)
+
+    def collator(self, cfg: Any, train: bool) -> Any:
+        return collate
+
+    def eval_records(self, predictions: list[dict]) -> list[dict]:
+        out = []
+        for p in predictions:
+            inter = (p["pred"] & p["gt"]).sum().item()
+            union = (p["pred"] | p["gt"]).sum().item()
+            out.append({"image_id": p["image_id"], "iou": inter / union if union else 1.0})
+        return out
+
+    def compute_metrics(self, records: list[dict]) -> dict[str, float]:
+        return {
+            "mean_iou": sum(r["iou"] for r in records) / len(records),
+            "num_images": len(records),
+            "image_ids": sorted(r["image_id"] for r in records),
+        }
+
+    def save_pretrained(self, module: nn.Module, processor: Any, out_dir: Path) -> None:
+        from safetensors.torch import save_file
+
+        save_file(module.model.state_dict(), str(out_dir / "model.safetensors"))
+
+    def load_weights(self, module: nn.Module, path: str) -> None:
+        from safetensors.torch import load_file
+
+        module.model.load_state_dict(load_file(str(Path(path) / "model.safetensors")))
+
+
+if __name__ == "__main__":  # used by the kill-and-resume test as a training subprocess
+    from sam_hf.trainer import train
+
+    train(parse_args(Sam2Config, sys.argv[1:]), ToyTask())
