@@ -556,6 +556,7 @@ def train(cfg: Any, task: Task) -> dict:
         "global_step": state.global_step,
         "nonfinite_steps": state.nonfinite_total,
         "skipped_empty_images": state.skipped_empty_images,
+        "num_processes": accelerator.num_processes,
     }
     logger.info("Final eval: %s", _fmt(final_metrics))
     if accelerator.is_main_process:

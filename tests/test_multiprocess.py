@@ -1,0 +1,55 @@
+"""Two real ranks on the CPU (gloo): evaluation sees every image exactly once.
+
+``accelerate launch --cpu --num_processes 2`` silently runs ONE process, so this launches with
+``--multi_gpu`` and lets the trainer put the Accelerator on the CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+
+
+def _run(out: Path, nproc: int) -> dict:
+    launch = [sys.executable, "-m", "accelerate.commands.launch"]
+    if nproc > 1:
+        launch += ["--multi_gpu", "--num_processes", str(nproc)]
+    else:
+        launch += ["--num_processes", "1"]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    cmd = [
+        *launch,
+        str(HERE / "toy_task.py"),
+        "--output_dir",
+        str(out),
+        "--batch_size",
+        "2",
+        "--max_steps",
+        "2",
+        "--logging_steps",
+        "1",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((out / "eval_results.json").read_text())
+
+
+def test_two_ranks_gather_each_eval_image_once(tmp_path):
+    one = _run(tmp_path / "one", 1)
+    two = _run(tmp_path / "two", 2)
+    assert one["train"]["num_processes"] == 1
+    assert two["train"]["num_processes"] == 2
+    # 5 eval images over 2 ranks: the sampler pads one rank; gather_for_metrics must drop it
+    assert (
+        two["initial"]["image_ids"] == one["initial"]["image_ids"] == [f"img{i}" for i in range(5)]
+    )
+    assert two["initial"]["mean_iou"] == pytest.approx(one["initial"]["mean_iou"], abs=1e-12)
+    assert two["final"]["num_images"] == 5
