@@ -81,6 +81,35 @@ class TrainingArgs:
 
 
 @dataclass
+class LoraArgs:
+    """Low-rank adapters through peft (the base weights stay frozen)."""
+
+    use_lora: bool = _f(False, "Train LoRA adapters instead of the full weights.")
+    lora_r: int = _f(8, "LoRA rank.")
+    lora_alpha: int = _f(16, "LoRA scaling alpha.")
+    lora_dropout: float = _f(0.0, "Dropout on the LoRA path.")
+    lora_target_groups: list[str] = _f(
+        ["vision_encoder", "mask_decoder"],
+        "Named module groups: vision_encoder, text_encoder, mask_decoder, detr_decoder.",
+    )
+    lora_target_regex: str | None = _f(None, "Raw regex of module names (wins over groups).")
+    merge_lora: bool = _f(False, "Also write the merged plain model to final/.")
+
+
+@dataclass
+class HubArgs:
+    """Pushing the result to the Hugging Face Hub (token from the environment or login only)."""
+
+    push_to_hub: bool = _f(False, "Upload final/ (and its model card) when training ends.")
+    hub_model_id: str | None = _f(None, "Target repo, e.g. me/sam2-apples.")
+    hub_private: bool = _f(True, "Create the repo private.")
+    hub_strategy: Literal["end", "checkpoint"] = _f(
+        "end", "Push at the end, or at each checkpoint too."
+    )
+    log_images: int = _f(4, "Validation images logged with mask overlays at each eval (0: none).")
+
+
+@dataclass
 class DataArgs:
     """Which prepared dataset, which splits, and augmentation."""
 
@@ -141,7 +170,9 @@ class Sam2LossArgs:
 
 
 @dataclass
-class Sam2Config(TrainingArgs, DataArgs, Sam2ModelArgs, Sam2PromptArgs, Sam2LossArgs):
+class Sam2Config(
+    TrainingArgs, DataArgs, Sam2ModelArgs, Sam2PromptArgs, Sam2LossArgs, LoraArgs, HubArgs
+):
     """Everything recipes/sam2_mineapple.py accepts."""
 
     family: Literal["sam2"] = _f("sam2", "Model family (fixed by the recipe).")
@@ -195,15 +226,33 @@ class Sam3LossArgs:
 
 
 @dataclass
-class Sam3Config(TrainingArgs, DataArgs, Sam3ModelArgs, Sam3QueryArgs, Sam3LossArgs):
+class Sam3Config(
+    TrainingArgs, DataArgs, Sam3ModelArgs, Sam3QueryArgs, Sam3LossArgs, LoraArgs, HubArgs
+):
     """Everything recipes/sam3_coco_text.py accepts."""
 
     family: Literal["sam3"] = _f("sam3", "Model family (fixed by the recipe).")
 
 
 _SECTIONS: dict[type, tuple[type, ...]] = {
-    Sam2Config: (TrainingArgs, DataArgs, Sam2ModelArgs, Sam2PromptArgs, Sam2LossArgs),
-    Sam3Config: (TrainingArgs, DataArgs, Sam3ModelArgs, Sam3QueryArgs, Sam3LossArgs),
+    Sam2Config: (
+        TrainingArgs,
+        DataArgs,
+        Sam2ModelArgs,
+        Sam2PromptArgs,
+        Sam2LossArgs,
+        LoraArgs,
+        HubArgs,
+    ),
+    Sam3Config: (
+        TrainingArgs,
+        DataArgs,
+        Sam3ModelArgs,
+        Sam3QueryArgs,
+        Sam3LossArgs,
+        LoraArgs,
+        HubArgs,
+    ),
 }
 
 
@@ -404,6 +453,21 @@ def validate(cfg: Any) -> None:
             "resume and init_from exclude each other: resume continues a run (optimizer, "
             "schedule, data position); init_from starts a new run from finished weights."
         )
+    groups = {"vision_encoder", "text_encoder", "mask_decoder", "detr_decoder"}
+    for g in cfg.lora_target_groups:
+        _check(g in groups, f"lora_target_groups: {g!r} is unknown; choose from {sorted(groups)}.")
+    if cfg.use_lora:
+        _check(cfg.lora_r >= 1, f"lora_r must be >= 1, got {cfg.lora_r}.")
+        _check(
+            bool(cfg.lora_target_groups) or bool(cfg.lora_target_regex),
+            "use_lora needs lora_target_groups or lora_target_regex.",
+        )
+    _check(not cfg.merge_lora or cfg.use_lora, "merge_lora: true needs use_lora: true.")
+    if cfg.push_to_hub:
+        _check(
+            bool(cfg.hub_model_id), "push_to_hub: true needs hub_model_id (e.g. me/sam2-apples)."
+        )
+    _check(cfg.log_images >= 0, "log_images must be >= 0.")
     if len(cfg.synthetic_image_size) != 2:
         raise ConfigError("synthetic_image_size must be [H, W].")
     if cfg.family == "sam2":
