@@ -123,7 +123,10 @@ class DataArgs:
     synthetic_num_images: int = _f(
         0, "If > 0 and dataset_path is absent, generate the synthetic orchard there first."
     )
-    synthetic_image_size: list[int] = _f([256, 256], "Synthetic orchard image size [H, W].")
+    synthetic_image_size: list[int] = _f([256, 256], "Synthetic image size [H, W].")
+    synthetic_kind: Literal["orchard", "shapes"] = _f(
+        "orchard", "What to generate: the apple orchard, or generic shapes (for pretraining)."
+    )
 
 
 @dataclass
