@@ -1,0 +1,681 @@
+"""COCO json with text (``noun_phrase`` per annotation) <-> the one schema.
+
+Reading (:func:`convert_coco_text`): polygons, compressed and uncompressed RLE, ``iscrowd``;
+per annotation an optional ``noun_phrase`` and ``attributes`` mapping; per image an optional
+``negative_phrases`` list (our extension: phrases known to be absent, which SAM3's presence
+head learns from). Masks are built exactly as pycocotools' ``COCO.annToMask`` builds them, and
+objects keep the file's annotation order.
+
+Writing (:func:`export_coco_text`): any converted dataset -> COCO json whose ``noun_phrase``
+is composed from each object's attributes by templates such as ``"{ripeness} {color} {noun}"``
+(:class:`PhraseTemplates`), the way MinneApple (no attributes) or per-image JSON data with
+attributes becomes COCO-text for SAM3.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import string
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import datasets
+import yaml
+
+from sam_hf.data import rle
+from sam_hf.data.cards import save_prepared
+from sam_hf.data.convert import (
+    ConversionError,
+    ErrorPolicy,
+    Report,
+    build_split,
+    check_attributes,
+    check_bbox,
+    check_on_error,
+    check_polygons,
+    clip_bbox,
+    finish,
+    image_format_suffix,
+    image_value,
+    load_json,
+    make_temp_beside,
+    polygons_outside,
+    read_image,
+    replace_dir,
+    run_generator,
+)
+from sam_hf.data.schema import attributes_dict, make_object
+
+#: Bump when the rows this converter writes change for the same files.
+VERSION = "coco-1"
+
+NOUN_PHRASE_FLAG = "--noun-phrase-from-category"
+
+
+# ---------------------------------------------------------------------------------------------
+# Segmentation of one annotation, exactly as pycocotools' annToRLE
+# ---------------------------------------------------------------------------------------------
+
+
+def check_segmentation(segm: Any, file: str | Path, record: str) -> dict[str, Any]:
+    """Structural check of a COCO ``segmentation``; returns ``{"polygons": ...}`` or ``{"rle": ...}``.
+
+    Done while planning (no pixels needed) so that a malformed file fails before any image is
+    decoded.
+    """
+    if isinstance(segm, list):
+        return {"polygons": check_polygons(segm, file, record)}
+    if isinstance(segm, dict) and "counts" in segm and "size" in segm:
+        size = segm["size"]
+        if not (
+            isinstance(size, list)
+            and len(size) == 2
+            and all(isinstance(v, int) and v > 0 for v in size)
+        ):
+            raise ConversionError(
+                f"RLE size must be [height, width], got {size!r}",
+                file=file,
+                record=record,
+                reason="bad_segmentation",
+            )
+        counts = segm["counts"]
+        if isinstance(counts, list):
+            if (
+                not all(isinstance(c, int) and c >= 0 for c in counts)
+                or sum(counts) != size[0] * size[1]
+            ):
+                raise ConversionError(
+                    f"uncompressed RLE counts must be non-negative ints summing to h*w = {size[0] * size[1]}",
+                    file=file,
+                    record=record,
+                    reason="bad_segmentation",
+                )
+        elif not isinstance(counts, str):
+            raise ConversionError(
+                "RLE counts must be a string (compressed) or a list of ints (uncompressed)",
+                file=file,
+                record=record,
+                reason="bad_segmentation",
+            )
+        return {"rle": {"size": [int(size[0]), int(size[1])], "counts": counts}}
+    raise ConversionError(
+        "segmentation must be polygons (list of lists) or an RLE {size, counts}",
+        file=file,
+        record=record,
+        reason="bad_segmentation" if segm not in (None, [], {}) else "missing_segmentation",
+    )
+
+
+def segmentation_to_rle(
+    segm: dict[str, Any], height: int, width: int, file: str, record: str
+) -> dict[str, Any]:
+    """Checked segmentation (from :func:`check_segmentation`) -> compressed RLE of an h x w image."""
+    if "polygons" in segm:
+        return rle.from_polygons(segm["polygons"], height, width)
+    r = segm["rle"]
+    if list(r["size"]) != [height, width]:
+        raise ConversionError(
+            f"RLE size {r['size']} (HxW) differs from its image {height}x{width}",
+            file=file,
+            record=record,
+            reason="mask_size_mismatch",
+        )
+    if isinstance(r["counts"], list):
+        return rle.from_uncompressed(r)
+    try:
+        rle.decode(r)  # a corrupt counts string must fail here, naming the record
+    except Exception as e:  # noqa: BLE001 - pycocotools raises assorted types
+        raise ConversionError(
+            f"undecodable compressed RLE ({e})", file=file, record=record, reason="bad_segmentation"
+        ) from None
+    return {"size": [height, width], "counts": r["counts"]}
+
+
+def build_object(
+    ann: dict[str, Any],
+    height: int,
+    width: int,
+    report: Report,
+    file: str,
+) -> dict[str, Any] | None:
+    """Planned annotation -> schema object; ``None`` (dropped and counted) if its area is zero.
+
+    Geometry outside the image is clipped (polygons by rasterisation, as pycocotools does;
+    boxes explicitly) and counted. ``bbox`` is the file's box when it has one (clipped), else
+    the mask's tight box; ``area`` is always the mask's pixel count, so it agrees with the mask.
+    """
+    record = ann["record"]
+    segm = ann["segmentation"]
+    mask_rle = segmentation_to_rle(segm, height, width, file, record)
+    clipped = "polygons" in segm and polygons_outside(segm["polygons"], width, height)
+    area = float(rle.area([mask_rle])[0])
+    if area <= 0:
+        report.fix("zero_area_dropped", f"{file}: {record}")
+        return None
+    if ann.get("bbox") is not None:
+        bbox, changed = clip_bbox(ann["bbox"], width, height)
+        clipped = clipped or changed
+    else:
+        bbox = [float(v) for v in rle.to_bbox([mask_rle])[0]]
+    if clipped:
+        report.fix("clipped_coordinates", f"{file}: {record}")
+    return make_object(
+        mask_rle,
+        bbox,
+        area,
+        ann["category"],
+        noun_phrase=ann["noun_phrase"],
+        attributes=ann["attributes"],
+        iscrowd=ann["iscrowd"],
+    )
+
+
+def convert_planned_image(item: dict[str, Any], policy: ErrorPolicy) -> dict[str, Any] | None:
+    """Planned image (its annotations attached) -> schema row. Shared with the SA-Co reader."""
+    data, width, height = read_image(item["image"], item["record"])
+    declared = item.get("size")
+    if declared and (declared[0] not in (None, width) or declared[1] not in (None, height)):
+        raise ConversionError(
+            f"annotations declare {declared[0]}x{declared[1]} (WxH) but the image is {width}x{height}",
+            file=item["file"],
+            record=item["record"],
+            reason="mask_size_mismatch",
+        )
+    objects = []
+    for ann in item["annotations"]:
+        try:
+            obj = build_object(ann, height, width, policy.report, item["file"])
+        except ConversionError as e:
+            policy.fail(e)
+            continue
+        if obj is not None:
+            objects.append(obj)
+    return {
+        "image": image_value(data),
+        "image_id": item["image_id"],
+        "width": width,
+        "height": height,
+        "objects": objects,
+        "negative_phrases": item.get("negative_phrases", []),
+    }
+
+
+def _generate_split(
+    items: tuple[dict[str, Any], ...],
+    on_error: str,
+    plan_report: dict[str, Any],
+    report_path: str,
+    fingerprint: str,
+) -> Iterator[dict[str, Any]]:
+    """Top-level generator (closures would defeat the cache's fingerprinting)."""
+    yield from run_generator(
+        items,
+        convert_planned_image,
+        plan_report=plan_report,
+        on_error=on_error,
+        report_path=report_path,
+        fingerprint=fingerprint,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Planning: parse the json, check what needs no pixels
+# ---------------------------------------------------------------------------------------------
+
+
+def _as_list(coco: dict[str, Any], key: str, file: Path, required: bool) -> list[Any]:
+    value = coco.get(key)
+    if value is None and not required:
+        return []
+    if not isinstance(value, list):
+        raise ConversionError(
+            f"top-level {key!r} must be a list", file=file, reason="bad_record", skippable=False
+        )
+    return value
+
+
+def _phrases(value: Any, file: Path, record: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+        raise ConversionError(
+            "negative_phrases must be a list of strings",
+            file=file,
+            record=record,
+            reason="bad_record",
+        )
+    return [p.strip() for p in value if p.strip()]
+
+
+def plan_coco(
+    annotations: str | os.PathLike[str],
+    images_dir: str | os.PathLike[str],
+    *,
+    noun_phrase_from_category: bool,
+    policy: ErrorPolicy,
+) -> list[dict[str, Any]]:
+    """Parse a COCO-text json into per-image items (annotations attached, file order kept)."""
+    file = Path(annotations)
+    images_dir = Path(images_dir)
+    coco = load_json(file)
+    if not isinstance(coco, dict):
+        raise ConversionError(
+            "a COCO file must be a json object", file=file, reason="bad_record", skippable=False
+        )
+    images = _as_list(coco, "images", file, required=True)
+    anns = _as_list(coco, "annotations", file, required=False)
+    categories = {}
+    for cat in _as_list(coco, "categories", file, required=False):
+        if isinstance(cat, dict) and "id" in cat and "name" in cat:
+            categories[cat["id"]] = str(cat["name"])
+
+    items: dict[Any, dict[str, Any]] = {}
+    for i, img in enumerate(images):
+        record = f"images[{i}]" + (f" (id {img.get('id')!r})" if isinstance(img, dict) else "")
+        try:
+            if (
+                not isinstance(img, dict)
+                or "id" not in img
+                or not isinstance(img.get("file_name"), str)
+            ):
+                raise ConversionError(
+                    "an image entry needs 'id' and 'file_name'",
+                    file=file,
+                    record=record,
+                    reason="bad_record",
+                )
+            image_id = img["id"]
+            if image_id in items:
+                raise ConversionError(
+                    f"duplicate image id {image_id!r} (first at {items[image_id]['record']}); keeping the first",
+                    file=file,
+                    record=record,
+                    reason="duplicate_image_id",
+                )
+            items[image_id] = {
+                "image": str(images_dir / img["file_name"]),
+                "image_id": str(image_id),
+                "size": [img.get("width"), img.get("height")],
+                "negative_phrases": _phrases(img.get("negative_phrases"), file, record),
+                "annotations": [],
+                "file": str(file),
+                "record": f"image id {image_id!r} ({img['file_name']})",
+            }
+        except ConversionError as e:
+            policy.fail(e)
+
+    for i, ann in enumerate(anns):
+        ann_id = ann.get("id", f"#{i}") if isinstance(ann, dict) else f"#{i}"
+        record = f"annotation id {ann_id!r}"
+        try:
+            if not isinstance(ann, dict):
+                raise ConversionError(
+                    "an annotation must be a json object", file=file, record=record
+                )
+            if ann.get("image_id") not in items:
+                raise ConversionError(
+                    f"annotation for unknown image id {ann.get('image_id')!r}",
+                    file=file,
+                    record=record,
+                    reason="unknown_image_id",
+                )
+            if ann.get("category_id") not in categories:
+                raise ConversionError(
+                    f"unknown category id {ann.get('category_id')!r}",
+                    file=file,
+                    record=record,
+                    reason="unknown_category",
+                )
+            category = categories[ann["category_id"]]
+            phrase = ann.get("noun_phrase")
+            if phrase is not None and not isinstance(phrase, str):
+                raise ConversionError("noun_phrase must be a string", file=file, record=record)
+            phrase = (phrase or "").strip()
+            if not phrase:
+                if not noun_phrase_from_category:
+                    raise ConversionError(
+                        f"missing noun_phrase (pass {NOUN_PHRASE_FLAG} to use the category name"
+                        f" {category!r} instead)",
+                        file=file,
+                        record=record,
+                        reason="missing_noun_phrase",
+                    )
+                phrase = category
+            items[ann["image_id"]]["annotations"].append(
+                {
+                    "record": record,
+                    "segmentation": check_segmentation(ann.get("segmentation"), file, record),
+                    "bbox": None
+                    if ann.get("bbox") is None
+                    else check_bbox(ann["bbox"], file, record),
+                    "category": category,
+                    "noun_phrase": phrase,
+                    "attributes": check_attributes(ann.get("attributes"), file, record),
+                    "iscrowd": bool(ann.get("iscrowd", 0)),
+                }
+            )
+        except ConversionError as e:
+            policy.fail(e)
+    return list(items.values())
+
+
+def convert_coco_text(
+    images: str | os.PathLike[str],
+    annotations: str | os.PathLike[str],
+    *,
+    split: str = "train",
+    noun_phrase_from_category: bool = False,
+    on_error: str = "raise",
+    cache_dir: str | os.PathLike[str] | None = None,
+    report: Report | None = None,
+) -> datasets.DatasetDict:
+    """COCO-text json + image folder -> ``DatasetDict`` with the one split ``split``.
+
+    Without ``noun_phrase_from_category`` an annotation lacking ``noun_phrase`` is an error
+    naming the annotation id (text-prompted training needs a phrase per object; the category
+    fallback is a deliberate choice, not a silent default).
+    """
+    check_on_error(on_error)
+    report = report if report is not None else Report()
+    report.source = str(annotations)
+    plan_report = Report()
+    items = plan_coco(
+        annotations,
+        images,
+        noun_phrase_from_category=noun_phrase_from_category,
+        policy=ErrorPolicy(on_error, plan_report),
+    )
+    if not items and not plan_report.skipped:
+        raise ConversionError(
+            "empty dataset: the file lists no images",
+            file=annotations,
+            reason="empty_dataset",
+            skippable=False,
+        )
+    dataset, split_report = build_split(
+        _generate_split,
+        kind="coco",
+        version=VERSION,
+        split=split,
+        items=items,
+        files=[annotations] + [it["image"] for it in items],
+        options={
+            "noun_phrase_from_category": noun_phrase_from_category,
+            "images": str(Path(images).absolute()),
+            "annotations": str(Path(annotations).absolute()),
+        },
+        on_error=on_error,
+        plan_report=plan_report,
+        cache_dir=cache_dir,
+    )
+    report.merge(split_report)
+    return finish({split: dataset}, report, annotations)
+
+
+def prepare_coco_text(
+    images: str | os.PathLike[str],
+    annotations: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    split: str = "train",
+    noun_phrase_from_category: bool = False,
+    on_error: str = "raise",
+    cache_dir: str | os.PathLike[str] | None = None,
+    card: str = "coco_text",
+) -> tuple[Report, Path]:
+    """Convert a COCO-text file and save it (``save_to_disk``) with its card as README.md."""
+    report = Report()
+    dataset = convert_coco_text(
+        images,
+        annotations,
+        split=split,
+        noun_phrase_from_category=noun_phrase_from_category,
+        on_error=on_error,
+        cache_dir=cache_dir,
+        report=report,
+    )
+    return report, save_prepared(dataset, out, card, report)
+
+
+# ---------------------------------------------------------------------------------------------
+# Noun phrases from attributes
+# ---------------------------------------------------------------------------------------------
+
+
+def default_templates_path() -> Path:
+    """The templates YAML shipped in the package (``sam_hf/assets/attribute_templates.yaml``)."""
+    return Path(str(resources.files("sam_hf").joinpath("assets", "attribute_templates.yaml")))
+
+
+@dataclass
+class PhraseTemplates:
+    """Compose a noun phrase from an object's attributes.
+
+    The first template whose placeholders (other than ``{noun}``) are all among the object's
+    attributes is used, so list them from most to least specific. ``{noun}`` is the object's
+    category (``base_noun`` overrides it when set). ``values`` rewrites attribute values before
+    they are inserted (``{"health": {"healthy": ""}}`` leaves "healthy" out of phrases). An
+    object with no attributes, or that no template fits, gets the bare noun.
+    """
+
+    templates: list[str] = field(default_factory=list)
+    values: dict[str, dict[str, str]] = field(default_factory=dict)
+    base_noun: str | None = None
+
+    def __post_init__(self) -> None:
+        self._fields = [self._placeholders(t) for t in self.templates]
+
+    @staticmethod
+    def _placeholders(template: str) -> set[str]:
+        fields = set()
+        for _, name, spec, conv in string.Formatter().parse(template):
+            if name is None:
+                continue
+            if not name.isidentifier() or spec or conv:
+                raise ValueError(
+                    f"template {template!r}: use plain named placeholders like {{color}}"
+                )
+            fields.add(name)
+        return fields
+
+    def compose(self, attributes: dict[str, str], noun: str) -> str:
+        """The phrase for one object (whitespace collapsed)."""
+        noun = self.base_noun or noun
+        for template, fields in zip(self.templates, self._fields):
+            needed = fields - {"noun"}
+            if needed and needed <= attributes.keys():
+                mapped = {
+                    k: self.values.get(k, {}).get(v, v)
+                    for k, v in attributes.items()
+                    if k in needed
+                }
+                return " ".join(template.format(noun=noun, **mapped).split())
+        return noun
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike[str] | None = None) -> PhraseTemplates:
+        """Load templates; ``None`` loads the shipped default. Bad files name themselves."""
+        path = Path(path) if path is not None else default_templates_path()
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConversionError(
+                "templates file not found", file=path, reason="missing_file", skippable=False
+            ) from None
+        except (OSError, yaml.YAMLError) as e:
+            raise ConversionError(
+                f"cannot parse templates: {e}", file=path, reason="bad_record", skippable=False
+            ) from None
+        if not isinstance(raw, dict) or not isinstance(raw.get("templates"), list):
+            raise ConversionError(
+                "templates file needs a 'templates:' list of strings",
+                file=path,
+                reason="bad_record",
+                skippable=False,
+            )
+        values = raw.get("values") or {}
+        if not isinstance(values, dict) or not all(isinstance(v, dict) for v in values.values()):
+            raise ConversionError(
+                "'values:' must map attribute -> {value: replacement}",
+                file=path,
+                reason="bad_record",
+                skippable=False,
+            )
+        try:
+            return cls(
+                templates=[str(t) for t in raw["templates"]],
+                values={
+                    str(k): {str(a): "" if b is None else str(b) for a, b in v.items()}
+                    for k, v in values.items()
+                },
+                base_noun=raw.get("base_noun"),
+            )
+        except ValueError as e:
+            raise ConversionError(str(e), file=path, reason="bad_record", skippable=False) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Export: schema rows -> COCO-text json + image files
+# ---------------------------------------------------------------------------------------------
+
+#: File names of the exported annotation files (``validation`` is written as ``val.json``).
+EXPORT_SPLIT_NAMES = {"train": "train", "validation": "val", "test": "test"}
+
+
+def export_coco_text(
+    dataset: datasets.DatasetDict,
+    out: str | os.PathLike[str],
+    templates: PhraseTemplates,
+) -> dict[str, Path]:
+    """Write ``out/images/<split>/<image_id><ext>`` and ``out/annotations/<split>.json``.
+
+    Each annotation carries a compressed RLE (bit-identical to the stored mask), the box, the
+    area, ``attributes`` and a ``noun_phrase`` composed by ``templates``; images carry their
+    ``negative_phrases`` when they have any. Written to a temporary folder beside ``out`` and
+    renamed into place. Returns the annotation file of each split.
+    """
+    out = Path(out).absolute()
+    if out.exists() and any(out.iterdir()) and not (out / "annotations").is_dir():
+        raise ConversionError(
+            "output exists and is not an exported COCO-text folder; refusing to replace it",
+            file=out,
+            reason="output_exists",
+            skippable=False,
+        )
+    tmp = make_temp_beside(out)
+    written: dict[str, Path] = {}
+    try:
+        (tmp / "annotations").mkdir()
+        for split, ds in dataset.items():
+            name = EXPORT_SPLIT_NAMES.get(split, split)
+            coco = _export_split(
+                ds.cast_column("image", datasets.Image(decode=False)), tmp, name, templates
+            )
+            path = tmp / "annotations" / f"{name}.json"
+            path.write_text(json.dumps(coco), encoding="utf-8")
+            written[split] = out / "annotations" / f"{name}.json"
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return written
+
+
+def _export_split(
+    ds: datasets.Dataset, root: Path, name: str, templates: PhraseTemplates
+) -> dict[str, Any]:
+    image_dir = root / "images" / name
+    image_dir.mkdir(parents=True)
+    categories: dict[str, int] = {}
+    images, annotations = [], []
+    for index, row in enumerate(ds, start=1):
+        data = row["image"]["bytes"]
+        suffix = image_format_suffix(data)
+        file_name = f"{name}/{row['image_id']}{suffix}"
+        (root / "images" / file_name).write_bytes(data)
+        entry: dict[str, Any] = {
+            "id": index,
+            "file_name": file_name,
+            "width": row["width"],
+            "height": row["height"],
+        }
+        if row["negative_phrases"]:
+            entry["negative_phrases"] = list(row["negative_phrases"])
+        images.append(entry)
+        for obj in row["objects"]:
+            cat_id = categories.setdefault(obj["category"], len(categories) + 1)
+            attrs = attributes_dict(obj["attributes"])
+            ann = {
+                "id": len(annotations) + 1,
+                "image_id": index,
+                "category_id": cat_id,
+                "segmentation": {
+                    "size": list(obj["segmentation"]["size"]),
+                    "counts": obj["segmentation"]["counts"],
+                },
+                "area": obj["area"],
+                "bbox": list(obj["bbox"]),
+                "iscrowd": int(obj["iscrowd"]),
+                "noun_phrase": templates.compose(attrs, obj["category"]),
+            }
+            if attrs:
+                ann["attributes"] = attrs
+            annotations.append(ann)
+    return {
+        "info": {
+            "description": "COCO-text exported by sam_hf (noun phrases composed from attributes)"
+        },
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": i, "name": n} for n, i in categories.items()],
+    }
+
+
+def detect_layout(root: str | os.PathLike[str]) -> str:
+    """``"json_polygons"`` if any split has an ``annotations/`` folder, else ``"minneapple"``."""
+    root = Path(root)
+    for split in ("train", "val", "validation", "test"):
+        if (root / split / "annotations").is_dir():
+            return "json_polygons"
+    return "minneapple"
+
+
+def convert_to_coco_text(
+    source: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    templates: str | os.PathLike[str] | None = None,
+    *,
+    val_fraction: float = 0.0,
+    seed: int = 0,
+    on_error: str = "raise",
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> tuple[Report, dict[str, Path]]:
+    """MinneApple or per-image JSON tree -> COCO-text (``out/annotations/<split>.json`` + images).
+
+    The tree is read by the matching converter (same checks, same Arrow cache), then exported
+    with noun phrases composed by ``templates`` (default: the shipped YAML). Objects without
+    attributes, all of MinneApple's, get their category ("apple").
+    """
+    # Imported here: both readers import this module (they share its COCO geometry code).
+    from sam_hf.data.jsonpoly import convert_json_polygons
+    from sam_hf.data.minneapple import convert_minneapple
+
+    phrase_templates = PhraseTemplates.from_yaml(templates)
+    report = Report()
+    reader = (
+        convert_json_polygons if detect_layout(source) == "json_polygons" else convert_minneapple
+    )
+    dataset = reader(
+        source,
+        val_fraction=val_fraction,
+        seed=seed,
+        on_error=on_error,
+        cache_dir=cache_dir,
+        report=report,
+    )
+    return report, export_coco_text(dataset, out, phrase_templates)

@@ -1,0 +1,829 @@
+"""Shared machinery of the dataset converters: errors, skip counting, Arrow caching, atomic save.
+
+Every converter (MinneApple, per-image JSON polygons, COCO-text, SA-Co) follows the same plan:
+
+1. *Plan* (cheap, every run): list the input files, parse the annotation json, check what can be
+   checked without decoding pixels, and derive a fingerprint from the file list (path, size,
+   mtime), the options and the converter version.
+2. *Generate* (only when the fingerprint is new): a top-level generator decodes the images and
+   masks and yields rows in the one schema (:data:`sam_hf.data.schema.FEATURES`);
+   ``datasets.Dataset.from_generator`` writes them to an Arrow cache keyed by the fingerprint,
+   so an identical re-run memory-maps that cache instead of decoding anything.
+3. *Save*: ``save_to_disk`` into a temporary folder beside the output, renamed into place at
+   the end, so a failure never leaves a partial dataset behind.
+
+Bad input raises :class:`ConversionError`, whose message names the file and the record. With
+``on_error="skip"`` the skippable cases become counted skips instead; coordinates outside the
+image are clipped and zero-area objects dropped in both modes, and counted. The counts are kept
+in a :class:`Report` that the generator persists beside the cache, so a run that loads from the
+cache prints the same summary as the run that built it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import pyarrow.compute as pc
+from PIL import Image, UnidentifiedImageError
+
+import sam_hf
+from sam_hf.data.schema import FEATURES
+
+#: Bump when the rows any converter writes change for the same input (invalidates every cache).
+CONVERT_VERSION = "1"
+
+ON_ERROR_CHOICES = ("raise", "skip")
+
+#: How many example records a summary lists per reason.
+MAX_EXAMPLES = 5
+
+#: Image rows hold whole encoded images (a MinneApple frame is ~1.5 MB): keep Arrow write
+#: batches small so a conversion's memory does not grow with the batch size.
+WRITER_BATCH_SIZE = 32
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+#: PIL modes accepted for instance-id masks: single channel, 8 or 16 bit.
+MASK_MODES_8BIT = ("L",)
+MASK_MODES_16BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+class ConversionError(ValueError):
+    """Bad input, with the file and the record it was found in.
+
+    ``reason`` is a short stable key (``"corrupt_image"``, ``"unknown_image_id"``...) under which
+    ``on_error="skip"`` counts the record; ``skippable=False`` marks problems no skip can fix
+    (an empty dataset, an unreadable annotation file).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | os.PathLike[str] | None = None,
+        record: str | None = None,
+        reason: str = "invalid_record",
+        skippable: bool = True,
+    ) -> None:
+        self.detail = message
+        self.file = None if file is None else str(file)
+        self.record = record
+        self.reason = reason
+        self.skippable = skippable
+        super().__init__(self.format())
+
+    def format(self) -> str:
+        """``"<file>: <record>: <message>"`` with absent parts left out."""
+        return ": ".join(p for p in (self.file, self.record, self.detail) if p)
+
+    def where(self) -> str:
+        """``"<file>: <record>"``: the short form used in summaries."""
+        return ": ".join(p for p in (self.file, self.record) if p) or self.detail
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exceptions with keyword-only arguments do not survive pickling by default (datasets
+        # may pass them between processes); rebuild from the same fields.
+        return (_rebuild_error, (self.detail, self.file, self.record, self.reason, self.skippable))
+
+
+def _rebuild_error(
+    detail: str, file: str | None, record: str | None, reason: str, skippable: bool
+) -> ConversionError:
+    return ConversionError(detail, file=file, record=record, reason=reason, skippable=skippable)
+
+
+@dataclass
+class SplitStats:
+    """What one split ended up with."""
+
+    images: int = 0
+    objects: int = 0
+    from_cache: bool = False
+
+
+@dataclass
+class Report:
+    """Counts of one conversion: rows per split, skips and fixes by reason, a few examples each.
+
+    ``skipped`` counts records left out under ``on_error="skip"``; ``fixed`` counts repairs made
+    in every mode (``clipped_coordinates``, ``zero_area_dropped``).
+    """
+
+    source: str = ""
+    splits: dict[str, SplitStats] = field(default_factory=dict)
+    skipped: Counter[str] = field(default_factory=Counter)
+    fixed: Counter[str] = field(default_factory=Counter)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    # -- recording ---------------------------------------------------------------------------
+    def _example(self, reason: str, text: str) -> None:
+        bucket = self.examples.setdefault(reason, [])
+        if len(bucket) < MAX_EXAMPLES:
+            bucket.append(text)
+
+    def skip(self, error: ConversionError) -> None:
+        """Count one skipped record under its reason."""
+        self.skipped[error.reason] += 1
+        self._example(error.reason, error.format())
+
+    def fix(self, reason: str, where: str) -> None:
+        """Count one repaired record (clipped coordinates, dropped zero-area object)."""
+        self.fixed[reason] += 1
+        self._example(reason, where)
+
+    def merge(self, other: Report) -> None:
+        """Add another report's counts (one split's) to this one."""
+        self.splits.update(other.splits)
+        self.skipped.update(other.skipped)
+        self.fixed.update(other.fixed)
+        for reason, texts in other.examples.items():
+            for text in texts:
+                self._example(reason, text)
+        self.notes.extend(n for n in other.notes if n not in self.notes)
+
+    # -- totals and text ---------------------------------------------------------------------
+    @property
+    def images(self) -> int:
+        return sum(s.images for s in self.splits.values())
+
+    @property
+    def objects(self) -> int:
+        return sum(s.objects for s in self.splits.values())
+
+    @property
+    def from_cache(self) -> bool:
+        """True when every split was loaded from the Arrow cache (nothing was decoded)."""
+        return bool(self.splits) and all(s.from_cache for s in self.splits.values())
+
+    def summary(self) -> str:
+        """Human summary: images, objects, skipped and fixed by reason."""
+        lines = [f"Converted {self.source}" if self.source else "Conversion summary"]
+        for name, s in self.splits.items():
+            origin = "loaded from Arrow cache" if s.from_cache else "converted"
+            lines.append(f"  {name}: {s.images} images, {s.objects} objects ({origin})")
+        lines.append(f"  total: {self.images} images, {self.objects} objects")
+        if self.skipped:
+            lines.append(f"  skipped by reason ({sum(self.skipped.values())} records):")
+            lines.extend(self._reason_lines(self.skipped))
+        else:
+            lines.append("  skipped by reason: none")
+        if self.fixed:
+            lines.append("  repaired (clipped or dropped, in every mode):")
+            lines.extend(self._reason_lines(self.fixed))
+        lines.extend(f"  note: {n}" for n in self.notes)
+        return "\n".join(lines)
+
+    def _reason_lines(self, counts: Counter[str]) -> list[str]:
+        out = []
+        for reason, n in sorted(counts.items()):
+            out.append(f"    {reason}: {n}")
+            out.extend(f"      e.g. {t}" for t in self.examples.get(reason, []))
+        return out
+
+    # -- persistence (beside the Arrow cache) ------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "splits": {k: vars(v) for k, v in self.splits.items()},
+            "skipped": dict(self.skipped),
+            "fixed": dict(self.fixed),
+            "examples": self.examples,
+            "notes": self.notes,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Report:
+        return cls(
+            source=d.get("source", ""),
+            splits={k: SplitStats(**v) for k, v in d.get("splits", {}).items()},
+            skipped=Counter(d.get("skipped", {})),
+            fixed=Counter(d.get("fixed", {})),
+            examples={k: list(v) for k, v in d.get("examples", {}).items()},
+            notes=list(d.get("notes", [])),
+        )
+
+
+class ErrorPolicy:
+    """Raise or count a :class:`ConversionError`, depending on ``on_error``."""
+
+    def __init__(self, on_error: str, report: Report) -> None:
+        check_on_error(on_error)
+        self.on_error = on_error
+        self.report = report
+
+    def fail(self, error: ConversionError) -> None:
+        """Raise ``error`` (``on_error="raise"`` or unskippable) or count it as a skip."""
+        if self.on_error == "raise" or not error.skippable:
+            raise error
+        self.report.skip(error)
+
+
+def check_on_error(on_error: str) -> None:
+    if on_error not in ON_ERROR_CHOICES:
+        raise ValueError(f"on_error must be one of {ON_ERROR_CHOICES}, got {on_error!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading images and masks
+# ---------------------------------------------------------------------------------------------
+
+
+def read_image(path: str | os.PathLike[str], record: str) -> tuple[bytes, int, int]:
+    """Encoded bytes and (width, height) of an image, fully decoded once to prove it is intact.
+
+    The bytes are stored as they are (no re-encoding), so the Arrow data is self-contained and
+    bit-identical to the source file.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConversionError(
+            "image file not found", file=path, record=record, reason="missing_image"
+        ) from None
+    except OSError as e:
+        raise ConversionError(
+            f"cannot read image: {e}", file=path, record=record, reason="corrupt_image"
+        ) from None
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            width, height = im.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ConversionError(
+            f"corrupt or unreadable image ({type(e).__name__}: {e})",
+            file=path,
+            record=record,
+            reason="corrupt_image",
+        ) from None
+    return data, int(width), int(height)
+
+
+def read_instance_mask(
+    path: str | os.PathLike[str], record: str, image_size: tuple[int, int]
+) -> np.ndarray:
+    """Instance-id mask (H, W) uint8/uint16 from a single-channel 8- or 16-bit image.
+
+    ``image_size`` is the (width, height) of the image the mask belongs to; a different size is
+    an error rather than a resize, because resizing an id map silently corrupts the instances.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode, size, fmt = im.mode, im.size, im.format
+            accepted = mode in MASK_MODES_8BIT + MASK_MODES_16BIT or (mode == "I" and fmt == "PNG")
+            if not accepted:
+                raise ConversionError(
+                    f"mask must be a single-channel 8-bit (L) or 16-bit (I;16) image of instance ids,"
+                    f" got PIL mode {mode!r}",
+                    file=path,
+                    record=record,
+                    reason="bad_mask_format",
+                )
+            array = np.array(im)
+    except FileNotFoundError:
+        raise ConversionError(
+            "mask file not found", file=path, record=record, reason="missing_mask"
+        ) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        if isinstance(e, ConversionError):
+            raise
+        raise ConversionError(
+            f"corrupt or unreadable mask ({type(e).__name__}: {e})",
+            file=path,
+            record=record,
+            reason="corrupt_mask",
+        ) from None
+    if tuple(size) != tuple(image_size):
+        raise ConversionError(
+            f"mask is {size[0]}x{size[1]} (WxH) but its image is {image_size[0]}x{image_size[1]}",
+            file=path,
+            record=record,
+            reason="mask_size_mismatch",
+        )
+    if array.ndim != 2:
+        raise ConversionError(
+            f"mask must have one channel, got array shape {array.shape}",
+            file=path,
+            record=record,
+            reason="bad_mask_format",
+        )
+    if mode == "I":  # 16-bit PNG opened by an older Pillow as 32-bit ints
+        if array.min() < 0 or array.max() > 65535:
+            raise ConversionError(
+                "mask values outside the 16-bit range",
+                file=path,
+                record=record,
+                reason="bad_mask_format",
+            )
+        array = array.astype(np.uint16)
+    return array
+
+
+def image_value(data: bytes) -> dict[str, Any]:
+    """The ``image`` column value: encoded bytes only (no path), so the row is self-contained."""
+    return {"bytes": data, "path": None}
+
+
+def image_format_suffix(data: bytes) -> str:
+    """File suffix (".png", ".jpg"...) of encoded image bytes, from their actual format."""
+    with Image.open(io.BytesIO(data)) as im:
+        fmt = (im.format or "PNG").lower()
+    return {"jpeg": ".jpg", "tiff": ".tif"}.get(fmt, "." + fmt)
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files directly inside ``folder``, sorted by name (hidden files ignored)."""
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Geometry checks shared by the json formats
+# ---------------------------------------------------------------------------------------------
+
+
+def check_polygons(polygons: Any, file: str | Path, record: str) -> list[list[float]]:
+    """Validate COCO-style polygons (one object may have several parts) and return them as floats.
+
+    A part needs at least 3 points (6 numbers) and an even count. pycocotools would read a
+    4-number part as a *box*, so a 2-point "polygon" must not slip through.
+    """
+    if not isinstance(polygons, list) or not polygons:
+        raise ConversionError(
+            "polygon segmentation must be a non-empty list of [x1, y1, x2, y2, ...] lists",
+            file=file,
+            record=record,
+            reason="bad_segmentation",
+        )
+    parts = []
+    for i, part in enumerate(polygons):
+        if not isinstance(part, list) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in part
+        ):
+            raise ConversionError(
+                f"polygon part {i} is not a flat list of numbers",
+                file=file,
+                record=record,
+                reason="bad_segmentation",
+            )
+        if len(part) % 2:
+            raise ConversionError(
+                f"polygon part {i} has an odd number of coordinates ({len(part)})",
+                file=file,
+                record=record,
+                reason="bad_segmentation",
+            )
+        if len(part) < 6:
+            raise ConversionError(
+                f"polygon part {i} has {len(part) // 2} points; a polygon needs at least 3",
+                file=file,
+                record=record,
+                reason="polygon_too_few_points",
+            )
+        values = [float(v) for v in part]
+        if not all(np.isfinite(values)):
+            raise ConversionError(
+                f"polygon part {i} has non-finite coordinates",
+                file=file,
+                record=record,
+                reason="bad_segmentation",
+            )
+        parts.append(values)
+    return parts
+
+
+def polygons_outside(polygons: list[list[float]], width: int, height: int) -> bool:
+    """Whether any vertex lies outside the image ``[0, width] x [0, height]`` (pixel edges)."""
+    for part in polygons:
+        xs, ys = part[0::2], part[1::2]
+        if min(xs) < 0 or min(ys) < 0 or max(xs) > width or max(ys) > height:
+            return True
+    return False
+
+
+def clip_bbox(bbox: list[float], width: int, height: int) -> tuple[list[float], bool]:
+    """Clip an xywh box to the image; returns the box and whether it changed."""
+    x, y, w, h = (float(v) for v in bbox)
+    x0, y0 = min(max(x, 0.0), width), min(max(y, 0.0), height)
+    x1, y1 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
+    clipped = [x0, y0, max(x1 - x0, 0.0), max(y1 - y0, 0.0)]
+    changed = any(abs(a - b) > 1e-6 for a, b in zip(clipped, (x, y, w, h)))
+    return clipped, changed
+
+
+def check_bbox(bbox: Any, file: str | Path, record: str) -> list[float]:
+    """A 4-number xywh box with non-negative size, as floats."""
+    if (
+        not isinstance(bbox, list | tuple)
+        or len(bbox) != 4
+        or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in bbox)
+        or not all(np.isfinite([float(v) for v in bbox]))
+    ):
+        raise ConversionError(
+            f"bbox must be [x, y, w, h] numbers, got {bbox!r}",
+            file=file,
+            record=record,
+            reason="bad_bbox",
+        )
+    if bbox[2] < 0 or bbox[3] < 0:
+        raise ConversionError(
+            f"bbox has negative width or height: {bbox!r}",
+            file=file,
+            record=record,
+            reason="bad_bbox",
+        )
+    return [float(v) for v in bbox]
+
+
+def check_attributes(attributes: Any, file: str | Path, record: str) -> dict[str, str]:
+    """An attributes mapping as ``{str: str}`` (numbers and booleans are written as text)."""
+    if attributes is None:
+        return {}
+    if not isinstance(attributes, dict):
+        raise ConversionError(
+            f"attributes must be a key -> value mapping, got {type(attributes).__name__}",
+            file=file,
+            record=record,
+            reason="bad_attributes",
+        )
+    out = {}
+    for k, v in attributes.items():
+        if isinstance(v, dict | list):
+            raise ConversionError(
+                f"attribute {k!r} must be a single value, got {type(v).__name__}",
+                file=file,
+                record=record,
+                reason="bad_attributes",
+            )
+        out[str(k)] = str(v).lower() if isinstance(v, bool) else str(v)
+    return out
+
+
+def load_json(path: str | os.PathLike[str], what: str = "annotation file") -> Any:
+    """Parse a json file; unreadable or malformed json is an unskippable error naming the file."""
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise ConversionError(
+            f"{what} not found", file=path, reason="missing_file", skippable=False
+        ) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConversionError(
+            f"cannot parse {what}: {e}", file=path, reason="corrupt_annotation", skippable=False
+        ) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Fingerprint and Arrow cache
+# ---------------------------------------------------------------------------------------------
+
+
+def _features_digest() -> str:
+    return hashlib.sha256(json.dumps(FEATURES.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def file_signature(paths: Iterable[str | os.PathLike[str]]) -> list[tuple[str, int, int]]:
+    """(absolute path, size, mtime in ns) of each file, sorted; a missing file gets -1s."""
+    out = []
+    for p in {str(Path(p).absolute()) for p in paths}:
+        try:
+            st = os.stat(p)
+            out.append((p, int(st.st_size), int(st.st_mtime_ns)))
+        except OSError:
+            out.append((p, -1, -1))
+    return sorted(out)
+
+
+def fingerprint(
+    kind: str,
+    version: str,
+    split: str,
+    files: Iterable[str | os.PathLike[str]],
+    options: dict[str, Any],
+) -> str:
+    """Stable id of one split's conversion: inputs' paths, sizes, mtimes, options and versions.
+
+    Identical inputs give the same id in any process, so the Arrow cache is found again;
+    touching a file, changing an option or bumping a converter version gives a new one.
+    """
+    payload = {
+        "kind": kind,
+        "converter_version": version,
+        "convert_version": CONVERT_VERSION,
+        "sam_hf": sam_hf.__version__,
+        "datasets": datasets.__version__,
+        "features": _features_digest(),
+        "split": split,
+        "options": options,
+        "files": file_signature(files),
+    }
+    blob = json.dumps(payload, sort_keys=True, default=str).encode()
+    return f"sam_hf-{kind}-{hashlib.sha256(blob).hexdigest()[:24]}"
+
+
+def resolve_cache_dir(cache_dir: str | os.PathLike[str] | None) -> Path:
+    """The datasets cache folder (``HF_DATASETS_CACHE`` unless given)."""
+    return Path(cache_dir) if cache_dir is not None else Path(datasets.config.HF_DATASETS_CACHE)
+
+
+#: fingerprint -> times its generator ran in this process (tells a cache hit from a build).
+_GENERATOR_RUNS: Counter[str] = Counter()
+
+
+def run_generator(
+    items: Iterable[dict[str, Any]],
+    convert_item: Callable[[dict[str, Any], ErrorPolicy], dict[str, Any] | None],
+    *,
+    plan_report: dict[str, Any],
+    on_error: str,
+    report_path: str,
+    fingerprint: str,
+) -> Iterator[dict[str, Any]]:
+    """Body shared by the converters' generators: convert items, count skips, persist the report.
+
+    ``convert_item`` returns a schema row, or ``None`` when the item was skipped (it calls
+    ``policy.fail`` for that). Any other exception is wrapped into a :class:`ConversionError`
+    naming the item, so even an unforeseen failure says where it happened.
+    """
+    _GENERATOR_RUNS[fingerprint] += 1
+    report = Report.from_dict(plan_report)
+    policy = ErrorPolicy(on_error, report)
+    for item in items:
+        try:
+            row = convert_item(item, policy)
+        except ConversionError as e:
+            policy.fail(e)
+            continue
+        except Exception as e:  # re-raised with the record it happened in
+            error = ConversionError(
+                f"unexpected {type(e).__name__}: {e}",
+                file=item.get("file"),
+                record=item.get("record"),
+                reason="unexpected_error",
+            )
+            error.__cause__ = e  # keep the original traceback for bug reports
+            policy.fail(error)
+            continue
+        if row is not None:
+            yield row
+    save_report(report, report_path)
+
+
+def save_report(report: Report, path: str | os.PathLike[str]) -> None:
+    """Write a report json atomically (a crash never leaves half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(json.dumps(report.to_dict(), indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _conversion_error_in(exc: BaseException) -> ConversionError | None:
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, ConversionError):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+def build_split(
+    generator: Callable[..., Iterator[dict[str, Any]]],
+    *,
+    kind: str,
+    version: str,
+    split: str,
+    items: list[dict[str, Any]],
+    files: Iterable[str | os.PathLike[str]],
+    options: dict[str, Any],
+    on_error: str,
+    plan_report: Report | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> tuple[datasets.Dataset | None, Report]:
+    """Build (or load from the Arrow cache) one split; ``None`` if every item was skipped.
+
+    ``generator`` is a converter's top-level generator taking ``items, on_error, plan_report,
+    report_path, fingerprint``; it must call :func:`run_generator`. The fingerprint goes to
+    ``from_generator`` as the dataset id, so datasets does not hash the (possibly large) items.
+    """
+    check_on_error(on_error)
+    if not items:  # nothing survived planning: no generator run, no empty cache entry
+        report = Report.from_dict((plan_report or Report()).to_dict())
+        report.splits = {split: SplitStats(0, 0, False)}
+        return None, report
+    fp = fingerprint(kind, version, split, files, {**options, "on_error": on_error})
+    cache = resolve_cache_dir(cache_dir)
+    report_path = cache / "sam_hf_reports" / f"{fp}.json"
+    runs_before = _GENERATOR_RUNS[fp]
+    gen_kwargs = {
+        # a tuple, not a list: datasets splits list-valued gen_kwargs into one shard (and one
+        # generator call) per element, which would split the report too
+        "items": tuple(items),
+        "on_error": on_error,
+        "plan_report": (plan_report or Report()).to_dict(),
+        "report_path": str(report_path),
+        "fingerprint": fp,
+    }
+    dataset: datasets.Dataset | None
+    try:
+        dataset = datasets.Dataset.from_generator(
+            generator,
+            features=FEATURES,
+            gen_kwargs=gen_kwargs,
+            cache_dir=str(cache),
+            fingerprint=fp,
+            split=datasets.NamedSplit(split),
+            writer_batch_size=WRITER_BATCH_SIZE,
+        )
+    except Exception as e:
+        err = _conversion_error_in(e)
+        if err is not None:  # drop datasets' wrapper; keep the cause of an unexpected error
+            raise err from err.__cause__
+        if isinstance(e, ValueError) and "corresponds to no data" in str(e):
+            dataset = None  # every item was skipped: an empty split
+        else:
+            raise
+    from_cache = _GENERATOR_RUNS[fp] == runs_before
+    if report_path.is_file():
+        report = Report.from_dict(json.loads(report_path.read_text()))
+    else:  # cache built by another tool or the report was deleted: counts of rows still hold
+        report = Report(notes=[f"{split}: skip counts unavailable (report missing from the cache)"])
+    if dataset is None:
+        stats = SplitStats(0, 0, from_cache)
+    else:
+        lengths = pc.list_value_length(dataset.data.column("objects"))
+        n_obj = pc.sum(lengths).as_py() or 0
+        stats = SplitStats(len(dataset), int(n_obj), from_cache)
+    report.splits = {split: stats}
+    return dataset, report
+
+
+def seeded_split(names: list[str], fraction: float, seed: int) -> set[str]:
+    """Names drawn (without replacement, seeded) for a held-out split carved from ``names``.
+
+    Order-independent: the names are sorted first, so the same files give the same split
+    whatever order the file system lists them in. At least one name is drawn when the fraction
+    is positive and two or more names exist; at least one is always left behind.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {fraction}")
+    names = sorted(names)
+    n = len(names)
+    if fraction == 0.0 or n < 2:
+        return set()
+    k = min(max(int(round(fraction * n)), 1), n - 1)
+    order = np.random.default_rng(seed).permutation(n)
+    return {names[i] for i in order[:k]}
+
+
+def finish(
+    splits: dict[str, datasets.Dataset | None], report: Report, source: str | os.PathLike[str]
+) -> datasets.DatasetDict:
+    """Assemble the DatasetDict, dropping splits that ended up empty; empty overall is an error."""
+    kept = {name: ds for name, ds in splits.items() if ds is not None and len(ds) > 0}
+    for name in splits:
+        if name not in kept:
+            report.notes.append(f"split {name!r} is empty after skipping and was left out")
+    if not kept:
+        raise ConversionError(
+            "empty dataset: no image could be converted"
+            + (" (every record was skipped)" if report.skipped else ""),
+            file=source,
+            reason="empty_dataset",
+            skippable=False,
+        )
+    return datasets.DatasetDict(kept)
+
+
+# ---------------------------------------------------------------------------------------------
+# Atomic save
+# ---------------------------------------------------------------------------------------------
+
+
+def _is_replaceable(out: Path) -> bool:
+    """An existing OUT may be replaced only if it is empty or a dataset saved by save_to_disk."""
+    if not out.is_dir():
+        return False
+    entries = [p.name for p in out.iterdir()]
+    return not entries or "dataset_dict.json" in entries or "dataset_info.json" in entries
+
+
+def _default_dir_mode() -> int:
+    """Permissions a plain ``mkdir`` would give (``mkdtemp`` makes private 0700 folders)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o777 & ~umask
+
+
+def make_temp_beside(out: Path) -> Path:
+    """An empty folder next to ``out`` (same file system, so the final rename is atomic)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    os.chmod(tmp, _default_dir_mode())
+    return tmp
+
+
+def replace_dir(tmp: Path, out: Path) -> None:
+    """Move the finished ``tmp`` to ``out``, replacing a previous ``out`` (renames only)."""
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+        os.rename(out, old)
+        os.rename(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, out)
+
+
+def save_atomically(
+    dataset: datasets.DatasetDict | datasets.Dataset,
+    out: str | os.PathLike[str],
+    extra_files: dict[str, str] | None = None,
+) -> Path:
+    """``save_to_disk`` into a temporary folder beside ``out``, then rename it into place.
+
+    ``extra_files`` maps file names to text written next to the dataset (the data card). An
+    existing ``out`` is replaced only when it holds a previously saved dataset (or nothing), so
+    a typo in ``--out`` cannot delete unrelated files.
+    """
+    out = Path(out).absolute()
+    if out.exists() and not _is_replaceable(out):
+        raise ConversionError(
+            "output exists and is not a saved dataset; refusing to replace it (choose another --out)",
+            file=out,
+            reason="output_exists",
+            skippable=False,
+        )
+    tmp = make_temp_beside(out)
+    try:
+        dataset.save_to_disk(str(tmp))
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Command-line plumbing shared by scripts/prepare_*.py
+# ---------------------------------------------------------------------------------------------
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--on-error`` and ``--cache-dir``, spelled the same in every prepare script."""
+    parser.add_argument(
+        "--on-error",
+        choices=ON_ERROR_CHOICES,
+        default="raise",
+        help="raise: stop at the first bad record (default); skip: leave bad records out, count"
+        " them and list them in the summary",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        default=None,
+        help="datasets cache folder for the Arrow files (default: HF_DATASETS_CACHE)",
+    )
+
+
+def run_cli(run: Callable[[], tuple[Report, Path]]) -> int:
+    """Run a conversion for a script: print its summary, or the error; return the exit code.
+
+    Bad input exits with 2 and the :class:`ConversionError` message, which names the file and
+    the record; nothing is left at the output path (saves are atomic).
+    """
+    start = time.perf_counter()
+    try:
+        report, out = run()
+    except ConversionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(report.summary())
+    print(f"saved to {out} in {time.perf_counter() - start:.2f} s")
+    return 0

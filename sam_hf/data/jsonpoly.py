@@ -1,0 +1,307 @@
+"""Per-image JSON polygon format -> the one schema.
+
+Layout: ``<root>/{train,val,test}/images/*`` and, per image, ``annotations/<same stem>.json``::
+
+    {"image_id": "...", "width": W, "height": H,
+     "instances": [{"instance_id": 1, "label": "apple",
+                    "segmentation": {"polygon": [[x1, y1, x2, y2, ...], ...]},
+                    "attributes": {"color": "red", "ripeness": "ripe"}}],
+     "negative_phrases": ["pear"]}            # optional (our extension, as in COCO-text)
+
+An instance may also carry its own ``noun_phrase``; otherwise its ``label`` is the phrase (the
+attribute-composed phrases are made by ``scripts/convert_mineapple_to_coco_text.py``).
+Polygons are rasterised exactly as COCO polygons are (pycocotools), so this reader and the
+COCO reader agree pixel for pixel on the same shapes. ``val`` becomes the ``validation`` split.
+A split without ``annotations/`` is images only (rows with no objects).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+from sam_hf.data.cards import save_prepared
+from sam_hf.data.coco import convert_planned_image
+from sam_hf.data.convert import (
+    ConversionError,
+    ErrorPolicy,
+    Report,
+    build_split,
+    check_attributes,
+    check_on_error,
+    check_polygons,
+    finish,
+    list_images,
+    load_json,
+    run_generator,
+    seeded_split,
+)
+
+#: Bump when the rows this converter writes change for the same files.
+VERSION = "jsonpoly-1"
+
+SPLIT_DIRS = {"train": ("train",), "validation": ("val", "validation"), "test": ("test",)}
+
+
+def find_splits(root: str | os.PathLike[str]) -> dict[str, tuple[Path, Path | None]]:
+    """Split name -> (images folder, annotations folder or None)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ConversionError(
+            "source folder not found", file=root, reason="missing_file", skippable=False
+        )
+    found = {}
+    for split, names in SPLIT_DIRS.items():
+        hit = next((root / n for n in names if (root / n / "images").is_dir()), None)
+        if hit is not None:
+            ann = hit / "annotations"
+            found[split] = (hit / "images", ann if ann.is_dir() else None)
+    if not found:
+        raise ConversionError(
+            "no split found: expected <root>/{train,val,test}/images/ with annotations/<stem>.json",
+            file=root,
+            reason="empty_dataset",
+            skippable=False,
+        )
+    return found
+
+
+def _plan_instance(inst: Any, index: int, file: Path) -> dict[str, Any]:
+    inst_id = inst.get("instance_id", f"#{index}") if isinstance(inst, dict) else f"#{index}"
+    record = f"instance_id {inst_id!r}"
+    if not isinstance(inst, dict):
+        raise ConversionError("an instance must be a json object", file=file, record=record)
+    label = inst.get("label")
+    if not isinstance(label, str) or not label.strip():
+        raise ConversionError(
+            "instance needs a non-empty 'label'", file=file, record=record, reason="missing_label"
+        )
+    segm = inst.get("segmentation")
+    if not isinstance(segm, dict) or "polygon" not in segm:
+        raise ConversionError(
+            "segmentation must be {'polygon': [[x1, y1, x2, y2, ...], ...]}",
+            file=file,
+            record=record,
+            reason="missing_segmentation" if not segm else "bad_segmentation",
+        )
+    phrase = inst.get("noun_phrase")
+    if phrase is not None and not isinstance(phrase, str):
+        raise ConversionError("noun_phrase must be a string", file=file, record=record)
+    return {
+        "record": record,
+        "segmentation": {"polygons": check_polygons(segm["polygon"], file, record)},
+        "bbox": None,
+        "category": label.strip(),
+        "noun_phrase": (phrase or "").strip() or label.strip(),
+        "attributes": check_attributes(inst.get("attributes"), file, record),
+        "iscrowd": bool(inst.get("iscrowd", False)),
+    }
+
+
+def _plan_split(
+    images_dir: Path, ann_dir: Path | None, policy: ErrorPolicy
+) -> list[dict[str, Any]]:
+    items = []
+    seen: dict[str, Path] = {}
+    stems = set()
+    for image in list_images(images_dir):
+        stems.add(image.stem)
+        item: dict[str, Any] = {
+            "image": str(image),
+            "image_id": image.stem,
+            "size": None,
+            "negative_phrases": [],
+            "annotations": [],
+            "file": str(image),
+            "record": f"image {image.stem}",
+            "annotation_file": None,
+        }
+        try:
+            if ann_dir is not None:
+                ann_file = ann_dir / f"{image.stem}.json"
+                if not ann_file.is_file():
+                    raise ConversionError(
+                        f"no annotation file {ann_file} for this image",
+                        file=image,
+                        record=f"image {image.stem}",
+                        reason="missing_annotation",
+                    )
+                item.update(_plan_annotation_file(ann_file, image, policy))
+            if item["image_id"] in seen:
+                raise ConversionError(
+                    f"duplicate image id {item['image_id']!r} (also {seen[item['image_id']].name})",
+                    file=item["file"],
+                    record=item["record"],
+                    reason="duplicate_image_id",
+                )
+        except ConversionError as e:
+            policy.fail(e)
+            continue
+        seen[item["image_id"]] = image
+        items.append(item)
+    if ann_dir is not None:
+        for ann_file in sorted(ann_dir.glob("*.json")):
+            if ann_file.stem not in stems:
+                policy.fail(
+                    ConversionError(
+                        f"annotation for unknown image {ann_file.stem!r} (no such file in {images_dir})",
+                        file=ann_file,
+                        record=f"image id {ann_file.stem}",
+                        reason="unknown_image_id",
+                    )
+                )
+    return items
+
+
+def _plan_annotation_file(ann_file: Path, image: Path, policy: ErrorPolicy) -> dict[str, Any]:
+    try:
+        doc = load_json(ann_file)
+    except ConversionError as e:  # one bad per-image file costs one image, not the dataset
+        raise ConversionError(
+            e.detail, file=ann_file, record=f"image {image.stem}", reason=e.reason
+        ) from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("instances", []), list):
+        raise ConversionError(
+            "annotation file must be an object with an 'instances' list",
+            file=ann_file,
+            record=f"image {image.stem}",
+            reason="bad_record",
+        )
+    image_id = str(doc.get("image_id", image.stem))
+    record = f"image_id {image_id!r}"
+    negatives = doc.get("negative_phrases") or []
+    if not isinstance(negatives, list) or not all(isinstance(p, str) for p in negatives):
+        raise ConversionError(
+            "negative_phrases must be a list of strings", file=ann_file, record=record
+        )
+    annotations = []
+    for i, inst in enumerate(doc.get("instances", [])):
+        try:
+            annotations.append(_plan_instance(inst, i, ann_file))
+        except ConversionError as e:
+            policy.fail(e)
+    return {
+        "image_id": image_id,
+        "size": [doc.get("width"), doc.get("height")],
+        "negative_phrases": [p.strip() for p in negatives if p.strip()],
+        "annotations": annotations,
+        "file": str(ann_file),
+        "record": record,
+        "annotation_file": str(ann_file),
+    }
+
+
+def _generate_split(
+    items: tuple[dict[str, Any], ...],
+    on_error: str,
+    plan_report: dict[str, Any],
+    report_path: str,
+    fingerprint: str,
+) -> Iterator[dict[str, Any]]:
+    """Top-level generator (closures would defeat the cache's fingerprinting)."""
+    yield from run_generator(
+        items,
+        convert_planned_image,
+        plan_report=plan_report,
+        on_error=on_error,
+        report_path=report_path,
+        fingerprint=fingerprint,
+    )
+
+
+def convert_json_polygons(
+    source: str | os.PathLike[str],
+    *,
+    val_fraction: float = 0.0,
+    seed: int = 0,
+    on_error: str = "raise",
+    cache_dir: str | os.PathLike[str] | None = None,
+    report: Report | None = None,
+) -> datasets.DatasetDict:
+    """Per-image JSON tree -> ``DatasetDict`` (``train`` / ``validation`` / ``test`` as present).
+
+    With ``val_fraction > 0`` and no ``val/`` folder, a seeded validation split is carved
+    from ``train`` as for MinneApple.
+    """
+    check_on_error(on_error)
+    report = report if report is not None else Report()
+    report.source = str(source)
+    plans: dict[str, tuple[list[dict[str, Any]], Report]] = {}
+    for split, (images_dir, ann_dir) in find_splits(source).items():
+        plan_report = Report()
+        plans[split] = (
+            _plan_split(images_dir, ann_dir, ErrorPolicy(on_error, plan_report)),
+            plan_report,
+        )
+    if "validation" not in plans and val_fraction and "train" in plans:
+        train_items, train_report = plans["train"]
+        held = seeded_split([it["image_id"] for it in train_items], val_fraction, seed)
+        if held:
+            plans["train"] = (
+                [it for it in train_items if it["image_id"] not in held],
+                train_report,
+            )
+            plans["validation"] = ([it for it in train_items if it["image_id"] in held], Report())
+    elif "validation" in plans and val_fraction:
+        report.notes.append("validation split taken from its own folder; val_fraction not applied")
+    if not any(items for items, _ in plans.values()) and not any(
+        r.skipped for _, r in plans.values()
+    ):
+        raise ConversionError(
+            "empty dataset: no images found in any split",
+            file=source,
+            reason="empty_dataset",
+            skippable=False,
+        )
+    built: dict[str, datasets.Dataset | None] = {}
+    for name in ("train", "validation", "test"):
+        if name not in plans:
+            continue
+        items, plan_report = plans[name]
+        files = [it["image"] for it in items] + [
+            it["annotation_file"] for it in items if it["annotation_file"]
+        ]
+        built[name], split_report = build_split(
+            _generate_split,
+            kind="jsonpoly",
+            version=VERSION,
+            split=name,
+            items=items,
+            files=files,
+            options={
+                "val_fraction": val_fraction,
+                "seed": seed,
+                "source": str(Path(source).absolute()),
+            },
+            on_error=on_error,
+            plan_report=plan_report,
+            cache_dir=cache_dir,
+        )
+        report.merge(split_report)
+    return finish(built, report, source)
+
+
+def prepare_json_polygons(
+    source: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    val_fraction: float = 0.0,
+    seed: int = 0,
+    on_error: str = "raise",
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> tuple[Report, Path]:
+    """Convert a per-image JSON tree and save it (``save_to_disk``) with its card as README.md."""
+    report = Report()
+    dataset = convert_json_polygons(
+        source,
+        val_fraction=val_fraction,
+        seed=seed,
+        on_error=on_error,
+        cache_dir=cache_dir,
+        report=report,
+    )
+    return report, save_prepared(dataset, out, "json_polygons", report)

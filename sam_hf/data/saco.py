@@ -1,0 +1,280 @@
+"""SA-Co image annotations (SAM3's benchmark format) -> the one schema.
+
+SA-Co is COCO-derived, but each ``images[]`` entry is an (image, ``text_input``) *pair*: the
+same picture appears once per noun phrase asked about it. A pair with annotations is a positive
+phrase (each annotation an instance of it); a pair with none is a negative phrase, known to be
+absent from the picture. Boxes are normalised ``[x, y, w, h]`` in [0, 1]; segmentations are
+COCO RLE.
+
+Our schema is one row per *image*, so pairs sharing a ``file_name`` are merged: their objects
+(``noun_phrase`` = the pair's ``text_input``), in the order of the pairs and then of the
+annotations, and their negative phrases in ``negative_phrases``. ``image_id`` is the
+``file_name``. The same phrase twice for one image (or both positive and negative) is an error.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+from sam_hf.data.cards import save_prepared
+from sam_hf.data.coco import check_segmentation, convert_planned_image
+from sam_hf.data.convert import (
+    ConversionError,
+    ErrorPolicy,
+    Report,
+    build_split,
+    check_attributes,
+    check_bbox,
+    check_on_error,
+    finish,
+    load_json,
+    run_generator,
+)
+
+#: Bump when the rows this converter writes change for the same files.
+VERSION = "saco-1"
+
+
+def _box_to_pixels(box: list[float], size: list[Any], file: Path, record: str) -> list[float]:
+    """Normalised xywh -> pixel xywh, using the pair's declared width and height."""
+    width, height = size
+    if (
+        not isinstance(width, int | float)
+        or not isinstance(height, int | float)
+        or width <= 0
+        or height <= 0
+    ):
+        raise ConversionError(
+            "its pair has no valid width/height, needed to scale the normalised box",
+            file=file,
+            record=record,
+            reason="bad_record",
+        )
+    x, y, w, h = box
+    return [x * width, y * height, w * width, h * height]
+
+
+def plan_saco(
+    annotations: str | os.PathLike[str], images_dir: str | os.PathLike[str], policy: ErrorPolicy
+) -> list[dict[str, Any]]:
+    """Group SA-Co pairs by ``file_name`` into per-image items (objects and negatives)."""
+    file = Path(annotations)
+    images_dir = Path(images_dir)
+    doc = load_json(file)
+    if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
+        raise ConversionError(
+            "an SA-Co file needs an 'images' list", file=file, reason="bad_record", skippable=False
+        )
+    anns = doc.get("annotations") or []
+    if not isinstance(anns, list):
+        raise ConversionError(
+            "'annotations' must be a list", file=file, reason="bad_record", skippable=False
+        )
+    categories = {
+        c["id"]: str(c["name"])
+        for c in doc.get("categories") or []
+        if isinstance(c, dict) and "id" in c and "name" in c
+    }
+
+    pairs: dict[Any, dict[str, Any]] = {}  # pair id -> {"item", "phrase", "record", "annotations"}
+    items: dict[str, dict[str, Any]] = {}  # file_name -> item
+    phrases: dict[str, dict[str, str]] = {}  # file_name -> phrase -> record of its pair
+    for i, entry in enumerate(doc["images"]):
+        record = f"images[{i}]" + (f" (id {entry.get('id')!r})" if isinstance(entry, dict) else "")
+        try:
+            if (
+                not isinstance(entry, dict)
+                or "id" not in entry
+                or not isinstance(entry.get("file_name"), str)
+            ):
+                raise ConversionError(
+                    "a pair needs 'id' and 'file_name'",
+                    file=file,
+                    record=record,
+                    reason="bad_record",
+                )
+            if entry["id"] in pairs:
+                raise ConversionError(
+                    f"duplicate image id {entry['id']!r} (first at {pairs[entry['id']]['record']})",
+                    file=file,
+                    record=record,
+                    reason="duplicate_image_id",
+                )
+            phrase = entry.get("text_input")
+            if not isinstance(phrase, str) or not phrase.strip():
+                raise ConversionError(
+                    "pair has no text_input (the noun phrase)",
+                    file=file,
+                    record=record,
+                    reason="missing_noun_phrase",
+                )
+            phrase = phrase.strip()
+            name = entry["file_name"]
+            size = [entry.get("width"), entry.get("height")]
+            item = items.get(name)
+            if item is None:
+                item = {
+                    "image": str(images_dir / name),
+                    "image_id": name,
+                    "size": size,
+                    "negative_phrases": [],
+                    "annotations": [],
+                    "file": str(file),
+                    "record": f"file_name {name!r}",
+                }
+            elif item["size"] != size:
+                raise ConversionError(
+                    f"pair declares size {size} but an earlier pair of {name!r} declares {item['size']}",
+                    file=file,
+                    record=record,
+                    reason="mask_size_mismatch",
+                )
+            if phrase in phrases.get(name, {}):
+                raise ConversionError(
+                    f"phrase {phrase!r} already given for {name!r} at {phrases[name][phrase]}",
+                    file=file,
+                    record=record,
+                    reason="duplicate_phrase",
+                )
+        except ConversionError as e:
+            policy.fail(e)
+            continue
+        items[name] = item
+        phrases.setdefault(name, {})[phrase] = record
+        pairs[entry["id"]] = {
+            "item": item,
+            "phrase": phrase,
+            "record": record,
+            "annotations": [],
+            "refs": 0,
+        }
+
+    for i, ann in enumerate(anns):
+        ann_id = ann.get("id", f"#{i}") if isinstance(ann, dict) else f"#{i}"
+        record = f"annotation id {ann_id!r}"
+        try:
+            if not isinstance(ann, dict):
+                raise ConversionError(
+                    "an annotation must be a json object", file=file, record=record
+                )
+            pair = pairs.get(ann.get("image_id"))
+            if pair is None:
+                raise ConversionError(
+                    f"annotation for unknown image id {ann.get('image_id')!r}",
+                    file=file,
+                    record=record,
+                    reason="unknown_image_id",
+                )
+            pair["refs"] += 1
+            if "category_id" in ann and ann["category_id"] not in categories:
+                raise ConversionError(
+                    f"unknown category id {ann['category_id']!r}",
+                    file=file,
+                    record=record,
+                    reason="unknown_category",
+                )
+            pair["annotations"].append(
+                {
+                    "record": record,
+                    "segmentation": check_segmentation(ann.get("segmentation"), file, record),
+                    "bbox": None
+                    if ann.get("bbox") is None
+                    else _box_to_pixels(
+                        check_bbox(ann["bbox"], file, record), pair["item"]["size"], file, record
+                    ),
+                    "category": categories.get(ann.get("category_id"), pair["phrase"]),
+                    "noun_phrase": pair["phrase"],
+                    "attributes": check_attributes(ann.get("attributes"), file, record),
+                    "iscrowd": bool(ann.get("iscrowd", 0)),
+                }
+            )
+        except ConversionError as e:
+            policy.fail(e)
+
+    for pair in pairs.values():  # pairs in file order, so objects keep the file's order
+        pair["item"]["annotations"].extend(pair["annotations"])
+        if pair["refs"] == 0:  # a pair whose annotations were all skipped is not a negative
+            pair["item"]["negative_phrases"].append(pair["phrase"])
+    return list(items.values())
+
+
+def _generate_split(
+    items: tuple[dict[str, Any], ...],
+    on_error: str,
+    plan_report: dict[str, Any],
+    report_path: str,
+    fingerprint: str,
+) -> Iterator[dict[str, Any]]:
+    """Top-level generator (closures would defeat the cache's fingerprinting)."""
+    yield from run_generator(
+        items,
+        convert_planned_image,
+        plan_report=plan_report,
+        on_error=on_error,
+        report_path=report_path,
+        fingerprint=fingerprint,
+    )
+
+
+def convert_saco(
+    images: str | os.PathLike[str],
+    annotations: str | os.PathLike[str],
+    *,
+    split: str = "test",
+    on_error: str = "raise",
+    cache_dir: str | os.PathLike[str] | None = None,
+    report: Report | None = None,
+) -> datasets.DatasetDict:
+    """SA-Co json + image folder -> ``DatasetDict`` with the one split ``split`` (default test:
+    SA-Co/Gold and Silver are evaluation sets)."""
+    check_on_error(on_error)
+    report = report if report is not None else Report()
+    report.source = str(annotations)
+    plan_report = Report()
+    items = plan_saco(annotations, images, ErrorPolicy(on_error, plan_report))
+    if not items and not plan_report.skipped:
+        raise ConversionError(
+            "empty dataset: the file lists no images",
+            file=annotations,
+            reason="empty_dataset",
+            skippable=False,
+        )
+    dataset, split_report = build_split(
+        _generate_split,
+        kind="saco",
+        version=VERSION,
+        split=split,
+        items=items,
+        files=[annotations] + [it["image"] for it in items],
+        options={
+            "images": str(Path(images).absolute()),
+            "annotations": str(Path(annotations).absolute()),
+        },
+        on_error=on_error,
+        plan_report=plan_report,
+        cache_dir=cache_dir,
+    )
+    report.merge(split_report)
+    return finish({split: dataset}, report, annotations)
+
+
+def prepare_saco(
+    images: str | os.PathLike[str],
+    annotations: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    split: str = "test",
+    on_error: str = "raise",
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> tuple[Report, Path]:
+    """Convert an SA-Co file and save it (``save_to_disk``) with its card as README.md."""
+    report = Report()
+    dataset = convert_saco(
+        images, annotations, split=split, on_error=on_error, cache_dir=cache_dir, report=report
+    )
+    return report, save_prepared(dataset, out, "saco", report)
