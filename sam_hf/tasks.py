@@ -68,35 +68,71 @@ def _check_model_type(path: Path, expected: str) -> None:
         raise ConfigError(f"{path} holds a {got!r} model, but this recipe trains {expected!r}.")
 
 
+def prepare_synthetic(cfg: Any, view: str) -> None:
+    """Generate and convert synthetic data into ``cfg.dataset_path`` when it is absent.
+
+    ``view`` picks how the orchard is read: ``minneapple`` (instance masks, for SAM2) or
+    ``coco_text`` (noun phrases and negatives, for SAM3). Shapes are written directly. The
+    DatasetDict is saved into a temporary folder and renamed, so an interrupted preparation
+    never looks like a prepared dataset.
+    """
+    path = Path(cfg.dataset_path)
+    if path.exists() or cfg.synthetic_num_images <= 0:
+        return
+    size = tuple(cfg.synthetic_image_size)
+    logger.info(
+        "%s is absent: generating %d synthetic %s images.",
+        path,
+        cfg.synthetic_num_images,
+        cfg.synthetic_kind,
+    )
+    if cfg.synthetic_kind == "shapes":
+        from sam_hf.data.shapes import make_shapes_dataset
+
+        ds = make_shapes_dataset(cfg.synthetic_num_images, seed=cfg.seed, image_size=size)
+        parts = ds.train_test_split(test_size=0.1, seed=cfg.seed)
+        dd = datasets.DatasetDict({"train": parts["train"], "validation": parts["test"]})
+    else:
+        from sam_hf.data.synthetic import make_synthetic_orchard
+
+        raw = path.with_name(path.name + "_raw")
+        if raw.exists():
+            shutil.rmtree(raw)
+        make_synthetic_orchard(
+            raw, num_images=cfg.synthetic_num_images, seed=cfg.seed, image_size=size
+        )
+        if view == "minneapple":
+            from sam_hf.data.minneapple import convert_minneapple
+
+            dd = convert_minneapple(raw / "minneapple", val_fraction=0.2, seed=cfg.seed)
+        else:
+            from sam_hf.data.coco import convert_coco_text
+
+            coco = raw / "coco_text"
+            dd = datasets.DatasetDict(
+                {
+                    "train": convert_coco_text(
+                        coco / "images", coco / "annotations" / "train.json"
+                    )["train"],
+                    "validation": convert_coco_text(
+                        coco / "images", coco / "annotations" / "val.json", split="validation"
+                    )["validation"],
+                }
+            )
+    tmp = path.with_name(f".tmp-{path.name}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    dd.save_to_disk(str(tmp))
+    tmp.rename(path)
+
+
 class Sam2Task:
     """SAM2 with geometric prompts on instance masks (MinneApple and friends)."""
 
     family = "sam2"
 
     def prepare_data(self, cfg: Any) -> None:
-        """For the demo: generate and convert the synthetic orchard when the data is absent."""
-        path = Path(cfg.dataset_path)
-        if path.exists() or cfg.synthetic_num_images <= 0:
-            return
-        from sam_hf.data.minneapple import convert_minneapple
-        from sam_hf.data.synthetic import make_synthetic_orchard
-
-        raw = path.with_name(path.name + "_raw")
-        logger.info(
-            "%s is absent: generating %d synthetic orchard images.", path, cfg.synthetic_num_images
-        )
-        make_synthetic_orchard(
-            raw,
-            num_images=cfg.synthetic_num_images,
-            seed=cfg.seed,
-            image_size=tuple(cfg.synthetic_image_size),
-        )
-        dd = convert_minneapple(raw / "minneapple", val_fraction=0.2, seed=cfg.seed)
-        tmp = path.with_name(f".tmp-{path.name}")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        dd.save_to_disk(str(tmp))
-        tmp.rename(path)
+        prepare_synthetic(cfg, view="minneapple")
 
     def build_model(self, cfg: Any) -> tuple[torch.nn.Module, Any]:
         from sam_hf.models.sam2 import Sam2ForTraining, build_sam2
