@@ -251,7 +251,7 @@ def training_step(
         for k, v in out.get("terms", {}).items():
             window.setdefault("terms", {}).setdefault(k, []).append(float(v))
         window.setdefault("loss", []).append(float(loss.detach()))
-        window["samples"] = window.get("samples", 0) + int(batch.get("num_images", 0))
+        window["samples"] = window.get("samples", 0) + len(batch.get("image_ids", ()))
         window["skipped_empty"] = window.get("skipped_empty", 0) + int(
             batch.get("num_skipped_empty", 0)
         )
