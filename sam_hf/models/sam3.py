@@ -1,0 +1,371 @@
+"""SAM3 (text-concept segmentation) for fine-tuning: build, freeze, train and predict.
+
+``build_sam3(cfg)`` returns a plain transformers ``Sam3Model`` + ``Sam3Processor`` -- from the
+Hub (``facebook/sam3``, gated), a local folder (e.g. an earlier fine-tune's ``final/``), or the
+tiny random config ``sam3-tiny`` used by tests and CPU demos -- so whatever is trained saves with
+``save_pretrained`` and reloads with ``Sam3Model.from_pretrained`` / ``Sam3Processor.from_pretrained``.
+
+``Sam3ForTraining`` wraps the model for the trainer. Each image is encoded once by the ViT and
+that encoding serves all of the image's text queries (the vision outputs are indexed per
+query), because the ViT is by far the most expensive part: at 1008 px it is ~45 s of the
+forward on a CPU, while the DETR/mask heads for one more phrase are cheap.
+
+Only the image detector is trained. SAM3's tracker (the SAM2-style memory model that propagates
+masks through video) is not part of ``Sam3Model`` at all -- its weights are dropped on load --
+so ``freeze_tracker`` exists only to say so and must stay true.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import Sam3Config, Sam3Model, Sam3Processor
+from transformers.models.sam3.image_processing_sam3 import Sam3ImageProcessor
+from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
+
+from sam_hf.losses.sam3 import Sam3Loss
+from sam_hf.models.clip_tokenizer import SAM3_CONTEXT_LENGTH, build_clip_tokenizer
+from sam_hf.models.common import (
+    enable_activation_checkpointing,
+    reinit_for_small_widths,
+    set_requires_grad,
+)
+
+logger = logging.getLogger(__name__)
+
+TINY_NAMES = ("sam3-tiny",)
+#: The size SAM3 was pretrained at (72 x 72 ViT tokens of 14 px).
+PRETRAINED_RESOLUTION = 1008
+#: Predictions scoring below this are not returned by ``predict`` (they cannot count for the
+#: 0.5-threshold metrics, and barely move mask AP), which keeps full-resolution masks small.
+PREDICT_MIN_SCORE = 0.05
+
+
+def tiny_sam3_config(resolution: int = 224, num_queries: int = 20) -> Sam3Config:
+    """A ~1.8 M-parameter Sam3Config (ViT 32 wide, 2 layers; CLIP text 32 wide; heads 32 wide).
+
+    Shaped like transformers' own SAM3 test config, with the real CLIP vocabulary (49,408
+    tokens, most of the parameters) so the real tokenizer works, all four FPN levels (so
+    ``pred_masks`` come out at 4x the token grid as in the full model) and dropout off so
+    tiny overfitting checks are deterministic. Nested sub-config dicts need ``model_type``.
+    """
+    return Sam3Config(
+        vision_config={
+            "model_type": "sam3_vision_model",
+            "backbone_config": {
+                "model_type": "sam3_vit_model",
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "image_size": resolution,
+                "pretrain_image_size": resolution,
+                "patch_size": 14,
+                "window_size": 8,
+                "global_attn_indexes": [0, 1],
+            },
+            "fpn_hidden_size": 32,
+            "scale_factors": [4.0, 2.0, 1.0, 0.5],
+        },
+        text_config={
+            "model_type": "clip_text_model",
+            "vocab_size": 49408,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "projection_dim": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "max_position_embeddings": SAM3_CONTEXT_LENGTH,
+            "hidden_act": "gelu",
+        },
+        geometry_encoder_config={
+            "model_type": "sam3_geometry_encoder",
+            "hidden_size": 32,
+            "num_layers": 1,
+            "num_attention_heads": 4,
+            "intermediate_size": 64,
+            "dropout": 0.0,
+        },
+        detr_encoder_config={
+            "model_type": "sam3_detr_encoder",
+            "hidden_size": 32,
+            "num_layers": 1,
+            "num_attention_heads": 4,
+            "intermediate_size": 64,
+            "dropout": 0.0,
+        },
+        detr_decoder_config={
+            "model_type": "sam3_detr_decoder",
+            "hidden_size": 32,
+            "num_layers": 2,
+            "num_queries": num_queries,
+            "num_attention_heads": 4,
+            "intermediate_size": 64,
+            "dropout": 0.0,
+        },
+        mask_decoder_config={
+            "model_type": "sam3_mask_decoder",
+            "hidden_size": 32,
+            "num_upsampling_stages": 3,
+            "num_attention_heads": 4,
+        },
+    )
+
+
+def build_sam3_processor(resolution: int, tokenizer: Any | None = None) -> Sam3Processor:
+    """A Sam3Processor at ``resolution`` with the offline CLIP tokenizer (mean = std = 0.5)."""
+    image_processor = Sam3ImageProcessor(size={"height": resolution, "width": resolution})
+    tok = tokenizer if tokenizer is not None else build_clip_tokenizer()
+    return Sam3Processor(image_processor=image_processor, tokenizer=tok, target_size=resolution)
+
+
+def _check_resolution(resolution: int, patch: int = 14) -> None:
+    if resolution <= 0 or resolution % patch:
+        raise ValueError(
+            f"resolution {resolution} must be a positive multiple of SAM3's ViT patch size "
+            f"{patch} (SAM3 was pretrained at {PRETRAINED_RESOLUTION} = 72 x {patch})."
+        )
+
+
+def set_sam3_resolution(model: Sam3Model, processor: Sam3Processor | None, resolution: int) -> None:
+    """Run ``model`` (and resize inputs in ``processor``) at ``resolution`` x ``resolution``.
+
+    The ViT's global-attention layers precompute RoPE positions from ``image_size``; they are
+    recomputed here, and the new size is written into the configs so ``save_pretrained`` /
+    ``from_pretrained`` keep it. Absolute position embeddings are tiled by the model itself.
+    """
+    backbone = model.vision_encoder.backbone
+    patch = backbone.config.patch_size
+    _check_resolution(resolution, patch if isinstance(patch, int) else patch[0])
+    configs = {
+        id(c): c
+        for c in (
+            model.config.vision_config.backbone_config,
+            model.vision_encoder.config.backbone_config,
+            backbone.config,
+            *(layer.config for layer in backbone.layers),
+        )
+    }
+    for c in configs.values():
+        c.image_size = resolution
+    for layer in backbone.layers:
+        pos = layer.precompute_positions(layer.config, layer.window_size)
+        layer.register_buffer("position_ids", pos.to(layer.position_ids.device), persistent=False)
+    if processor is not None:
+        processor.image_processor.size = {"height": resolution, "width": resolution}
+        processor.target_size = resolution
+
+
+def _check_freeze_tracker(cfg: Any) -> None:
+    if not getattr(cfg, "freeze_tracker", True):
+        raise ValueError(
+            "freeze_tracker: false is not supported. SAM3's tracker (the SAM2-style memory "
+            "model that propagates masks through video) is not trained here: the SAM3 "
+            "fine-tuning guide trains the image detector only, and transformers' Sam3Model "
+            "-- the model this recipe trains and saves -- does not even contain the tracker "
+            "(its tracker_model.* / tracker_neck.* weights are dropped on load). Set "
+            "freeze_tracker: true."
+        )
+
+
+def apply_sam3_freezing(model: Sam3Model, cfg: Any) -> None:
+    """Apply ``freeze_vision_encoder`` / ``freeze_text_encoder`` (and check ``freeze_tracker``).
+
+    The text encoder includes ``text_projection`` (CLIP width -> DETR width), as in the
+    official SAM3 where that projection sits inside the text encoder module.
+    """
+    _check_freeze_tracker(cfg)
+    set_requires_grad(model, True)
+    if getattr(cfg, "freeze_vision_encoder", False):
+        set_requires_grad(model.vision_encoder, False)
+    if getattr(cfg, "freeze_text_encoder", False):
+        set_requires_grad(model.text_encoder, False)
+        set_requires_grad(model.text_projection, False)
+
+
+def build_sam3(cfg: Any) -> tuple[Sam3Model, Sam3Processor]:
+    """Sam3Model + Sam3Processor from ``cfg.model_name_or_path`` with the freeze policy applied.
+
+    Reads ``model_name_or_path``, ``revision``, ``resolution`` (default 1008), ``seed``,
+    ``freeze_vision_encoder``, ``freeze_text_encoder``, ``freeze_tracker`` (must be true) and
+    ``gradient_checkpointing``.
+    """
+    _check_freeze_tracker(cfg)
+    name = str(getattr(cfg, "model_name_or_path", "facebook/sam3"))
+    revision = getattr(cfg, "revision", None) or "main"
+    resolution = int(getattr(cfg, "resolution", PRETRAINED_RESOLUTION))
+    _check_resolution(resolution)
+
+    if name in TINY_NAMES:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(getattr(cfg, "seed", 0)))
+            model = Sam3Model(tiny_sam3_config(resolution))
+            reinit_for_small_widths(model)
+        processor = build_sam3_processor(resolution)
+    else:
+        is_local = os.path.isdir(name)
+        kw = {} if is_local else {"revision": revision}
+        try:
+            model = Sam3Model.from_pretrained(name, **kw)
+        except OSError as e:
+            raise OSError(
+                f"Could not load Sam3Model from {name!r}: {e}\nfacebook/sam3 is gated on the Hub: "
+                "accept its license and log in (`hf auth login`), point model_name_or_path at a "
+                "local folder saved with save_pretrained, or use 'sam3-tiny' to test offline."
+            ) from e
+        try:
+            processor = Sam3Processor.from_pretrained(name, **kw)
+        except (OSError, ValueError, TypeError) as e:
+            if not is_local:
+                raise
+            logger.warning(
+                "No loadable Sam3Processor in %s (%s); building one with the offline CLIP "
+                "tokenizer.",
+                name,
+                e,
+            )
+            processor = build_sam3_processor(model.config.vision_config.backbone_config.image_size)
+        if resolution != PRETRAINED_RESOLUTION:
+            logger.warning(
+                "Running SAM3 at %d px instead of the %d px it was pretrained at: its position "
+                "encodings and feature scales no longer match what the weights learned, which "
+                "degrades pretrained accuracy (fine-tuning has to recover it).",
+                resolution,
+                PRETRAINED_RESOLUTION,
+            )
+        saved = model.config.vision_config.backbone_config.image_size
+        if resolution != saved or processor.image_processor.size.get("height") != resolution:
+            set_sam3_resolution(model, processor, resolution)
+
+    apply_sam3_freezing(model, cfg)
+    if getattr(cfg, "gradient_checkpointing", False):
+        enable_activation_checkpointing(model)
+    return model, processor
+
+
+def _requires_grad(*modules: nn.Module) -> bool:
+    return any(p.requires_grad for m in modules for p in m.parameters())
+
+
+def index_vision_outputs(
+    vision: Sam3VisionEncoderOutput, index: torch.Tensor
+) -> Sam3VisionEncoderOutput:
+    """Repeat one encoding per image into one per query (``index``: query -> image)."""
+    return Sam3VisionEncoderOutput(
+        last_hidden_state=vision.last_hidden_state[index],
+        fpn_hidden_states=tuple(f[index] for f in vision.fpn_hidden_states),
+        fpn_position_encoding=tuple(p[index] for p in vision.fpn_position_encoding),
+    )
+
+
+class Sam3ForTraining(nn.Module):
+    """The trainer's view of SAM3: ``forward(batch)`` -> loss, ``predict(batch)`` -> pairs.
+
+    ``batch`` comes from :class:`sam_hf.data.queries.Sam3Collator`.
+    """
+
+    def __init__(self, model: Sam3Model, args: Any) -> None:
+        super().__init__()
+        self.model = model
+        self.args = args
+        self.criterion = Sam3Loss.from_args(args)
+
+    def run(self, batch: dict[str, Any]) -> tuple[Any, Sam3VisionEncoderOutput]:
+        """SAM3 outputs per query (Q rows), encoding each image once; also the per-image encoding.
+
+        Encoders whose parameters are all frozen run without autograd (no activations kept);
+        a LoRA adapter inside one makes it require grad again.
+        """
+        m = self.model
+        pixel_values = batch["pixel_values"]
+        with torch.set_grad_enabled(torch.is_grad_enabled() and _requires_grad(m.vision_encoder)):
+            vision = m.get_vision_features(pixel_values=pixel_values)
+        index = batch["query_image"].to(pixel_values.device)
+        if index.numel() == 0:
+            return None, vision
+        with torch.set_grad_enabled(
+            torch.is_grad_enabled() and _requires_grad(m.text_encoder, m.text_projection)
+        ):
+            text = m.get_text_features(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            )
+        outputs = m(
+            vision_embeds=index_vision_outputs(vision, index),
+            text_embeds=text,
+            attention_mask=batch["attention_mask"],
+        )
+        return outputs, vision
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """``{"loss": scalar with grad, "terms": {name: detached scalar}, "num_queries": int}``."""
+        outputs, vision = self.run(batch)
+        if outputs is None:
+            # No query in this batch (no phrase and no known-absent phrase): a zero loss that
+            # still touches the graph, so backward() and DDP behave.
+            zero = vision.fpn_hidden_states[-1].sum() * 0.0
+            return {"loss": zero, "terms": {}, "num_queries": 0}
+        loss, terms = self.criterion(
+            outputs.pred_logits,
+            outputs.pred_boxes,
+            outputs.pred_masks,
+            outputs.presence_logits,
+            batch["target_boxes"],
+            batch["target_masks"],
+            batch["num_targets"],
+            batch.get("is_attribute"),
+        )
+        return {"loss": loss, "terms": terms, "num_queries": int(batch["num_targets"].shape[0])}
+
+    @torch.no_grad()
+    def predict(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
+        """Per image ``{"image_id", "pairs": [...]}`` at ORIGINAL resolution (CPU tensors).
+
+        One pair per query: ``{"phrase", "gt": bool (G, H, W), "pred": bool (P, H, W),
+        "scores": (P,), "is_negative"}`` plus ``"candidates"`` (bool (C, H, W) masks of the
+        instances of the phrase's category) and ``"candidate_labels"`` (bool (C,): whether the
+        phrase describes each) for attribute phrases. Score = sigmoid(pred_logits) x
+        sigmoid(presence_logits); masks are ``pred_masks`` logits resized straight to (H, W)
+        (the input was a squash resize) and thresholded at 0; predictions scoring below
+        ``PREDICT_MIN_SCORE`` are dropped, the rest sorted by score.
+        """
+        outputs, _ = self.run(batch)
+        n_img = batch["pixel_values"].shape[0]
+        results = [{"image_id": batch["image_ids"][b], "pairs": []} for b in range(n_img)]
+        if outputs is None:
+            return results
+        min_score = min(PREDICT_MIN_SCORE, float(getattr(self.args, "score_threshold", 0.5)))
+        scores_all = (
+            outputs.pred_logits.float().sigmoid()
+            * outputs.presence_logits.float().sigmoid().reshape(-1, 1)
+        )
+        for q, b in enumerate(batch["query_image"].tolist()):
+            h, w = batch["orig_sizes"][b]
+            scores = scores_all[q]
+            keep = (scores >= min_score).nonzero().flatten()
+            keep = keep[scores[keep].argsort(descending=True)]
+            logits = outputs.pred_masks[q, keep].float()
+            pred = torch.zeros((len(keep), h, w), dtype=torch.bool)
+            for s in range(0, len(keep), 16):  # bounded memory for large originals
+                up = F.interpolate(
+                    logits[None, s : s + 16], size=(h, w), mode="bilinear", align_corners=False
+                )
+                pred[s : s + 16] = (up[0] > 0).cpu()
+            orig = batch["orig_masks"][b]
+            pair = {
+                "phrase": batch["phrases"][q],
+                "gt": orig[batch["query_targets"][q].to(orig.device)].bool().cpu(),
+                "pred": pred,
+                "scores": scores[keep].cpu(),
+                "is_negative": bool(batch["is_negative"][q]),
+            }
+            cands = batch.get("candidates", [None] * (q + 1))[q]
+            if cands is not None:
+                pair["candidates"] = orig[cands.to(orig.device)].bool().cpu()
+                pair["candidate_labels"] = batch["candidate_labels"][q].bool().cpu()
+            results[b]["pairs"].append(pair)
+        return results
