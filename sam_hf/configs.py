@@ -226,6 +226,11 @@ class Sam3LossArgs:
     weight_mask_focal: float = _f(20.0, "Mask sigmoid focal term weight.")
     weight_mask_dice: float = _f(1.0, "Mask dice term weight.")
     score_threshold: float = _f(0.5, "Score above which a prediction counts (SA-Co uses 0.5).")
+    negative_class_loss: bool = _f(
+        True, "Apply the classification loss to negative queries too (SAM3 itself skips it)."
+    )
+    focal_alpha: float = _f(0.25, "Focal alpha (classification and mask focal terms).")
+    focal_gamma: float = _f(2.0, "Focal gamma.")
 
 
 @dataclass

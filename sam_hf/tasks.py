@@ -126,7 +126,27 @@ def prepare_synthetic(cfg: Any, view: str) -> None:
     tmp.rename(path)
 
 
-class Sam2Task:
+class _TransformersTask:
+    """Export and weight loading shared by the families: plain transformers folders."""
+
+    family = ""
+
+    def save_pretrained(self, module: torch.nn.Module, processor: Any, out_dir: Path) -> None:
+        module.model.save_pretrained(str(out_dir))
+        processor.save_pretrained(str(out_dir))
+
+    def load_weights(self, module: torch.nn.Module, path: str) -> None:
+        p = Path(path)
+        _check_model_type(p, self.family)
+        missing, unexpected = module.model.load_state_dict(_load_state_dict(p), strict=False)
+        if unexpected or missing:
+            raise ConfigError(
+                f"init_from {p}: weights do not fit this model (missing {missing[:5]}, unexpected "
+                f"{unexpected[:5]}); was it trained with another model_name_or_path?"
+            )
+
+
+class Sam2Task(_TransformersTask):
     """SAM2 with geometric prompts on instance masks (MinneApple and friends)."""
 
     family = "sam2"
@@ -204,16 +224,175 @@ class Sam2Task:
             "num_images": len(records),
         }
 
-    def save_pretrained(self, module: torch.nn.Module, processor: Any, out_dir: Path) -> None:
-        module.model.save_pretrained(str(out_dir))
-        processor.save_pretrained(str(out_dir))
 
-    def load_weights(self, module: torch.nn.Module, path: str) -> None:
-        p = Path(path)
-        _check_model_type(p, "sam2")
-        missing, unexpected = module.model.load_state_dict(_load_state_dict(p), strict=False)
-        if unexpected or missing:
-            raise ConfigError(
-                f"init_from {p}: weights do not fit this model (missing {missing[:5]}, unexpected "
-                f"{unexpected[:5]}); was it trained with another model_name_or_path?"
-            )
+def _rles(masks: torch.Tensor) -> list[dict]:
+    from sam_hf.data import rle
+
+    return [rle.encode(m) for m in masks.bool().cpu().numpy()]
+
+
+def _unrles(rles: list[dict], size: tuple[int, int]) -> torch.Tensor:
+    from sam_hf.data import rle
+
+    return torch.from_numpy(rle.decode_many(rles, *size))
+
+
+def matched_instance_iou(pairs: list[dict]) -> float:
+    """Mean over ground-truth instances of the IoU of its Hungarian-matched kept prediction.
+
+    Each GT instance of a positive pair is matched one-to-one (maximising IoU) to predictions
+    scoring at least 0.5; an unmatched instance counts 0. This is SAM3's analogue of SAM2's
+    per-object IoU: how well the found masks fit, penalising missed instances.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    from sam_hf.metrics import pairwise_mask_iou
+
+    total, count = 0.0, 0
+    for p in pairs:
+        g = p["gt"].shape[0]
+        if g == 0:
+            continue
+        count += g
+        keep = p["scores"] >= 0.5
+        pred = p["pred"][keep]
+        if pred.shape[0] == 0:
+            continue
+        iou = pairwise_mask_iou(pred, p["gt"])
+        rows, cols = linear_sum_assignment(-iou)
+        total += float(iou[rows, cols].sum())
+    return total / count if count else 0.0
+
+
+class Sam3Task(_TransformersTask):
+    """SAM3 concept segmentation: every instance of a noun phrase, negatives included."""
+
+    family = "sam3"
+
+    def __init__(self) -> None:
+        self.vocab: Any = None
+
+    def prepare_data(self, cfg: Any) -> None:
+        prepare_synthetic(cfg, view="coco_text")
+
+    def build_model(self, cfg: Any) -> tuple[torch.nn.Module, Any]:
+        from sam_hf.models.sam3 import Sam3ForTraining, build_sam3
+
+        model, processor = build_sam3(cfg)
+        return Sam3ForTraining(model, cfg), processor
+
+    @staticmethod
+    def check_noun_phrases(ds: datasets.Dataset, split: str, fallback: bool) -> None:
+        """SAM3 learns from phrases: an object without one is an error unless the category may
+        stand in (``noun_phrase_from_category``)."""
+        if fallback:
+            return
+        for row in ds.select_columns(["image_id", "objects"]):
+            for k, obj in enumerate(row["objects"]):
+                if not obj["noun_phrase"].strip():
+                    raise ConfigError(
+                        f"{split} image {row['image_id']!r}, object {k} (category "
+                        f"{obj['category']!r}) has no noun_phrase. Annotate one, or set "
+                        "noun_phrase_from_category: true to use category names."
+                    )
+
+    def build_datasets(
+        self, cfg: Any, processor: Any
+    ) -> tuple[SegmentationDataset, SegmentationDataset]:
+        from sam_hf.data.queries import PhraseVocab
+
+        dd = load_splits(cfg)
+        train_split = _subset(dd[cfg.train_split], cfg.max_train_samples)
+        eval_split = _subset(dd[cfg.eval_split], cfg.max_eval_samples)
+        self.check_noun_phrases(train_split, cfg.train_split, cfg.noun_phrase_from_category)
+        self.check_noun_phrases(eval_split, cfg.eval_split, cfg.noun_phrase_from_category)
+        # negatives for an image are drawn from the phrases of the other training images
+        self.vocab = PhraseVocab.from_dataset(train_split)
+        self.tokenizer = processor.tokenizer
+        ip = processor.image_processor
+        common = dict(
+            resolution=cfg.resolution,
+            image_mean=ip.image_mean,
+            image_std=ip.image_std,
+            seed=cfg.seed,
+        )
+        train = SegmentationDataset(
+            train_split,
+            train=True,
+            hflip_prob=cfg.hflip_prob,
+            color_jitter=cfg.color_jitter,
+            **common,
+        )
+        evals = SegmentationDataset(eval_split, train=False, keep_orig_masks=True, **common)
+        return train, evals
+
+    def collator(self, cfg: Any, train: bool) -> Any:
+        from sam_hf.data.queries import Sam3Collator
+
+        return Sam3Collator(cfg, self.vocab, self.tokenizer, train=train)
+
+    def eval_records(self, predictions: list[dict]) -> list[dict]:
+        """Per image, every (image, phrase) pair with masks as RLE (small to gather)."""
+        out = []
+        for p in predictions:
+            pairs = []
+            for pair in p["pairs"]:
+                size = (
+                    tuple(pair["gt"].shape[1:])
+                    if pair["gt"].ndim == 3
+                    else tuple(pair["pred"].shape[1:])
+                )
+                rec = {
+                    "phrase": pair["phrase"],
+                    "size": size,
+                    "gt": _rles(pair["gt"]),
+                    "pred": _rles(pair["pred"]),
+                    "scores": pair["scores"].float().cpu().tolist(),
+                }
+                if pair.get("candidates") is not None:
+                    rec["candidates"] = _rles(pair["candidates"])
+                    rec["candidate_labels"] = pair["candidate_labels"].bool().cpu().tolist()
+                pairs.append(rec)
+            out.append({"image_id": p["image_id"], "pairs": pairs})
+        return out
+
+    def compute_metrics(self, records: list[dict]) -> dict[str, float]:
+        from sam_hf.metrics import (
+            attribute_accuracy,
+            coco_mask_ap,
+            concept_recall,
+            grounding_accuracy,
+            saco_metrics,
+        )
+
+        pairs = []
+        for r in records:
+            for rec in r["pairs"]:
+                pair = {
+                    "phrase": rec["phrase"],
+                    "gt": _unrles(rec["gt"], rec["size"]),
+                    "pred": _unrles(rec["pred"], rec["size"]),
+                    "scores": torch.tensor(rec["scores"], dtype=torch.float32),
+                }
+                if "candidates" in rec:
+                    pair["candidates"] = _unrles(rec["candidates"], rec["size"])
+                    pair["candidate_labels"] = torch.tensor(
+                        rec["candidate_labels"], dtype=torch.bool
+                    )
+                pairs.append(pair)
+        if not pairs:
+            return {}
+        metrics = dict(saco_metrics(pairs))
+        metrics["concept_recall"] = concept_recall(pairs)
+        metrics["grounding_accuracy"] = grounding_accuracy(pairs)
+        attr = attribute_accuracy(pairs)
+        if attr is not None:
+            metrics["attribute_accuracy"] = attr
+        ap = coco_mask_ap([{**p, "category": p["phrase"]} for p in pairs])
+        metrics.update(
+            {k: v for k, v in ap.items() if k in ("mask_AP", "mask_AP50", "mask_AP75", "mask_AR")}
+        )
+        metrics["mean_iou"] = matched_instance_iou(pairs)
+        metrics["num_pairs"] = len(pairs)
+        metrics["num_images"] = len(records)
+        return {k: float(v) if isinstance(v, float) else v for k, v in metrics.items()}

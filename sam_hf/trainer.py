@@ -36,6 +36,9 @@ from sam_hf.configs import ConfigError, save_config, to_dict
 
 logger = logging.getLogger("sam_hf")
 
+#: Per-batch counts the collators report; summed over the run into eval_results.json.
+COUNTER_KEYS = ("num_skipped_empty", "num_empty_phrases", "num_truncated")
+
 
 class Task(Protocol):
     """What a model family provides to the trainer (see ``sam_hf.tasks``)."""
@@ -82,7 +85,8 @@ class TrainerState:
     evals_without_improvement: int = 0
     nonfinite_in_a_row: int = 0
     nonfinite_total: int = 0
-    skipped_empty_images: int = 0
+    # sums of the collators' per-batch counters (num_skipped_empty, num_truncated, ...)
+    data_counters: dict = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -252,9 +256,10 @@ def training_step(
             window.setdefault("terms", {}).setdefault(k, []).append(float(v))
         window.setdefault("loss", []).append(float(loss.detach()))
         window["samples"] = window.get("samples", 0) + len(batch.get("image_ids", ()))
-        window["skipped_empty"] = window.get("skipped_empty", 0) + int(
-            batch.get("num_skipped_empty", 0)
-        )
+        counts = window.setdefault("counts", {})
+        for k, v in batch.items():
+            if k in COUNTER_KEYS:
+                counts[k] = counts.get(k, 0) + int(v)
         if not accelerator.sync_gradients:
             return None
         stats: dict[str, Any] = {
@@ -277,7 +282,7 @@ def training_step(
         for k, v in window.get("terms", {}).items():
             stats[f"loss_{k}" if not k.startswith("loss") else k] = sum(v) / len(v)
         stats["samples"] = window.get("samples", 0)
-        stats["skipped_empty"] = window.get("skipped_empty", 0)
+        stats["counts"] = window.get("counts", {})
         window.clear()
         return stats
 
@@ -474,7 +479,8 @@ def train(cfg: Any, task: Task) -> dict:
             if stats is None:
                 continue
             samples_since += stats["samples"]
-            state.skipped_empty_images += stats["skipped_empty"]
+            for k, v in stats["counts"].items():
+                state.data_counters[k] = state.data_counters.get(k, 0) + v
             if stats["nonfinite"]:
                 state.nonfinite_in_a_row += 1
                 state.nonfinite_total += 1
@@ -555,7 +561,7 @@ def train(cfg: Any, task: Task) -> dict:
     results["train"] = {
         "global_step": state.global_step,
         "nonfinite_steps": state.nonfinite_total,
-        "skipped_empty_images": state.skipped_empty_images,
+        **state.data_counters,
         "num_processes": accelerator.num_processes,
     }
     logger.info("Final eval: %s", _fmt(final_metrics))
