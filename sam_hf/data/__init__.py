@@ -1,5 +1,5 @@
-"""Data: one schema, converters into Arrow caches, transforms and prompt simulation."""
+"""Data: one schema, converters into Arrow caches, transforms and prompt simulation.
 
-from sam_hf.data.schema import FEATURES, attributes_dict, make_object
-
-__all__ = ["FEATURES", "attributes_dict", "make_object"]
+Submodules are imported where they are used (``from sam_hf.data.schema import FEATURES``), so
+that model code importing ``sam_hf.data.prompts`` does not pull in ``datasets``/pycocotools.
+"""
