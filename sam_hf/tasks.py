@@ -126,19 +126,50 @@ def prepare_synthetic(cfg: Any, view: str) -> None:
     tmp.rename(path)
 
 
+def maybe_lora(model: torch.nn.Module, cfg: Any, family: str) -> torch.nn.Module:
+    """Wrap ``model`` in peft LoRA adapters when ``use_lora`` is set (see ``sam_hf.lora``)."""
+    if not cfg.use_lora:
+        return model
+    from sam_hf.lora import apply_lora
+
+    return apply_lora(model, cfg, family)
+
+
 class _TransformersTask:
     """Export and weight loading shared by the families: plain transformers folders."""
 
     family = ""
 
-    def save_pretrained(self, module: torch.nn.Module, processor: Any, out_dir: Path) -> None:
-        module.model.save_pretrained(str(out_dir))
+    def save_pretrained(
+        self, module: torch.nn.Module, processor: Any, out_dir: Path, cfg: Any
+    ) -> None:
+        """A plain transformers folder; with LoRA, ``adapter/`` (peft) and, with ``merge_lora``,
+        the merged model beside it, so users need neither peft nor sam_hf to load it."""
         processor.save_pretrained(str(out_dir))
+        if not cfg.use_lora:
+            module.model.save_pretrained(str(out_dir))
+            return
+        from sam_hf.lora import merge_to_base, save_adapter
 
-    def load_weights(self, module: torch.nn.Module, path: str) -> None:
+        save_adapter(module.model, out_dir)
+        if cfg.merge_lora:
+            merge_to_base(module.model, copy_model=True).save_pretrained(str(out_dir))
+
+    def build_model(self, cfg: Any) -> tuple[torch.nn.Module, Any]:
+        """The training module: model (+ ``init_from`` weights, then LoRA) inside its wrapper."""
+        model, processor = self.build_base(cfg)
+        if cfg.init_from:
+            self.load_weights(model, cfg.init_from)
+            logger.info(
+                "Initialised weights from %s (fresh optimizer and schedule).", cfg.init_from
+            )
+        return self.wrap(maybe_lora(model, cfg, self.family), cfg), processor
+
+    def load_weights(self, model: torch.nn.Module, path: str) -> None:
+        """Weights of an earlier fine-tune (a final/ or best/ folder) into a fresh model."""
         p = Path(path)
         _check_model_type(p, self.family)
-        missing, unexpected = module.model.load_state_dict(_load_state_dict(p), strict=False)
+        missing, unexpected = model.load_state_dict(_load_state_dict(p), strict=False)
         if unexpected or missing:
             raise ConfigError(
                 f"init_from {p}: weights do not fit this model (missing {missing[:5]}, unexpected "
@@ -154,11 +185,15 @@ class Sam2Task(_TransformersTask):
     def prepare_data(self, cfg: Any) -> None:
         prepare_synthetic(cfg, view="minneapple")
 
-    def build_model(self, cfg: Any) -> tuple[torch.nn.Module, Any]:
-        from sam_hf.models.sam2 import Sam2ForTraining, build_sam2
+    def build_base(self, cfg: Any) -> tuple[torch.nn.Module, Any]:
+        from sam_hf.models.sam2 import build_sam2
 
-        model, processor = build_sam2(cfg)
-        return Sam2ForTraining(model, cfg), processor
+        return build_sam2(cfg)
+
+    def wrap(self, model: torch.nn.Module, cfg: Any) -> torch.nn.Module:
+        from sam_hf.models.sam2 import Sam2ForTraining
+
+        return Sam2ForTraining(model, cfg)
 
     def build_datasets(
         self, cfg: Any, processor: Any
@@ -207,6 +242,30 @@ class Sam2Task(_TransformersTask):
                 }
             )
         return out
+
+    def overlay_items(
+        self, samples: list[dict], preds: list[dict], processor: Any, cfg: Any
+    ) -> list[dict]:
+        """Images at original size with predicted vs true instance masks, for trackers."""
+        from sam_hf.viz import to_uint8_image
+
+        ip = processor.image_processor
+        by_id = {p["image_id"]: p for p in preds}
+        items = []
+        for s in samples:
+            p = by_id.get(s["image_id"])
+            if p is None:  # an image without objects has no prompts, so no prediction
+                continue
+            image = to_uint8_image(s["pixel_values"], ip.image_mean, ip.image_std, s["orig_size"])
+            items.append(
+                {
+                    "image": image,
+                    "pred_masks": p["pred_masks"].bool().cpu().numpy(),
+                    "gt_masks": p["gt_masks"].bool().cpu().numpy(),
+                    "image_id": s["image_id"],
+                }
+            )
+        return items
 
     def compute_metrics(self, records: list[dict]) -> dict[str, float]:
         """Means over every evaluated object (not over images), plus the object count."""
@@ -275,11 +334,15 @@ class Sam3Task(_TransformersTask):
     def prepare_data(self, cfg: Any) -> None:
         prepare_synthetic(cfg, view="coco_text")
 
-    def build_model(self, cfg: Any) -> tuple[torch.nn.Module, Any]:
-        from sam_hf.models.sam3 import Sam3ForTraining, build_sam3
+    def build_base(self, cfg: Any) -> tuple[torch.nn.Module, Any]:
+        from sam_hf.models.sam3 import build_sam3
 
-        model, processor = build_sam3(cfg)
-        return Sam3ForTraining(model, cfg), processor
+        return build_sam3(cfg)
+
+    def wrap(self, model: torch.nn.Module, cfg: Any) -> torch.nn.Module:
+        from sam_hf.models.sam3 import Sam3ForTraining
+
+        return Sam3ForTraining(model, cfg)
 
     @staticmethod
     def check_noun_phrases(ds: datasets.Dataset, split: str, fallback: bool) -> None:
@@ -355,6 +418,39 @@ class Sam3Task(_TransformersTask):
                 pairs.append(rec)
             out.append({"image_id": p["image_id"], "pairs": pairs})
         return out
+
+    def overlay_items(
+        self, samples: list[dict], preds: list[dict], processor: Any, cfg: Any
+    ) -> list[dict]:
+        """Per image: kept predictions (score >= threshold) of its positive phrases vs their
+        ground truth, labelled with the phrase, so a wrong concept shows as a wrong label."""
+        from sam_hf.viz import to_uint8_image
+
+        ip = processor.image_processor
+        by_id = {p["image_id"]: p for p in preds}
+        items = []
+        for s in samples:
+            pairs = by_id[s["image_id"]]["pairs"]
+            h, w = s["orig_size"]
+            pred, pred_labels, gt, gt_labels = [], [], [], []
+            for pair in pairs:
+                keep = pair["scores"] >= cfg.score_threshold
+                pred.append(pair["pred"][keep])
+                pred_labels += [pair["phrase"]] * int(keep.sum())
+                gt.append(pair["gt"])
+                gt_labels += [pair["phrase"]] * int(pair["gt"].shape[0])
+            empty = torch.zeros((0, h, w), dtype=torch.bool)
+            items.append(
+                {
+                    "image": to_uint8_image(s["pixel_values"], ip.image_mean, ip.image_std, (h, w)),
+                    "pred_masks": torch.cat([empty, *pred]).numpy(),
+                    "gt_masks": torch.cat([empty, *gt]).numpy(),
+                    "pred_labels": pred_labels,
+                    "gt_labels": gt_labels,
+                    "image_id": s["image_id"],
+                }
+            )
+        return items
 
     def compute_metrics(self, records: list[dict]) -> dict[str, float]:
         from sam_hf.metrics import (

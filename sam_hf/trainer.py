@@ -43,14 +43,20 @@ COUNTER_KEYS = ("num_skipped_empty", "num_empty_phrases", "num_truncated")
 class Task(Protocol):
     """What a model family provides to the trainer (see ``sam_hf.tasks``)."""
 
+    family: str
+
     def prepare_data(self, cfg: Any) -> None: ...
     def build_model(self, cfg: Any) -> tuple[torch.nn.Module, Any]: ...
     def build_datasets(self, cfg: Any, processor: Any) -> tuple[Any, Any]: ...
     def collator(self, cfg: Any, train: bool) -> Any: ...
     def eval_records(self, predictions: list[dict]) -> list[Any]: ...
     def compute_metrics(self, records: list[Any]) -> dict[str, float]: ...
-    def save_pretrained(self, module: torch.nn.Module, processor: Any, out_dir: Path) -> None: ...
-    def load_weights(self, module: torch.nn.Module, path: str) -> None: ...
+    def overlay_items(
+        self, samples: list[dict], preds: list[dict], processor: Any, cfg: Any
+    ) -> list[dict]: ...
+    def save_pretrained(
+        self, module: torch.nn.Module, processor: Any, out_dir: Path, cfg: Any
+    ) -> None: ...
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -317,6 +323,58 @@ def evaluate(
 # ------------------------------------------------------------------------------- train
 
 
+def register_lora_checkpointing(accelerator: Accelerator) -> None:
+    """With LoRA, checkpoints hold the adapters and fully trained heads only (kB, not GB).
+
+    The frozen base is rebuilt from ``model_name_or_path`` on resume, so saving it again at
+    every checkpoint would only cost time and disk.
+    """
+    from safetensors.torch import load_file
+
+    from sam_hf.lora import filter_trainable, load_trainable_state_dict
+
+    def save_hook(models: list, weights: list, output_dir: str) -> None:
+        for i in range(len(weights)):
+            weights[i] = filter_trainable(weights[i])
+
+    def load_hook(models: list, input_dir: str) -> None:
+        for i, m in enumerate(models):
+            name = "model.safetensors" if i == 0 else f"model_{i}.safetensors"
+            load_trainable_state_dict(m, load_file(os.path.join(input_dir, name)))
+        models.clear()  # loaded here; accelerate must not load the filtered dict strictly
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)
+
+
+@torch.no_grad()
+def log_eval_images(
+    accelerator: Accelerator,
+    module: torch.nn.Module,
+    task: Task,
+    eval_ds: Any,
+    processor: Any,
+    cfg: Any,
+    step: int,
+) -> None:
+    """Log the first ``log_images`` validation images with predicted and true masks."""
+    if not cfg.log_images or not accelerator.is_main_process or not accelerator.trackers:
+        return
+    from accelerate.utils import send_to_device
+
+    from sam_hf.viz import log_overlays
+
+    samples = [eval_ds[i] for i in range(min(cfg.log_images, len(eval_ds)))]
+    batch = send_to_device(task.collator(cfg, train=False)(samples), accelerator.device)
+    inner = accelerator.unwrap_model(module)
+    was_training = inner.training
+    inner.eval()
+    with accelerator.autocast():
+        preds = inner.predict(batch)
+    inner.train(was_training)
+    log_overlays(accelerator, task.overlay_items(samples, preds, processor, cfg), step)
+
+
 def _is_better(cfg: Any, value: float, best: float | None) -> bool:
     if best is None:
         return True
@@ -337,10 +395,7 @@ def train(cfg: Any, task: Task) -> dict:
 
     with accelerator.main_process_first():
         task.prepare_data(cfg)
-    module, processor = task.build_model(cfg)
-    if cfg.init_from:
-        task.load_weights(module, cfg.init_from)
-        logger.info("Initialised weights from %s (fresh optimizer and schedule).", cfg.init_from)
+    module, processor = task.build_model(cfg)  # init_from and LoRA are applied inside
     train_ds, eval_ds = task.build_datasets(cfg, processor)
     if cfg.batch_size > len(train_ds):
         raise ConfigError(
@@ -381,6 +436,9 @@ def train(cfg: Any, task: Task) -> dict:
         module, optimizer, train_dl, eval_dl, scheduler
     )
 
+    if cfg.use_lora:
+        register_lora_checkpointing(accelerator)
+
     state = TrainerState()
     if cfg.resume:
         path = checkpointing.find_resume_checkpoint(cfg.output_dir, cfg.resume)
@@ -413,6 +471,7 @@ def train(cfg: Any, task: Task) -> dict:
     if cfg.eval_on_start and "initial" not in results:
         results["initial"] = evaluate(accelerator, module, eval_dl, task)
         logger.info("Initial eval: %s", _fmt(results["initial"]))
+        log_eval_images(accelerator, module, task, eval_ds, processor, cfg, state.global_step)
         _write_json(accelerator, results_path, results)
 
     def save_best(metrics: dict) -> None:
@@ -444,6 +503,7 @@ def train(cfg: Any, task: Task) -> dict:
             {f"eval/{k}": v for k, v in metrics.items() if isinstance(v, int | float)},
             step=state.global_step,
         )
+        log_eval_images(accelerator, module, task, eval_ds, processor, cfg, state.global_step)
         save_best(metrics)
         return metrics
 
@@ -451,6 +511,23 @@ def train(cfg: Any, task: Task) -> dict:
         checkpointing.save_checkpoint(
             accelerator, cfg.output_dir, state.global_step, state.to_dict(), cfg.save_total_limit
         )
+        if cfg.push_to_hub and cfg.hub_strategy == "checkpoint" and (out_dir / "best").is_dir():
+            push(model_subdir="best")
+
+    def push(model_subdir: str) -> None:
+        if accelerator.is_main_process:
+            from sam_hf.hub import push_output
+
+            push_output(
+                cfg.output_dir,
+                cfg.hub_model_id,
+                cfg.hub_private,
+                cfg=cfg,
+                family=task.family,
+                model_subdir=model_subdir,
+            )
+            logger.info("Pushed %s/ to the Hub as %s.", model_subdir, cfg.hub_model_id)
+        accelerator.wait_for_everyone()
 
     module.train()
     bar = tqdm(
@@ -462,6 +539,7 @@ def train(cfg: Any, task: Task) -> dict:
     )
     window: dict = {}
     t_last, samples_since = time.perf_counter(), 0
+    t_step = t_last
     stop = state.global_step >= total_steps
     for epoch in range(state.epoch, num_epochs):
         if stop:
@@ -502,6 +580,8 @@ def train(cfg: Any, task: Task) -> dict:
                 continue
             state.nonfinite_in_a_row = 0
             state.global_step += 1
+            now = time.perf_counter()
+            stats["step_time_s"], t_step = now - t_step, now
             lr = optimizer.param_groups[0]["lr"]
             bar.update(1)
             bar.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{lr:.2e}")
@@ -569,6 +649,8 @@ def train(cfg: Any, task: Task) -> dict:
         _export(task, accelerator, module, processor, cfg, out_dir / "final", final_metrics)
     _write_json(accelerator, results_path, results)
     accelerator.wait_for_everyone()
+    if cfg.push_to_hub:
+        push(model_subdir="final")
     accelerator.end_training()
     return results
 
@@ -587,7 +669,7 @@ def _export(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    task.save_pretrained(accelerator.unwrap_model(module), processor, tmp)
+    task.save_pretrained(accelerator.unwrap_model(module), processor, tmp, cfg)
     save_config(cfg, tmp / "training_config.yaml")
     (tmp / "eval_results.json").write_text(json.dumps(metrics, indent=2))
     if target.exists():

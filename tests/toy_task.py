@@ -78,6 +78,8 @@ class ToyModule(nn.Module):
 
 
 class ToyTask:
+    family = "toy"
+
     def __init__(self, n_train: int = 12, n_eval: int = 5, nan_ids: set[str] | None = None) -> None:
         self.n_train, self.n_eval, self.nan_ids = n_train, n_eval, nan_ids
 
@@ -86,7 +88,10 @@ class ToyTask:
 
     def build_model(self, cfg: Any) -> tuple[nn.Module, Any]:
         torch.manual_seed(cfg.seed)
-        return ToyModule(self.nan_ids), None
+        module = ToyModule(self.nan_ids)
+        if cfg.init_from:
+            self.load_weights(module, cfg.init_from)
+        return module, None
 
     def build_datasets(self, cfg: Any, processor: Any) -> tuple[Dataset, Dataset]:
         return ToyDataset(self.n_train, cfg.seed, True), ToyDataset(self.n_eval, cfg.seed, False)
@@ -109,7 +114,17 @@ class ToyTask:
             "image_ids": sorted(r["image_id"] for r in records),
         }
 
-    def save_pretrained(self, module: nn.Module, processor: Any, out_dir: Path) -> None:
+    def overlay_items(self, samples: list, preds: list, processor: Any, cfg: Any) -> list[dict]:
+        return [
+            {
+                "image": (s["pixel_values"].clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy(),
+                "pred_masks": p["pred"][None].numpy(),
+                "gt_masks": p["gt"][None].numpy(),
+            }
+            for s, p in zip(samples, preds)
+        ]
+
+    def save_pretrained(self, module: nn.Module, processor: Any, out_dir: Path, cfg: Any) -> None:
         from safetensors.torch import save_file
 
         save_file(module.model.state_dict(), str(out_dir / "model.safetensors"))
