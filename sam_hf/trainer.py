@@ -471,6 +471,7 @@ def train(cfg: Any, task: Task) -> dict:
     if cfg.eval_on_start and "initial" not in results:
         results["initial"] = evaluate(accelerator, module, eval_dl, task)
         logger.info("Initial eval: %s", _fmt(results["initial"]))
+        _log_metrics(accelerator, "eval", results["initial"], state.global_step)
         log_eval_images(accelerator, module, task, eval_ds, processor, cfg, state.global_step)
         _write_json(accelerator, results_path, results)
 
@@ -499,10 +500,7 @@ def train(cfg: Any, task: Task) -> dict:
         metrics = evaluate(accelerator, module, eval_dl, task)
         logger.info("Eval at step %d: %s", state.global_step, _fmt(metrics))
         state.history.append({"step": state.global_step, **metrics})
-        accelerator.log(
-            {f"eval/{k}": v for k, v in metrics.items() if isinstance(v, int | float)},
-            step=state.global_step,
-        )
+        _log_metrics(accelerator, "eval", metrics, state.global_step)
         log_eval_images(accelerator, module, task, eval_ds, processor, cfg, state.global_step)
         save_best(metrics)
         return metrics
@@ -645,6 +643,7 @@ def train(cfg: Any, task: Task) -> dict:
         "num_processes": accelerator.num_processes,
     }
     logger.info("Final eval: %s", _fmt(final_metrics))
+    _log_metrics(accelerator, "final", final_metrics, state.global_step)
     if accelerator.is_main_process:
         _export(task, accelerator, module, processor, cfg, out_dir / "final", final_metrics)
     _write_json(accelerator, results_path, results)
@@ -675,6 +674,12 @@ def _export(
     if target.exists():
         shutil.rmtree(target)
     os.replace(tmp, target)
+
+
+def _log_metrics(accelerator: Accelerator, prefix: str, metrics: dict, step: int) -> None:
+    accelerator.log(
+        {f"{prefix}/{k}": v for k, v in metrics.items() if isinstance(v, int | float)}, step=step
+    )
 
 
 def _write_json(accelerator: Accelerator, path: Path, obj: dict) -> None:
