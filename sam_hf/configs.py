@@ -124,6 +124,7 @@ class DataArgs:
         0, "If > 0 and dataset_path is absent, generate the synthetic orchard there first."
     )
     synthetic_image_size: list[int] = _f([256, 256], "Synthetic image size [H, W].")
+    synthetic_zoom: float = _f(1.0, "Orchard close-up factor (>= 1): larger, fewer apples.")
     synthetic_kind: Literal["orchard", "shapes"] = _f(
         "orchard", "What to generate: the apple orchard, or generic shapes (for pretraining)."
     )
@@ -476,6 +477,7 @@ def validate(cfg: Any) -> None:
             bool(cfg.hub_model_id), "push_to_hub: true needs hub_model_id (e.g. me/sam2-apples)."
         )
     _check(cfg.log_images >= 0, "log_images must be >= 0.")
+    _check(cfg.synthetic_zoom >= 1.0, "synthetic_zoom must be >= 1 (1 = the MinneApple scale).")
     if len(cfg.synthetic_image_size) != 2:
         raise ConfigError("synthetic_image_size must be [H, W].")
     if cfg.family == "sam2":

@@ -99,7 +99,11 @@ def prepare_synthetic(cfg: Any, view: str) -> None:
         if raw.exists():
             shutil.rmtree(raw)
         make_synthetic_orchard(
-            raw, num_images=cfg.synthetic_num_images, seed=cfg.seed, image_size=size
+            raw,
+            num_images=cfg.synthetic_num_images,
+            seed=cfg.seed,
+            image_size=size,
+            zoom=cfg.synthetic_zoom,
         )
         if view == "minneapple":
             from sam_hf.data.minneapple import convert_minneapple

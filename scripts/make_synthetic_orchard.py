@@ -39,6 +39,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="share of images in minneapple/test and coco_text val (default 0.25)",
     )
     parser.add_argument(
+        "--zoom",
+        type=float,
+        default=1.0,
+        help="close-up factor >= 1: apples this many times larger, fewer per image (default 1)",
+    )
+    parser.add_argument(
         "--overwrite",
         action="store_true",
         help="replace existing OUT/minneapple and OUT/coco_text folders",
@@ -56,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             image_size=tuple(args.image_size),
             test_fraction=args.test_fraction,
             overwrite=args.overwrite,
+            zoom=args.zoom,
         )
     except (ValueError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -355,3 +355,21 @@ def test_shapes_are_deterministic_and_cached(tmp_path: Path) -> None:
     assert ds.features == FEATURES and len(ds) == 3
     assert ds[0]["image_id"] == "shapes_00000"
     assert np.array_equal(np.asarray(ds[2]["image"]), np.asarray(Image.open(io.BytesIO(a[2]))))
+
+
+def test_zoom_is_the_centre_of_a_larger_scene():
+    from sam_hf.data.synthetic import apple_phrase, render_orchard_image
+
+    close = render_orchard_image(3, 5, (64, 80), zoom=2.0)
+    wide = render_orchard_image(3, 5, (128, 160))
+    np.testing.assert_array_equal(close.image, wide.image[32:96, 40:120])
+    ids = np.unique(close.label_map)
+    assert list(ids[ids > 0]) == list(range(1, len(close.attributes) + 1))
+    # every kept instance is one of the wide frame's, seen through the same window
+    crop = wide.label_map[32:96, 40:120]
+    for k in range(1, len(close.attributes) + 1):
+        src = np.unique(crop[close.label_map == k])
+        assert len(src) == 1 and (crop == src[0]).sum() == (close.label_map == k).sum()
+        assert close.attributes[k - 1] == wide.attributes[src[0] - 1]
+    present = {apple_phrase(a) for a in close.attributes}
+    assert not present & set(close.negative_phrases)

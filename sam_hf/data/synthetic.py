@@ -782,14 +782,24 @@ def _check_size(image_size: tuple[int, int]) -> tuple[int, int]:
 
 
 def render_orchard_image(
-    seed: int, index: int, image_size: tuple[int, int] = (256, 256)
+    seed: int, index: int, image_size: tuple[int, int] = (256, 256), zoom: float = 1.0
 ) -> OrchardImage:
     """Render image ``index`` of the orchard with ``seed`` at ``image_size`` = (H, W).
 
-    The result depends only on these three values; ids are in back-to-front draw order.
+    The result depends only on these values; ids are in back-to-front draw order. ``zoom`` > 1
+    is a close-up: a scene ``zoom`` times larger is rendered at the MinneApple scale and its
+    centre cropped, so apples are ``zoom`` times larger relative to the frame (and fewer).
+    CPU demos need this: a tiny model at 256 px predicts 64x64 masks, where a MinneApple-scale
+    apple would be a pixel or two.
     """
     if seed < 0 or index < 0:
         raise ValueError(f"seed and index must be >= 0, got seed={seed}, index={index}")
+    if zoom < 1.0:
+        raise ValueError(f"zoom must be >= 1, got {zoom}")
+    if zoom > 1.0:
+        h, w = _check_size(image_size)
+        big = render_orchard_image(seed, index, (round(h * zoom), round(w * zoom)))
+        return _crop_centre(big, h, w)
     height, width = _check_size(image_size)
     rng = np.random.default_rng([int(seed), 1, int(index)])
     scale = float(np.sqrt(height * width) / _REFERENCE_SIDE)
@@ -836,6 +846,26 @@ def render_orchard_image(
         label_map=lut[label],
         attributes=[dict(apples[k - 1].attributes) for k in keep],
         negative_phrases=_negative_phrases([a.attributes for a in apples], rng),
+    )
+
+
+def _crop_centre(big: OrchardImage, height: int, width: int) -> OrchardImage:
+    """The centre ``height`` x ``width`` of a frame, instances renumbered, tiny rests dropped."""
+    y0 = (big.image.shape[0] - height) // 2
+    x0 = (big.image.shape[1] - width) // 2
+    label = big.label_map[y0 : y0 + height, x0 : x0 + width]
+    counts = np.bincount(label.ravel(), minlength=len(big.attributes) + 1)
+    keep = [k for k in range(1, len(big.attributes) + 1) if counts[k] >= MIN_VISIBLE_AREA]
+    lut = np.zeros(len(big.attributes) + 1, np.uint16)
+    lut[keep] = np.arange(1, len(keep) + 1, dtype=np.uint16)
+    present = {apple_phrase(big.attributes[k - 1]) for k in keep}
+    return OrchardImage(
+        image_id=big.image_id,
+        image=np.ascontiguousarray(big.image[y0 : y0 + height, x0 : x0 + width]),
+        label_map=lut[label],
+        attributes=[dict(big.attributes[k - 1]) for k in keep],
+        # phrases absent from the whole frame are absent from its centre too
+        negative_phrases=[p for p in big.negative_phrases if p not in present],
     )
 
 
@@ -942,6 +972,7 @@ def make_synthetic_orchard(
     test_fraction: float = 0.25,
     *,
     overwrite: bool = False,
+    zoom: float = 1.0,
 ) -> dict[str, Any]:
     """Write the synthetic orchard twice: MinneApple layout and COCO-text; return a summary.
 
@@ -976,7 +1007,7 @@ def make_synthetic_orchard(
     if tmp.exists():
         shutil.rmtree(tmp)
     try:
-        summary = _write_all(tmp, num_images, seed, (height, width), train_idx, test_idx)
+        summary = _write_all(tmp, num_images, seed, (height, width), train_idx, test_idx, zoom)
         for p in existing:
             shutil.rmtree(p)
         for p in targets:
@@ -995,6 +1026,7 @@ def _write_all(
     image_size: tuple[int, int],
     train_idx: list[int],
     test_idx: list[int],
+    zoom: float = 1.0,
 ) -> dict[str, Any]:
     for split in ("train", "test"):
         for sub in ("images", "masks"):
@@ -1015,7 +1047,7 @@ def _write_all(
     instances = {"train": 0, "test": 0}
     ann_id = 1
     for index in range(num_images):
-        sample = render_orchard_image(seed, index, image_size)
+        sample = render_orchard_image(seed, index, image_size, zoom)
         split = split_of[index]
         stem = sample.image_id
         png = encode_png(sample.image)
@@ -1077,6 +1109,7 @@ def _write_all(
     return {
         "seed": int(seed),
         "image_size": [int(image_size[0]), int(image_size[1])],
+        "zoom": float(zoom),
         "images": {"train": len(train_idx), "test": len(test_idx), "total": num_images},
         "instances": {**instances, "total": instances["train"] + instances["test"]},
         "attributes": {k: {v: int(attr_counts[k][v]) for v in values[k]} for k in values},
