@@ -151,7 +151,7 @@ class Sam2PromptArgs:
 
     prompt_type: Literal["point", "box", "mixed"] = _f("point", "Geometric prompt per object.")
     num_points: int = _f(1, "Positive points per object (1, or 3-5).")
-    box_noise: float = _f(0.1, "Box corner noise std as a fraction of the box side.")
+    box_noise: float = _f(0.1, "Box corner noise: uniform within +-(this x box side), capped below.")
     box_noise_max_px: float = _f(20.0, "Cap on box noise, in pixels.")
     mask_prompt_prob: float = _f(0.0, "Probability of also giving the previous low-res mask.")
     num_correction_clicks: int = _f(0, "Iterative correction clicks from the error region.")
