@@ -62,6 +62,7 @@ class TrainingArgs:
     gradient_checkpointing: bool = _f(False, "Recompute block activations in backward.")
     eval_steps: int = _f(0, "Also evaluate every N optimizer steps (0: only at epoch ends).")
     eval_on_start: bool = _f(True, "Evaluate before training ('initial' in eval_results.json).")
+    eval_each_epoch: bool = _f(True, "Evaluate and checkpoint at every epoch end.")
     save_steps: int = _f(0, "Also checkpoint every N optimizer steps (0: only at epoch ends).")
     save_total_limit: int = _f(3, "Step/epoch checkpoints kept (best/ and final/ are extra).")
     metric_for_best_model: str = _f("mean_iou", "Validation metric that picks best/.")

@@ -613,8 +613,9 @@ def train(cfg: Any, task: Task) -> dict:
         else:
             # a full epoch: evaluate and checkpoint at its end
             state.epoch, state.batches_in_epoch = epoch + 1, 0
-            run_eval()
-            checkpoint()
+            if cfg.eval_each_epoch:
+                run_eval()
+                checkpoint()
             if (
                 cfg.early_stopping_patience
                 and state.evals_without_improvement >= cfg.early_stopping_patience

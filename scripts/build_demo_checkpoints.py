@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     results = train(cfg, task)
     minutes = (time.time() - t0) / 60
+    import torch
+
+    where = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "the CPU"
 
     target = ASSETS / f"{args.family}-tiny-shapes"
     if target.exists():
@@ -60,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Tiny {args.family.upper()} pretrained from random weights on generic synthetic shapes "
         f"(`sam_hf.data.shapes`, no apples) by `{command}` with "
         f"`recipes/pretrain/{recipe.name}` ({results['train']['global_step']} optimizer steps, "
-        f"{minutes:.0f} minutes on this machine's CPU).\n\n"
+        f"{minutes:.0f} minutes on {where}).\n\n"
         "Validation metrics on held-out shapes images at the end of pretraining:\n\n"
         f"```json\n{json.dumps(results['final'], indent=2)}\n```\n"
     )
