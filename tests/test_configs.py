@@ -106,10 +106,7 @@ def test_shipped_recipe_yamls_are_valid():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1] / "recipes"
-    load_config(Sam2Config, root / "sam2_mineapple.yaml")
-    for name in ("sam2_demo.yaml",):
-        if (root / name).exists():
-            load_config(Sam2Config, root / name)
-    for name in ("sam3_coco_text.yaml", "sam3_demo.yaml"):
-        if (root / name).exists():
-            load_config(Sam3Config, root / name)
+    for name in ("sam2_mineapple.yaml", "sam2_demo.yaml", "pretrain/sam2_tiny_shapes.yaml"):
+        load_config(Sam2Config, root / name)
+    for name in ("sam3_coco_text.yaml", "sam3_demo.yaml", "pretrain/sam3_tiny_shapes.yaml"):
+        load_config(Sam3Config, root / name)
