@@ -1,0 +1,172 @@
+"""Run every benchmark, each in its own process, and print a markdown table of their ratios.
+
+Each benchmark script prints readable lines and, as its last line, ``RATIO <name> <value>``;
+this runner streams their output, collects the RATIO lines and ends with a table of
+benchmark, ratio, goal, whether the goal is met, and the command that reproduces the row.
+``cache_speedup`` runs only when ``benchmarks/cache_speedup.py`` exists.
+
+    python benchmarks/run_all.py [--only loop_overhead metrics_speed] [--markdown FILE]
+
+Exit status: 0 when every benchmark printed its ratio (goals missed are reported in the
+table, not as a failure: timings on a shared machine are not a test), 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import _common as C
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One script ``benchmarks/<name>.py`` and the goal its ratio is held to."""
+
+    name: str
+    op: str  # "<=" or ">="
+    goal: float
+
+    @property
+    def script(self) -> Path:
+        return HERE / f"{self.name}.py"
+
+    @property
+    def command(self) -> str:
+        return f"python benchmarks/{self.name}.py"
+
+    def met(self, value: float) -> bool:
+        return value <= self.goal if self.op == "<=" else value >= self.goal
+
+
+BENCHMARKS = (
+    Benchmark("loop_overhead", "<=", 1.03),
+    Benchmark("cache_speedup", ">=", 10.0),
+    Benchmark("data_headroom", ">=", 5.0),
+    Benchmark("arrow_reload", ">=", 50.0),
+    Benchmark("metrics_speed", ">=", 1.0),
+)
+
+
+@dataclass
+class Result:
+    bench: Benchmark
+    value: float | None
+    seconds: float
+    error: str = ""
+
+
+def parse_ratio(stdout_lines: list[str], name: str) -> float:
+    """The value of the last line, which must read ``RATIO <name> <value>``."""
+    lines = [ln.strip() for ln in stdout_lines if ln.strip()]
+    if not lines:
+        raise ValueError("printed nothing")
+    parts = lines[-1].split()
+    if len(parts) != 3 or parts[0] != "RATIO":
+        raise ValueError(f"last line is not a RATIO line: {lines[-1]!r}")
+    if parts[1] != name:
+        raise ValueError(f"RATIO line names {parts[1]!r}, expected {name!r}")
+    return float(parts[2])
+
+
+def run_one(bench: Benchmark, timeout: float) -> Result:
+    """Run one script, streaming its stdout (indented); stderr is shown only on failure."""
+    print(f"\n=== {bench.name}: {bench.command}", flush=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    start = time.perf_counter()
+    lines: list[str] = []
+    with tempfile.TemporaryFile(mode="w+") as err:
+        proc = subprocess.Popen(
+            [sys.executable, str(bench.script)],
+            cwd=HERE.parent,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env=env,
+        )
+        assert proc.stdout is not None
+        watchdog = threading.Timer(timeout, proc.kill)  # also fires when nothing is printed
+        watchdog.start()
+        try:
+            for line in proc.stdout:
+                lines.append(line)
+                print(f"    {line}", end="", flush=True)
+            rc = proc.wait()
+        finally:
+            watchdog.cancel()
+        timed_out = rc != 0 and time.perf_counter() - start >= timeout
+        seconds = time.perf_counter() - start
+        if timed_out:
+            return Result(bench, None, seconds, f"timed out after {timeout:.0f} s")
+        if rc != 0:
+            err.seek(0)
+            tail = err.read().strip().splitlines()[-15:]
+            print("\n".join(f"    ! {t}" for t in tail), flush=True)
+            return Result(bench, None, seconds, f"exit code {rc}")
+    try:
+        return Result(bench, parse_ratio(lines, bench.name), seconds)
+    except ValueError as e:
+        return Result(bench, None, seconds, str(e))
+
+
+def table(results: list[Result]) -> str:
+    rows = [
+        "| benchmark | ratio | goal | met | time | command |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results:
+        b = r.bench
+        value = f"{r.value:.3f}" if r.value is not None else f"failed ({r.error})"
+        met = ("yes" if b.met(r.value) else "no") if r.value is not None else "no"
+        rows.append(
+            f"| {b.name} | {value} | {b.op} {b.goal:g} | {met} | {r.seconds:.0f} s | "
+            f"`{b.command}` |"
+        )
+    return "\n".join(rows)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        metavar="NAME",
+        choices=[b.name for b in BENCHMARKS],
+        help="run only these benchmarks",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=420.0, help="seconds allowed to each benchmark"
+    )
+    parser.add_argument("--markdown", type=Path, help="also write the table to this file")
+    args = parser.parse_args()
+
+    selected = [b for b in BENCHMARKS if not args.only or b.name in args.only]
+    C.print_machine()
+    results: list[Result] = []
+    start = time.perf_counter()
+    for bench in selected:
+        if not bench.script.is_file():
+            print(f"\n=== {bench.name}: skipped ({bench.script.name} does not exist yet)")
+            continue
+        results.append(run_one(bench, args.timeout))
+    total = time.perf_counter() - start
+
+    text = table(results)
+    print(f"\nAll benchmarks: {total / 60:.1f} min\n")
+    print(text)
+    if args.markdown:
+        args.markdown.write_text(text + "\n")
+    return 0 if all(r.value is not None for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
