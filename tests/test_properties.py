@@ -169,3 +169,98 @@ def test_transforms_never_crash_and_eval_keeps_every_object(h, w, n, seed, res, 
     assert torch.equal(again["pixel_values"], s["pixel_values"]) and torch.equal(
         again["masks"], s["masks"]
     )
+
+
+# ----------------------------------------------------------------- prompt samplers
+
+from sam_hf.data.prompts import sample_box, sample_correction_click, sample_points  # noqa: E402
+
+nonempty_masks = masks_st.filter(lambda m: m.any())
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    nonempty_masks,
+    st.integers(1, 5),
+    st.integers(0, 2**31 - 1),
+    st.sampled_from(["uniform", "center"]),
+)
+def test_points_always_land_inside_the_mask(mask, k, seed, method):
+    m = torch.from_numpy(mask)
+    k = min(k, int(m.sum()))
+    pts, labels = sample_points(m, k, torch.Generator().manual_seed(seed), method=method)
+    assert pts.shape == (k, 2) and (labels == 1).all()
+    for x, y in pts.round().long().tolist():
+        assert m[y, x]
+    again, _ = sample_points(m, k, torch.Generator().manual_seed(seed), method=method)
+    assert torch.equal(pts, again)  # seeded
+
+
+@settings(max_examples=80, deadline=None)
+@given(nonempty_masks, st.floats(0, 0.5), st.floats(0, 30), st.integers(0, 2**31 - 1))
+def test_noisy_boxes_stay_in_the_image_and_within_the_noise_bound(mask, noise, cap, seed):
+    m = torch.from_numpy(mask)
+    h, w = m.shape
+    box = sample_box(m, torch.Generator().manual_seed(seed), noise=noise, noise_max_px=cap)
+    exact = sample_box(m, torch.Generator().manual_seed(seed), noise=0.0, noise_max_px=cap)
+    x1, y1, x2, y2 = box.tolist()
+    assert 0 <= x1 <= x2 <= w - 1 and 0 <= y1 <= y2 <= h - 1
+    bw, bh = float(exact[2] - exact[0]), float(exact[3] - exact[1])
+    dx, dy = min(noise * bw, cap), min(noise * bh, cap)
+    assert (box[[0, 2]] - exact[[0, 2]]).abs().max() <= dx + 1e-4
+    assert (box[[1, 3]] - exact[[1, 3]]).abs().max() <= dy + 1e-4
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.tuples(st.integers(2, 30), st.integers(2, 30)).flatmap(
+        lambda hw: st.tuples(
+            arrays(np.bool_, hw, elements=st.booleans()),
+            arrays(np.bool_, hw, elements=st.booleans()),
+        )
+    ),
+    st.integers(0, 2**31 - 1),
+)
+def test_correction_click_sits_in_the_error_region_with_the_right_label(pair, seed):
+    pred, gt = (torch.from_numpy(a) for a in pair)
+    point, label = sample_correction_click(pred, gt, torch.Generator().manual_seed(seed))
+    x, y = point.round().long().tolist()
+    assert 0 <= x < gt.shape[1] and 0 <= y < gt.shape[0]
+    if (pred != gt).any():
+        assert pred[y, x] != gt[y, x]  # always on an error pixel
+        assert label == (1 if gt[y, x] else 0)  # missed pixel: positive; false positive: negative
+
+
+# --------------------------------------------------------------------- converters
+
+
+@settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(st.integers(0, 2**31 - 1), st.integers(0, 12), st.sampled_from(["uint8", "uint16"]))
+def test_minneapple_converter_round_trips_random_instance_maps(tmp_path_factory, seed, n, dtype):
+    """Every id of a random instance-id PNG becomes one object whose RLE decodes to mask == id."""
+    from sam_hf.data.minneapple import convert_minneapple
+
+    rng = np.random.default_rng(seed)
+    root = tmp_path_factory.mktemp("ma")
+    (root / "train" / "images").mkdir(parents=True)
+    (root / "train" / "masks").mkdir(parents=True)
+    h, w = int(rng.integers(8, 40)), int(rng.integers(8, 40))
+    label = np.zeros((h, w), dtype=dtype)
+    for i in range(1, n + 1):  # random blobs, later ones occlude earlier ones; some vanish
+        y, x = rng.integers(0, h), rng.integers(0, w)
+        label[y : y + rng.integers(1, 9), x : x + rng.integers(1, 9)] = i
+    Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(
+        root / "train" / "images" / "a.png"
+    )
+    Image.fromarray(label).save(root / "train" / "masks" / "a.png")
+    dd = convert_minneapple(root, val_fraction=0.0, seed=0, cache_dir=str(root / "cache"))
+    objs = dd["train"][0]["objects"]
+    ids = [i for i in range(1, n + 1) if (label == i).any()]
+    assert len(objs) == len(ids)
+    for i, obj in zip(ids, objs):
+        np.testing.assert_array_equal(rle.decode(obj["segmentation"]), label == i)
+        assert obj["area"] == (label == i).sum()
