@@ -13,6 +13,7 @@ micro-batches of the current epoch were consumed; resuming skips exactly those.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -151,21 +152,30 @@ def build_accelerator(cfg: Any) -> Accelerator:
     )
 
 
-def setup_logging(accelerator: Accelerator, output_dir: str) -> None:
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    for h in list(logger.handlers):
-        logger.removeHandler(h)
+@contextlib.contextmanager
+def run_logging(accelerator: Accelerator, output_dir: str) -> Iterator[None]:
+    """``training.log`` and the console for the ``sam_hf`` loggers while a run lasts.
+
+    The handlers are removed (and the file closed) when the run ends, and records still
+    propagate, so an application or test that calls ``train`` keeps its own logging.
+    Other ranks log warnings only.
+    """
+    handlers: list[logging.Handler] = []
     if accelerator.is_main_process:
         fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
-        fh = logging.FileHandler(Path(output_dir) / "training.log")
-        fh.setFormatter(fmt)
-        logger.addHandler(fh)
-        sh = logging.StreamHandler()
-        sh.setFormatter(fmt)
-        logger.addHandler(sh)
-    else:
-        logger.addHandler(logging.NullHandler())
+        handlers = [logging.FileHandler(Path(output_dir) / "training.log"), logging.StreamHandler()]
+        for h in handlers:
+            h.setFormatter(fmt)
+            logger.addHandler(h)
+    old_level = logger.level
+    logger.setLevel(logging.INFO if accelerator.is_main_process else logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(old_level)
+        for h in handlers:
+            logger.removeHandler(h)
+            h.close()
 
 
 def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -386,7 +396,11 @@ def train(cfg: Any, task: Task) -> dict:
     check_output_dir(cfg.output_dir)
     check_trackers(cfg)
     accelerator = build_accelerator(cfg)
-    setup_logging(accelerator, cfg.output_dir)
+    with run_logging(accelerator, cfg.output_dir):
+        return _run(cfg, task, accelerator)
+
+
+def _run(cfg: Any, task: Task, accelerator: Accelerator) -> dict:
     set_seed(cfg.seed)
     out_dir = Path(cfg.output_dir)
     if accelerator.is_main_process:
