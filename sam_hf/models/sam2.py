@@ -428,13 +428,10 @@ class Sam2ForTraining(nn.Module):
         finally:
             dec.dynamic_multimask_via_stability = saved
 
-    def image_embeddings(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
-        """The three feature maps Sam2Model's decoder reads, computed once per image.
-
-        Same values as ``Sam2Model.get_image_embeddings`` (which runs under ``no_grad``), but
-        differentiable, and with the Hiera encoder run without autograd when it is frozen
-        (the decoder's ``conv_s0/s1`` projections still get gradients).
-        """
+    def encoder_features(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        """The encoder's part of :meth:`image_embeddings`: the FPN maps, ``no_memory_embedding``
+        added to the last. With a frozen encoder these are fixed per image, which is what the
+        embedding cache (:mod:`sam_hf.cache`) stores. Run without autograd when frozen."""
         m = self.model
         trainable = m.no_memory_embedding.requires_grad or any(
             p.requires_grad for p in m.vision_encoder.parameters()
@@ -443,9 +440,39 @@ class Sam2ForTraining(nn.Module):
         with ctx:
             feats = list(m.vision_encoder(pixel_values, return_dict=True).fpn_hidden_states)
             feats[-1] = feats[-1] + m.no_memory_embedding.reshape(1, -1, 1, 1)
-        feats[0] = m.mask_decoder.conv_s0(feats[0])
-        feats[1] = m.mask_decoder.conv_s1(feats[1])
         return feats
+
+    def project_features(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The mask decoder's (trainable) ``conv_s0``/``conv_s1`` on the high-res maps."""
+        m = self.model
+        return [m.mask_decoder.conv_s0(feats[0]), m.mask_decoder.conv_s1(feats[1]), *feats[2:]]
+
+    def image_embeddings(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        """The three feature maps Sam2Model's decoder reads, computed once per image.
+
+        Same values as ``Sam2Model.get_image_embeddings`` (which runs under ``no_grad``), but
+        differentiable, and with the Hiera encoder run without autograd when it is frozen
+        (the decoder's ``conv_s0/s1`` projections still get gradients).
+        """
+        return self.project_features(self.encoder_features(pixel_values))
+
+    def batch_embeddings(self, batch: dict[str, Any]) -> list[torch.Tensor]:
+        """:meth:`image_embeddings` of the batch, from its cached encoder features
+        (``batch["image_embeddings"]``, see :mod:`sam_hf.cache`) when it carries them, so the
+        encoder is not run at all."""
+        cached = batch.get("image_embeddings")
+        if cached is not None:
+            m = self.model
+            if torch.is_grad_enabled() and (
+                m.no_memory_embedding.requires_grad
+                or any(p.requires_grad for p in m.vision_encoder.parameters())
+            ):
+                raise RuntimeError(
+                    "The batch carries cached image embeddings, but the image encoder is "
+                    "trainable: it would silently not train. Freeze it or turn the cache off."
+                )
+            return self.project_features(list(cached))
+        return self.image_embeddings(batch["pixel_values"])
 
     def decode(
         self,
@@ -534,7 +561,7 @@ class Sam2ForTraining(nn.Module):
         n = gt.shape[0]
         groups = self._groups(obj["count"])
         terms = self.loss_fn.new_terms(pixel_values)
-        embeddings = self.image_embeddings(pixel_values)
+        embeddings = self.batch_embeddings(batch)
 
         def run(
             members: torch.Tensor,
@@ -635,7 +662,7 @@ class Sam2ForTraining(nn.Module):
             return []
         obj = self._objects(batch)
         n = obj["gt"].shape[0]
-        embeddings = self.image_embeddings(batch["pixel_values"])
+        embeddings = self.batch_embeddings(batch)
         low_best: torch.Tensor | None = None
         scores = torch.zeros(n)
         for count, members in self._groups(obj["count"]):

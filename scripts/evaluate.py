@@ -1,0 +1,207 @@
+"""Evaluate SAM2 / SAM3 on a prepared split, or compare them (and their baselines) in one report.
+
+    # SAM2 with prompts from the ground truth (1 point, 3 points, box) + clicks-to-IoU / NoC
+    python scripts/evaluate.py sam2 --model outputs/sam2_demo/final --data DIR --out OUT
+    # SAM3 from text: every phrase of the split plus negatives, all SAM3 metrics
+    python scripts/evaluate.py sam3 --model outputs/sam3_demo/final --data DIR --out OUT
+    # baseline vs fine-tuned and SAM2 vs SAM3 on the same images
+    python scripts/evaluate.py compare --sam2 outputs/sam2_demo/final --sam3 outputs/sam3_demo/final \
+        --sam2-baseline sam2-tiny --sam3-baseline sam3-tiny --data DIR --split validation --out OUT
+
+A model SRC is a Hub id, a fine-tuned folder (a run's ``final/`` or ``best/``), a run directory
+(its ``final/`` is used), a peft adapter folder (the base it names is built and the adapter
+merged), or ``sam2-tiny`` / ``sam3-tiny`` (random weights seeded by ``--seed``). The input size
+is the one saved with the model unless ``--sam2-resolution`` / ``--sam3-resolution`` (or
+``--resolution``) say otherwise. ``--data`` is a DatasetDict folder written by
+``scripts/prepare_*`` (SAM2 needs instance masks; SAM3 noun phrases, else the category is used
+and the report says so).
+
+Writes OUT/report.md, OUT/report.json, OUT/report.csv, PNG plots, an overlay grid of the best
+and worst images, and OUT/records/<model>.json (the predictions as RLE behind every number).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from sam_hf.evaluation import (
+    SAM2_PROMPTS,
+    EvalSettings,
+    EvaluationError,
+    ModelSpec,
+    run_evaluation,
+    select_images,
+)
+from sam_hf.report import write_report
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="Prepared DatasetDict folder.")
+    p.add_argument("--split", default="validation", help="Split to evaluate (default validation).")
+    p.add_argument("--out", required=True, help="Output folder for the report.")
+    p.add_argument("--max-images", type=int, default=0, help="First N images only (0: all).")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=42,
+        help="Seeds prompts, negatives and tiny models (42 = the recipes' default, so 1-point "
+        "numbers match the trainer's eval).",
+    )
+    p.add_argument("--batch-size", type=int, default=4, help="Images per forward pass.")
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers.")
+    p.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cuda or cpu (default: cuda when available).",
+    )
+    p.add_argument("--no-progress", action="store_true", help="No progress bars.")
+
+
+def _sam2_opts(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--prompts",
+        default=",".join(SAM2_PROMPTS),
+        help="SAM2 prompt protocols, comma-separated (point, points, box).",
+    )
+    p.add_argument("--num-points", type=int, default=3, help="Points of the 'points' protocol.")
+    p.add_argument(
+        "--max-clicks", type=int, default=10, help="Clicks of the NoC protocol (0: skip it)."
+    )
+
+
+def _sam3_opts(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--score-threshold",
+        type=float,
+        default=0.5,
+        help="SAM3 score at which a prediction counts (SA-Co uses 0.5).",
+    )
+    p.add_argument(
+        "--negative-ratio", type=float, default=0.2, help="Sampled negatives per positive phrase."
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="mode", required=True)
+    for fam in ("sam2", "sam3"):
+        p = sub.add_parser(
+            fam, help=f"Evaluate one {fam.upper()} model (optionally vs a baseline)."
+        )
+        p.add_argument("--model", required=True, help="Model source (fine-tuned or any).")
+        p.add_argument("--baseline", default=None, help="Optional baseline source to compare.")
+        p.add_argument("--resolution", type=int, default=None, help="Input size override.")
+        _common(p)
+        (_sam2_opts if fam == "sam2" else _sam3_opts)(p)
+    p = sub.add_parser("compare", help="SAM2 vs SAM3 (and baselines) on the same images.")
+    p.add_argument("--sam2", default=None, help="Fine-tuned SAM2 source.")
+    p.add_argument("--sam3", default=None, help="Fine-tuned SAM3 source.")
+    p.add_argument("--sam2-baseline", default=None, help="SAM2 baseline source.")
+    p.add_argument("--sam3-baseline", default=None, help="SAM3 baseline source.")
+    p.add_argument("--sam2-resolution", type=int, default=None, help="SAM2 input size override.")
+    p.add_argument("--sam3-resolution", type=int, default=None, help="SAM3 input size override.")
+    _common(p)
+    _sam2_opts(p)
+    _sam3_opts(p)
+    return parser
+
+
+def model_specs(args: argparse.Namespace) -> list[ModelSpec]:
+    """The models a command line names, baselines first (the order of the tables)."""
+    if args.mode in ("sam2", "sam3"):
+        specs = []
+        if args.baseline:
+            specs.append(
+                ModelSpec(
+                    f"{args.mode}-baseline", args.baseline, args.mode, "baseline", args.resolution
+                )
+            )
+        role = "fine-tuned" if args.baseline else "model"
+        specs.append(ModelSpec(args.mode, args.model, args.mode, role, args.resolution))
+        return specs
+    specs = []
+    for fam in ("sam2", "sam3"):
+        tuned = getattr(args, fam)
+        base = getattr(args, f"{fam}_baseline")
+        res = getattr(args, f"{fam}_resolution")
+        if base:
+            specs.append(ModelSpec(f"{fam}-baseline", base, fam, "baseline", res))
+        if tuned:
+            specs.append(ModelSpec(fam, tuned, fam, "fine-tuned" if base else "model", res))
+        elif base:
+            raise EvaluationError(f"--{fam}-baseline needs --{fam} (the model to compare with).")
+    if not specs:
+        raise EvaluationError("compare needs --sam2 and/or --sam3.")
+    return specs
+
+
+def settings_from(args: argparse.Namespace) -> EvalSettings:
+    prompts = tuple(
+        p.strip()
+        for p in str(getattr(args, "prompts", ",".join(SAM2_PROMPTS))).split(",")
+        if p.strip()
+    )
+    bad = [p for p in prompts if p not in SAM2_PROMPTS]
+    if bad:
+        raise EvaluationError(f"--prompts {bad} unknown; choose from {list(SAM2_PROMPTS)}.")
+    num_points = int(getattr(args, "num_points", 3))
+    if not 3 <= num_points <= 5:
+        raise EvaluationError(
+            f"--num-points must be 3-5 (SAM2's multi-point range), got {num_points}."
+        )
+    threshold = float(getattr(args, "score_threshold", 0.5))
+    if not 0.0 < threshold < 1.0:
+        raise EvaluationError(f"--score-threshold must be within (0, 1), got {threshold}.")
+    if args.batch_size < 1 or args.max_images < 0 or getattr(args, "max_clicks", 0) < 0:
+        raise EvaluationError("--batch-size must be >= 1; --max-images and --max-clicks >= 0.")
+    return EvalSettings(
+        seed=args.seed,
+        max_images=args.max_images,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        sam2_prompts=prompts,
+        num_points=num_points,
+        max_clicks=int(getattr(args, "max_clicks", 10)),
+        score_threshold=threshold,
+        negative_ratio=float(getattr(args, "negative_ratio", 0.2)),
+        device=str(args.device),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        # 1. What to evaluate, and how.
+        specs = model_specs(args)
+        settings = settings_from(args)
+        # 2. Every model's protocol on the same images.
+        ev = run_evaluation(
+            specs, args.data, args.split, settings, mode=args.mode, progress=not args.no_progress
+        )
+    except (EvaluationError, OSError, ValueError) as e:  # noqa: B014 - messages, not tracebacks
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    # 3. Tables, plots and overlays.
+    import datasets
+
+    dd = datasets.load_from_disk(args.data)
+    ds = select_images(
+        dd[args.split] if isinstance(dd, datasets.DatasetDict) else dd, settings.max_images
+    )
+    written = write_report(ev, ds, args.out)
+    print(f"wrote {len(written)} files to {args.out}:")
+    for p in written:
+        print(f"  {Path(p)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,506 @@
+"""scripts/evaluate.py and sam_hf.evaluation / sam_hf.report on tiny random models.
+
+The central check recomputes the report's numbers independently: the saved models are loaded
+with plain ``from_pretrained``, run through the training wrappers' own ``predict`` on collator
+batches, and scored with the metric functions of ``sam_hf.metrics``; the report must hold the
+same values. Data: a few synthetic orchard images (COCO-text view: instance masks + phrases).
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import datasets
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from sam_hf.data import rle
+from sam_hf.data.coco import convert_coco_text
+from sam_hf.data.prompts import sample_correction_clicks
+from sam_hf.data.synthetic import make_synthetic_orchard
+from sam_hf.evaluation import (
+    EvaluationError,
+    click_summary,
+    correction_click,
+    from_model_coords,
+    load_model,
+    number_of_clicks,
+    remap_scores,
+    resolve_source,
+    to_model_coords,
+)
+from sam_hf.report import parse_training_log, plot_run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_script(name: str):
+    """Import scripts/<name>.py under a private name: putting scripts/ on sys.path would let
+    scripts/evaluate.py shadow the ``evaluate`` library for every later test."""
+    spec = importlib.util.spec_from_file_location(
+        f"_sam_hf_script_{name}", ROOT / "scripts" / f"{name}.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+evaluate_cli = _load_script("evaluate")
+plot_run_cli = _load_script("plot_run")
+
+SAM2_RES, SAM3_RES, SEED = 128, 112, 42
+
+
+def _sam2_cfg(**kw):
+    from sam_hf.configs import Sam2Config, load_config
+
+    return load_config(Sam2Config, None, {"resolution": SAM2_RES, **kw})
+
+
+def _sam3_cfg(**kw):
+    from sam_hf.configs import Sam3Config, load_config
+
+    return load_config(Sam3Config, None, {"resolution": SAM3_RES, **kw})
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> dict:
+    """Synthetic orchard (coco-text view) + a fine-tuned folder per family + an adapter."""
+    from sam_hf.models.sam2 import build_sam2
+    from sam_hf.models.sam3 import build_sam3
+
+    root = tmp_path_factory.mktemp("eval")
+    make_synthetic_orchard(root / "raw", num_images=8, seed=3, image_size=(96, 128))
+    coco = root / "raw" / "coco_text"
+    dd = datasets.DatasetDict(
+        {
+            "train": convert_coco_text(
+                coco / "images", coco / "annotations" / "train.json", cache_dir=root / "cache"
+            )["train"],
+            "validation": convert_coco_text(
+                coco / "images",
+                coco / "annotations" / "val.json",
+                split="validation",
+                cache_dir=root / "cache",
+            )["validation"],
+        }
+    )
+    dd.save_to_disk(str(root / "data"))
+
+    # "fine-tuned" SAM2: another seed than the baseline, saved like a run's final/
+    m2, p2 = build_sam2(_sam2_cfg(model_name_or_path="sam2-tiny", seed=7))
+    m2.save_pretrained(str(root / "sam2_ft"))
+    p2.save_pretrained(str(root / "sam2_ft"))
+    # "fine-tuned" SAM3: presence head pushed up so that predictions pass the 0.5 score cut
+    m3, p3 = build_sam3(_sam3_cfg(model_name_or_path="sam3-tiny", seed=7))
+    with torch.no_grad():
+        m3.detr_decoder.presence_head.layer3.bias.add_(8.0)
+    m3.save_pretrained(str(root / "sam3_ft"))
+    p3.save_pretrained(str(root / "sam3_ft"))
+    return {"root": root, "data": root / "data", "dd": dd}
+
+
+@pytest.fixture(scope="module")
+def compare_out(workdir) -> Path:
+    out = workdir["root"] / "report"
+    rc = evaluate_cli.main(
+        [
+            "compare",
+            "--sam2", str(workdir["root"] / "sam2_ft"),
+            "--sam2-baseline", "sam2-tiny",
+            "--sam3", str(workdir["root"] / "sam3_ft"),
+            "--sam3-baseline", "sam3-tiny",
+            "--sam2-resolution", str(SAM2_RES),
+            "--sam3-resolution", str(SAM3_RES),
+            "--data", str(workdir["data"]),
+            "--split", "validation",
+            "--out", str(out),
+            "--max-clicks", "3",
+            "--seed", str(SEED),
+            "--no-progress",
+        ]
+    )  # fmt: skip
+    assert rc == 0
+    return out
+
+
+# ------------------------------------------------------------------------ the compare report
+
+
+def test_compare_writes_every_artefact(compare_out):
+    for name in ("report.md", "report.json", "report.csv", "records/sam2.json"):
+        assert (compare_out / name).is_file(), name
+    pngs = sorted(p.name for p in compare_out.glob("*.png"))
+    assert pngs == [
+        "clicks_to_iou.png",
+        "iou_histograms.png",
+        "metric_bars.png",
+        "overlays_best_worst.png",
+        "sam2_vs_sam3.png",
+    ]
+    report = json.loads((compare_out / "report.json").read_text())
+    assert set(report["models"]) == {"sam2", "sam2-baseline", "sam3", "sam3-baseline"}
+    assert report["models"]["sam2"]["role"] == "fine-tuned"
+    assert report["models"]["sam2-baseline"]["kind"] == "tiny"
+    assert set(report["models"]["sam2"]["metrics"]) == {"point", "points3", "box"}
+    assert all(a in report["artefacts"] for a in ("report.md", "metric_bars.png"))
+    md = (compare_out / "report.md").read_text()
+    # the SAM2-vs-SAM3 table says which prompt each model got
+    gap = md.split("## SAM2 vs SAM3")[1].split("\n## ")[0]
+    assert "1 centre point per instance (from GT)" in gap
+    assert "exact GT box per instance" in gap
+    assert "text only (noun phrases + negatives)" in gap
+    assert "## Baseline vs fine-tuned" in md
+
+
+def _independent_sam2(workdir, prompt: str) -> dict:
+    """Fine-tuned SAM2 through from_pretrained + Sam2ForTraining.predict + metric functions."""
+    from transformers import Sam2Model, Sam2Processor
+
+    from sam_hf.data.collate import Sam2Collator
+    from sam_hf.data.transforms import SegmentationDataset
+    from sam_hf.metrics import boundary_f1, dice, mask_iou
+    from sam_hf.models.sam2 import Sam2ForTraining
+
+    folder = workdir["root"] / "sam2_ft"
+    module = Sam2ForTraining(Sam2Model.from_pretrained(folder), _sam2_cfg()).eval()
+    ip = Sam2Processor.from_pretrained(folder).image_processor
+    ds = SegmentationDataset(
+        workdir["dd"]["validation"], SAM2_RES, ip.image_mean, ip.image_std, SEED, train=False,
+        keep_orig_masks=True,
+    )  # fmt: skip
+    collator = Sam2Collator(
+        SimpleNamespace(
+            prompt_type="box" if prompt == "box" else "point",
+            num_points=3 if prompt == "points3" else 1,
+            box_noise=0.0, box_noise_max_px=0.0, mask_prompt_prob=0.0,
+            max_objects_per_image=10_000,
+        ),
+        train=False,
+    )  # fmt: skip
+    preds = module.predict(collator([ds[i] for i in range(len(ds))]))
+    pred = [p["pred_masks"] for p in preds]
+    gt = [p["gt_masks"] for p in preds]
+    ious = torch.cat([mask_iou(p, g) for p, g in zip(pred, gt)]).double()
+    return {
+        "preds": preds,
+        "mean_iou": float(ious.mean()),
+        "mean_dice": float(torch.cat([dice(p, g) for p, g in zip(pred, gt)]).double().mean()),
+        "mean_boundary_f1": float(
+            torch.cat([boundary_f1(p, g) for p, g in zip(pred, gt)]).double().mean()
+        ),
+        "iou_at_50": float((ious >= 0.5).double().mean()),
+        "num_objects": int(ious.numel()),
+    }
+
+
+@pytest.mark.parametrize("prompt", ["point", "points3", "box"])
+def test_sam2_numbers_equal_the_metric_functions(workdir, compare_out, prompt):
+    report = json.loads((compare_out / "report.json").read_text())
+    got = report["models"]["sam2"]["metrics"][prompt]
+    want = _independent_sam2(workdir, prompt)
+    for k in ("mean_iou", "mean_dice", "mean_boundary_f1", "iou_at_50"):
+        assert got[k] == pytest.approx(want[k], rel=1e-9, abs=1e-12), k
+    assert got["num_objects"] == want["num_objects"]
+    # the saved records hold exactly these predictions
+    records = json.loads((compare_out / "records" / "sam2.json").read_text())["records"][prompt]
+    assert [r["image_id"] for r in records] == [p["image_id"] for p in want["preds"]]
+    for r, p in zip(records, want["preds"]):
+        h, w = p["pred_masks"].shape[1:]
+        assert np.array_equal(rle.decode_many(r["pred"], h, w), p["pred_masks"].numpy())
+    # the common column: concept recall per phrase, from the same per-instance IoUs
+    per_phrase: dict[str, list[bool]] = {}
+    for r in records:
+        for phrase, v in zip(r["phrases"], r["iou"]):
+            per_phrase.setdefault(phrase.lower(), []).append(v >= 0.5)
+    common = report["models"]["sam2"]["common"][prompt]
+    assert common["concept_recall"] == pytest.approx(
+        np.mean([np.mean(v) for v in per_phrase.values()])
+    )
+    assert common["mean_instance_iou"] == pytest.approx(want["mean_iou"])
+
+
+def test_sam3_numbers_equal_the_metric_functions(workdir, compare_out):
+    from transformers import Sam3Model, Sam3Processor
+
+    from sam_hf.data.queries import PhraseVocab, Sam3Collator
+    from sam_hf.data.transforms import SegmentationDataset
+    from sam_hf.metrics import (
+        attribute_accuracy,
+        coco_mask_ap,
+        concept_recall,
+        grounding_accuracy,
+        saco_metrics,
+    )
+    from sam_hf.models.sam3 import Sam3ForTraining
+    from sam_hf.tasks import matched_instance_iou
+
+    folder = workdir["root"] / "sam3_ft"
+    module = Sam3ForTraining(Sam3Model.from_pretrained(folder), _sam3_cfg()).eval()
+    proc = Sam3Processor.from_pretrained(folder)
+    ip = proc.image_processor
+    ds = SegmentationDataset(
+        workdir["dd"]["validation"], SAM3_RES, ip.image_mean, ip.image_std, SEED, train=False,
+        keep_orig_masks=True,
+    )  # fmt: skip
+    collator = Sam3Collator(
+        SimpleNamespace(negative_ratio=0.2, max_phrases_per_image=0, hard_negatives=True),
+        PhraseVocab.from_dataset(workdir["dd"]["train"]),
+        proc.tokenizer,
+        train=False,
+    )
+    preds = module.predict(collator([ds[i] for i in range(len(ds))]))
+    pairs = [pair for p in preds for pair in p["pairs"]]
+    assert any(bool((p["scores"] >= 0.5).any()) for p in pairs), "test model keeps nothing"
+    want = dict(saco_metrics(pairs))
+    want["concept_recall"] = concept_recall(pairs)
+    want["grounding_accuracy"] = grounding_accuracy(pairs)
+    want["attribute_accuracy"] = attribute_accuracy(pairs)
+    want.update(coco_mask_ap([{**p, "category": p["phrase"]} for p in pairs]))
+    want["mean_iou"] = matched_instance_iou(pairs)
+
+    report = json.loads((compare_out / "report.json").read_text())
+    got = report["models"]["sam3"]["metrics"]["text"]
+    assert got["num_pairs"] == len(pairs)
+    for k in ("cgF1", "pmF1", "IL_MCC", "cgF1_50", "concept_recall", "grounding_accuracy",
+              "attribute_accuracy", "mask_AP", "mask_AP50", "mask_AR", "mean_iou"):  # fmt: skip
+        assert got[k] == pytest.approx(want[k], rel=1e-6, abs=1e-9), k
+    common = report["models"]["sam3"]["common"]["text"]
+    assert common["mean_instance_iou"] == pytest.approx(want["mean_iou"])
+    assert common["concept_recall"] == pytest.approx(want["concept_recall"])
+    assert common["num_instances"] == sum(int(p["gt"].shape[0]) for p in pairs)
+    pooled = concept_recall([{**p, "phrase": "x"} for p in pairs])
+    assert common["instance_recall"] == pytest.approx(pooled)
+
+
+def test_report_csv_deltas_and_clicks_agree_with_json(compare_out):
+    report = json.loads((compare_out / "report.json").read_text())
+    with open(compare_out / "report.csv") as f:
+        rows = list(csv.DictReader(f))
+    value = {(r["model"], r["protocol"], r["metric"]): r["value"] for r in rows}
+    assert float(value[("sam3", "text", "cgF1")]) == pytest.approx(
+        report["models"]["sam3"]["metrics"]["text"]["cgF1"]
+    )
+    assert float(value[("sam2-baseline", "box", "mean_dice")]) == pytest.approx(
+        report["models"]["sam2-baseline"]["metrics"]["box"]["mean_dice"]
+    )
+    m = report["models"]
+    d = report["comparisons"]["sam2"]["delta"]["point"]["mean_iou"]
+    assert d == pytest.approx(
+        m["sam2"]["metrics"]["point"]["mean_iou"]
+        - m["sam2-baseline"]["metrics"]["point"]["mean_iou"]
+    )
+    # clicks: NoC in the report is the summary of the saved per-object curves
+    curves = json.loads((compare_out / "records" / "sam2.json").read_text())["click_curves"]
+    assert (
+        len(curves)
+        == m["sam2"]["clicks"]["num_objects"]
+        == m["sam2"]["metrics"]["point"]["num_objects"]
+    )
+    assert all(len(c) == 3 for c in curves)
+    summary = click_summary(curves, (0.85, 0.9), 3)
+    assert m["sam2"]["clicks"]["NoC@85"] == pytest.approx(summary["NoC@85"])
+    assert m["sam2"]["clicks"]["miou_per_click"] == pytest.approx(summary["miou_per_click"])
+    assert value[("sam2", "clicks", "mIoU@3")] != ""
+
+
+def _blank_phrases(row: dict) -> dict:
+    for obj in row["objects"]:
+        obj["noun_phrase"] = ""
+    return row
+
+
+def test_sam3_mode_without_phrases_queries_categories_and_says_so(workdir, tmp_path):
+    dd = workdir["dd"].map(_blank_phrases)
+    dd.save_to_disk(str(tmp_path / "data"))
+    out = tmp_path / "out"
+    rc = evaluate_cli.main(
+        ["sam3", "--model", str(workdir["root"] / "sam3_ft"), "--data", str(tmp_path / "data"),
+         "--out", str(out), "--max-images", "1", "--score-threshold", "0.3", "--no-progress"]
+    )  # fmt: skip
+    assert rc == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["data"]["phrase_source"] == "category fallback"
+    assert report["data"]["num_images"] == 1 and report["settings"]["score_threshold"] == 0.3
+    records = json.loads((out / "records" / "sam3.json").read_text())["records"]["text"]
+    positives = [p["phrase"] for r in records for p in r["pairs"] if p["gt"]]
+    assert positives == ["apple"]  # the category stands in for the missing phrases
+    notes = (out / "report.md").read_text().split("## Notes")[1]
+    assert "have no noun phrase" in notes and "category name" in notes
+    assert "score threshold 0.3" in notes
+    assert sorted(p.name for p in out.glob("*.png")) == [
+        "iou_histograms.png",
+        "metric_bars.png",
+        "overlays_best_worst.png",
+    ]
+
+
+# -------------------------------------------------------------------------- NoC and clicks
+
+
+def test_number_of_clicks_on_a_hand_made_curve():
+    curve = [0.40, 0.84, 0.86, 0.89, 0.93]
+    assert number_of_clicks(curve, 0.85) == 3  # first click reaching 0.85 (0.86 at click 3)
+    assert number_of_clicks(curve, 0.90) == 5
+    assert number_of_clicks(curve, 0.40) == 1  # ">=": reaching exactly the target counts
+    assert number_of_clicks(curve, 0.95) == 5  # never reached: the click budget, not infinity
+    assert number_of_clicks(curve, 0.95, max_clicks=20) == 20
+    assert number_of_clicks(curve[:2], 0.85, max_clicks=2) == 2
+    s = click_summary([curve, [0.9, 0.95, 0.97, 0.98, 0.99]], (0.85, 0.90), 5)
+    assert s["NoC@85"] == pytest.approx((3 + 1) / 2)
+    assert s["NoC@90"] == pytest.approx((5 + 1) / 2)
+    assert s["NoF@90"] == 0 and click_summary([curve], (0.95,), 5)["NoF@95"] == 1
+    assert s["miou_per_click"][0] == pytest.approx(0.65)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_cropped_correction_click_equals_the_full_image_rule(seed):
+    g = torch.Generator().manual_seed(seed)
+    h, w = 40, 56
+    gt = torch.zeros(h, w, dtype=torch.bool)
+    pred = torch.zeros(h, w, dtype=torch.bool)
+    y, x = (int(v) for v in torch.randint(0, 30, (2,), generator=g))
+    gt[y : y + 12, x : x + 20] = True
+    dy, dx = (int(v) for v in torch.randint(-6, 7, (2,), generator=g))
+    pred[max(y + dy, 0) : y + dy + 12, max(x + dx, 0) : x + dx + 20] = True
+    pred |= torch.rand(h, w, generator=g) > 0.97  # scattered false positives
+    if seed == 0:
+        gt[:, :3] = True  # errors touching the image border
+    if seed == 1:
+        pred = gt.clone()  # no error left: background click
+    pts, labels = sample_correction_clicks(pred[None], gt[None], [g], "center")
+    x_c, y_c, lab = correction_click(pred, gt)
+    assert (x_c, y_c, lab) == (float(pts[0, 0]), float(pts[0, 1]), int(labels[0]))
+
+
+def test_model_coordinates_round_trip_and_pixel_centres():
+    xy = torch.tensor([[0.0, 0.0], [127.0, 95.0], [63.0, 10.0]])
+    size = (96, 128)  # (H, W)
+    r = to_model_coords(xy, size, 256)
+    assert torch.allclose(from_model_coords(r, size, 256), xy, atol=1e-5)
+    # pixel 0 of a 128-wide image covers [0, 1) -> [0, 2) at 256 px: its centre is index 0.5
+    assert r[0, 0].item() == pytest.approx(0.5)
+    assert torch.equal(to_model_coords(xy, (128, 128), 128), xy)
+
+
+def test_remap_scores_moves_the_threshold_to_one_half_and_keeps_order():
+    s = torch.tensor([0.0, 0.1, 0.2999, 0.3, 0.31, 0.7, 1.0])
+    r = remap_scores(s, 0.3)
+    assert ((r >= 0.5) == (s >= 0.3)).all()
+    assert torch.all(r[1:] > r[:-1])
+    assert r[3].item() == 0.5 and r[-1].item() == pytest.approx(1.0)
+    assert torch.equal(remap_scores(s, 0.5), s)
+    with pytest.raises(ValueError, match="within"):
+        remap_scores(s, 1.0)
+
+
+# ------------------------------------------------------------------------------ model sources
+
+
+def test_resolve_source_kinds_and_errors(workdir, tmp_path):
+    root = workdir["root"]
+    src = resolve_source(str(root / "sam2_ft"))
+    assert (src.family, src.kind, src.resolution) == ("sam2", "folder", SAM2_RES)
+    assert resolve_source("sam3-tiny").resolution == 224
+    assert resolve_source("facebook/sam3").kind == "hub"
+    # a run directory evaluates its final/
+    run = tmp_path / "run"
+    (run / "final").mkdir(parents=True)
+    for f in (root / "sam3_ft").iterdir():
+        (run / "final" / f.name).write_bytes(f.read_bytes())
+    assert resolve_source(str(run), "sam3").base == str(run / "final")
+    with pytest.raises(EvaluationError, match="holds a SAM2 model.*--sam2"):
+        resolve_source(str(root / "sam2_ft"), "sam3")
+    with pytest.raises(EvaluationError, match="no such folder"):
+        resolve_source(str(tmp_path / "missing") + "/x/y")
+    with pytest.raises(EvaluationError, match="cannot tell"):
+        resolve_source("someone/model")
+
+
+def test_adapter_folder_is_merged_into_the_base_it_names(tmp_path):
+    """final/adapter of a LoRA run: base from training_config.yaml, adapter merged."""
+    from peft import PeftModel
+
+    from sam_hf.lora import apply_lora, merge_to_base, save_adapter
+    from sam_hf.models.sam2 import build_sam2
+
+    cfg = _sam2_cfg(model_name_or_path="sam2-tiny", seed=5, use_lora=True)
+    model, _ = build_sam2(cfg)
+    peft_model = apply_lora(model, cfg, "sam2")
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05, generator=torch.Generator().manual_seed(len(name)))
+    final = tmp_path / "run" / "final"
+    save_adapter(peft_model, final)
+    (final / "training_config.yaml").write_text(
+        yaml.safe_dump({"model_name_or_path": "sam2-tiny", "seed": 5, "resolution": SAM2_RES})
+    )
+    src = resolve_source(str(tmp_path / "run"))
+    assert (src.kind, src.family, src.base, src.seed) == ("adapter", "sam2", "sam2-tiny", 5)
+    loaded = load_model(src)
+    base, _ = build_sam2(cfg)
+    want = merge_to_base(PeftModel.from_pretrained(base, str(final / "adapter")))
+    got = loaded.module.model.state_dict()
+    for k, v in want.state_dict().items():
+        assert torch.equal(got[k], v), k
+    assert not any("lora" in k for k in got)
+
+
+def test_cli_errors_are_messages_not_tracebacks(workdir, tmp_path, capsys):
+    rc = evaluate_cli.main(
+        ["compare", "--sam2-baseline", "sam2-tiny", "--data", str(workdir["data"]),
+         "--out", str(tmp_path / "o")]
+    )  # fmt: skip
+    assert rc == 2 and "--sam2-baseline needs --sam2" in capsys.readouterr().err
+    rc = evaluate_cli.main(
+        ["sam2", "--model", "sam2-tiny", "--data", str(tmp_path / "nope"), "--out", str(tmp_path)]
+    )
+    assert rc == 2 and "does not exist" in capsys.readouterr().err
+    rc = evaluate_cli.main(
+        ["sam3", "--model", "sam3-tiny", "--data", str(workdir["data"]), "--split", "test",
+         "--out", str(tmp_path)]
+    )  # fmt: skip
+    assert rc == 2 and "splits ['train', 'validation']" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------- run curves
+
+LOG = """\
+2026-01-01 10:00:00,000 INFO Resolved config:
+2026-01-01 10:00:01,000 INFO Initial eval: mean_iou=0.1 mean_dice=0.2 num_objects=10
+2026-01-01 10:00:02,000 INFO step 1 train/loss=2.5 train/loss_focal=0.5 train/lr=1e-05
+2026-01-01 10:00:03,000 INFO step 10 train/loss=1.5 train/loss_focal=0.25 train/lr=0.0001
+2026-01-01 10:00:04,000 INFO Eval at step 10: mean_iou=0.3 mean_dice=0.4 num_objects=10
+2026-01-01 10:00:05,000 INFO step 20 train/loss=nan train/loss_focal=0.2 train/lr=5e-05
+2026-01-01 10:00:06,000 INFO Resumed from checkpoints/step-10: step 10, epoch 1, 0 batches into it.
+2026-01-01 10:00:07,000 INFO step 20 train/loss=1.0 train/loss_focal=0.2 train/lr=5e-05
+2026-01-01 10:00:08,000 INFO Final eval: mean_iou=0.5 mean_dice=0.6 num_objects=10
+"""
+
+
+def test_training_log_parsing_and_run_plots(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "training.log").write_text(LOG)
+    (run / "eval_results.json").write_text(json.dumps({"best": {"step": 20, "mean_iou": 0.5}}))
+    parsed = parse_training_log(run / "training.log")
+    assert list(parsed["train"]) == [1, 10, 20]
+    assert parsed["train"][20]["train/loss"] == 1.0  # the resumed line replaces the NaN one
+    assert parsed["train"][1]["train/lr"] == pytest.approx(1e-5)
+    assert parsed["eval"] == {
+        0: {"mean_iou": 0.1, "mean_dice": 0.2, "num_objects": 10.0},
+        10: {"mean_iou": 0.3, "mean_dice": 0.4, "num_objects": 10.0},
+        20: {"mean_iou": 0.5, "mean_dice": 0.6, "num_objects": 10.0},
+    }
+    written = plot_run(run, tmp_path / "plots")
+    assert [p.name for p in written] == ["loss_curves.png", "eval_curves.png"]
+    assert all(p.stat().st_size > 5000 for p in written)
+    assert plot_run_cli.main([str(run)]) == 0 and (run / "eval_curves.png").is_file()
+    assert plot_run_cli.main([str(tmp_path / "nope")]) == 2
