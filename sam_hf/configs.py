@@ -144,6 +144,12 @@ class Sam2ModelArgs:
     freeze_image_encoder: bool = _f(False, "Freeze the Hiera image encoder.")
     freeze_prompt_encoder: bool = _f(False, "Freeze the prompt encoder.")
     freeze_mask_decoder: bool = _f(False, "Freeze the mask decoder.")
+    cache_embeddings: str = _f(
+        "auto",
+        "auto | true | false: compute a frozen image encoder's features once per image (and "
+        "flip) and store them beside the data (auto: on when the encoder is frozen, has no "
+        "LoRA and color_jitter is 0).",
+    )
 
 
 @dataclass
@@ -152,7 +158,9 @@ class Sam2PromptArgs:
 
     prompt_type: Literal["point", "box", "mixed"] = _f("point", "Geometric prompt per object.")
     num_points: int = _f(1, "Positive points per object (1, or 3-5).")
-    box_noise: float = _f(0.1, "Box corner noise: uniform within +-(this x box side), capped below.")
+    box_noise: float = _f(
+        0.1, "Box corner noise: uniform within +-(this x box side), capped below."
+    )
     box_noise_max_px: float = _f(20.0, "Cap on box noise, in pixels.")
     mask_prompt_prob: float = _f(0.0, "Probability of also giving the previous low-res mask.")
     num_correction_clicks: int = _f(0, "Iterative correction clicks from the error region.")
@@ -526,6 +534,9 @@ def _validate_sam2(cfg: Sam2Config) -> None:
     )
     for name in ("loss_focal", "loss_dice", "loss_iou", "loss_bce"):
         _check(getattr(cfg, name) >= 0, f"{name} must be >= 0.")
+    from sam_hf.cache import check_config
+
+    check_config(cfg)
 
 
 def _validate_sam3(cfg: Sam3Config) -> None:

@@ -186,8 +186,19 @@ class Sam2Task(_TransformersTask):
 
     family = "sam2"
 
+    def __init__(self) -> None:
+        self.module: torch.nn.Module | None = None
+        self.cache_on = False
+
     def prepare_data(self, cfg: Any) -> None:
         prepare_synthetic(cfg, view="minneapple")
+
+    def build_model(self, cfg: Any) -> tuple[torch.nn.Module, Any]:
+        """As the shared builder, keeping the module: :meth:`build_datasets` fills the
+        embedding cache with its encoder."""
+        module, processor = super().build_model(cfg)
+        self.module = module
+        return module, processor
 
     def build_base(self, cfg: Any) -> tuple[torch.nn.Module, Any]:
         from sam_hf.models.sam2 import build_sam2
@@ -223,12 +234,89 @@ class Sam2Task(_TransformersTask):
             keep_orig_masks=True,
             **common,
         )
-        return train, evals
+        from sam_hf import cache
+
+        self.cache_on = self.module is not None and cache.use_cache(cfg, self.module.model)
+        if not self.cache_on:
+            return train, evals
+        return self.cached(train, cfg, processor), self.cached(evals, cfg, processor)
+
+    def cached(self, ds: SegmentationDataset, cfg: Any, processor: Any) -> Any:
+        """``ds`` with its frozen-encoder features attached, computing the missing ones first.
+
+        The main process fills the cache while the others wait (``main_process_first``); they
+        then find it complete. Features are computed in float32 on the accelerator's device,
+        one image at a time, from the unaugmented pixels and their mirror image.
+        """
+        from accelerate import PartialState
+
+        from sam_hf import cache
+
+        assert self.module is not None
+        model = self.module.model
+        ip = processor.image_processor
+        weights = cache.weights_hash(model.vision_encoder, [model.no_memory_embedding])
+        key = cache.cache_key(
+            family=self.family,
+            model_id=cache.resolved_model_id(cfg.model_name_or_path),
+            revision=cfg.revision,
+            resolution=cfg.resolution,
+            weights=weights,
+            fingerprint=ds.ds._fingerprint,
+            image_mean=ip.image_mean,
+            image_std=ip.image_std,
+        )
+        store = cache.EmbeddingCache(Path(cfg.dataset_path) / cache.CACHE_DIRNAME, key)
+        variants = cache.flip_variants(ds.hflip_prob)
+        plain = SegmentationDataset(
+            ds.ds,
+            resolution=ds.resolution,
+            image_mean=ip.image_mean,
+            image_std=ip.image_std,
+            seed=ds.seed,
+            train=False,
+        )
+        state = PartialState()
+        with state.main_process_first():
+            if not store.is_complete():
+                logger.info(
+                    "Filling the embedding cache %s (%d images x %d flip variants).",
+                    store.dir,
+                    len(ds),
+                    len(variants),
+                )
+                device = state.device
+                encoder_device = model.no_memory_embedding.device
+                wrapper = self.module
+                model.vision_encoder.to(device)
+                model.no_memory_embedding.data = model.no_memory_embedding.data.to(device)
+                try:
+                    n = store.fill(
+                        lambda i: plain[i]["pixel_values"],
+                        len(ds),
+                        variants,
+                        wrapper.encoder_features,
+                        device=device,
+                    )
+                finally:
+                    model.vision_encoder.to(encoder_device)
+                    model.no_memory_embedding.data = model.no_memory_embedding.data.to(
+                        encoder_device
+                    )
+                logger.info("Embedding cache: %d feature files written to %s.", n, store.dir)
+            else:
+                logger.info("Embedding cache: reusing %s.", store.dir)
+        return cache.CachedEmbeddingDataset(ds, store)
 
     def collator(self, cfg: Any, train: bool) -> Any:
         from sam_hf.data.collate import Sam2Collator
 
-        return Sam2Collator(cfg, train=train)
+        inner = Sam2Collator(cfg, train=train)
+        if not self.cache_on:
+            return inner
+        from sam_hf.cache import CachedEmbeddingCollator
+
+        return CachedEmbeddingCollator(inner)
 
     def eval_records(self, predictions: list[dict]) -> list[dict]:
         """Per image: per-object IoU, Dice and Boundary F1 at the original resolution."""
