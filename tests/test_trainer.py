@@ -242,3 +242,71 @@ def test_sigkill_at_random_points_then_resume_is_bit_exact(tmp_path):
     assert final.wait(timeout=240) == 0, final.stderr.read().decode()[-2000:]
     assert kills >= 1
     assert_same_weights(final_weights(tmp_path / "ref"), final_weights(out))
+
+
+def _launch_recipe(out: Path, data: Path, *extra: str) -> subprocess.Popen:
+    """The SAM2 recipe itself (tiny model, 64 px synthetic orchard) as a training process."""
+    root = HERE.parent
+    args = [
+        "--config",
+        str(root / "recipes" / "sam2_demo.yaml"),
+        "--model_name_or_path",
+        "sam2-tiny",
+        "--resolution",
+        "64",
+        "--dataset_path",
+        str(data),
+        "--synthetic_num_images",
+        "10",
+        "--synthetic_image_size",
+        "[64, 64]",
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "10",
+        "--save_steps",
+        "1",
+        "--batch_size",
+        "2",
+        "--eval_steps",
+        "0",
+        "--eval_on_start",
+        "false",
+        "--max_objects_per_image",
+        "3",
+        "--logging_steps",
+        "1",
+        *extra,
+    ]
+    return subprocess.Popen(
+        [sys.executable, str(root / "recipes" / "sam2_mineapple.py"), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def test_sam2_recipe_killed_and_resumed_is_bit_exact(tmp_path):
+    """SIGKILL the real recipe mid-run (twice), resume with --resume auto: final weights equal
+    an uninterrupted run's, bit for bit."""
+    data = tmp_path / "data"
+    ref = _launch_recipe(tmp_path / "ref", data)
+    assert ref.wait(timeout=400) == 0, ref.stderr.read().decode()[-2000:]
+    out = tmp_path / "killed"
+    kills = 0
+    for target in (3, 6):
+        proc = _launch_recipe(out, data, "--resume", "auto")
+        deadline = time.time() + 300
+        while proc.poll() is None and time.time() < deadline:
+            latest = checkpointing.list_checkpoints(out)
+            if latest and int(latest[-1].name.split("-")[1]) >= target:
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+                break
+            time.sleep(0.02)
+        proc.wait(timeout=60)
+    final = _launch_recipe(out, data, "--resume", "auto")
+    assert final.wait(timeout=400) == 0, final.stderr.read().decode()[-2000:]
+    assert kills == 2
+    a = load_file(str(tmp_path / "ref" / "final" / "model.safetensors"))
+    b = load_file(str(out / "final" / "model.safetensors"))
+    assert_same_weights(a, b)
