@@ -9,7 +9,6 @@ same values. Data: a few synthetic orchard images (COCO-text view: instance mask
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from scripts_loader import load_script
 
 from sam_hf.data import rle
 from sam_hf.data.coco import convert_coco_text
@@ -40,19 +40,8 @@ from sam_hf.report import parse_training_log, plot_run
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load_script(name: str):
-    """Import scripts/<name>.py under a private name: putting scripts/ on sys.path would let
-    scripts/evaluate.py shadow the ``evaluate`` library for every later test."""
-    spec = importlib.util.spec_from_file_location(
-        f"_sam_hf_script_{name}", ROOT / "scripts" / f"{name}.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-evaluate_cli = _load_script("evaluate")
-plot_run_cli = _load_script("plot_run")
+evaluate_cli = load_script("evaluate")
+plot_run_cli = load_script("plot_run")
 
 SAM2_RES, SAM3_RES, SEED = 128, 112, 42
 

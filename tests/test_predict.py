@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
 import shutil
@@ -14,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 from pycocotools.coco import COCO
+from scripts_loader import load_script
 
 from sam_hf.data import rle
 from sam_hf.data.coco import convert_coco_text
@@ -22,18 +22,7 @@ from sam_hf.data.synthetic import make_synthetic_orchard
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load_script(name: str):
-    """Import scripts/<name>.py under a private name: putting scripts/ on sys.path would let
-    scripts/evaluate.py shadow the ``evaluate`` library for every later test."""
-    spec = importlib.util.spec_from_file_location(
-        f"_sam_hf_script_{name}", ROOT / "scripts" / f"{name}.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-predict_cli = _load_script("predict")
+predict_cli = load_script("predict")
 
 SAM3_RES = 112
 

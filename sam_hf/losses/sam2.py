@@ -33,6 +33,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from sam_hf.losses.common import dice_loss as _dice
+from sam_hf.losses.common import sigmoid_focal
 from sam_hf.losses.registry import LossRegistry, weighted_sum
 
 #: Loss terms for SAM2. Built-ins: focal, dice, iou, bce (weights ``loss_<name>``).
@@ -53,20 +55,12 @@ def sigmoid_focal_loss(
 
     ``alpha < 0`` disables the class balancing (as in the official code).
     """
-    prob = logits.sigmoid()
-    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    p_t = prob * targets + (1 - prob) * (1 - targets)
-    loss = ce * (1 - p_t) ** gamma
-    if alpha >= 0:
-        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
-    return loss.flatten(2).mean(-1)
+    return sigmoid_focal(logits, targets, alpha, gamma).flatten(2).mean(-1)
 
 
 def dice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """``1 - (2 |p t| + 1) / (|p| + |t| + 1)`` per mask, on sigmoid probabilities."""
-    prob = logits.sigmoid().flatten(2)
-    t = targets.flatten(2)
-    return 1 - (2 * (prob * t).sum(-1) + 1) / (prob.sum(-1) + t.sum(-1) + 1)
+    return _dice(logits, targets, start_dim=2)
 
 
 def actual_iou(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

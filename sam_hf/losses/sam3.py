@@ -57,6 +57,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import box_convert, generalized_box_iou
 
+from sam_hf.losses.common import dice_loss as _dice
+from sam_hf.losses.common import sigmoid_focal
 from sam_hf.losses.matcher import BinaryHungarianMatcher
 
 TERM_NAMES = (
@@ -106,24 +108,9 @@ class Sam3LossConfig:
                 raise ValueError(f"{f.name} must be >= 0, got {v}.")
 
 
-def sigmoid_focal(
-    logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0
-) -> torch.Tensor:
-    """Element-wise sigmoid focal loss (RetinaNet); ``alpha < 0`` disables the class weight."""
-    prob = logits.sigmoid()
-    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    p_t = prob * targets + (1 - prob) * (1 - targets)
-    loss = ce * (1 - p_t) ** gamma
-    if alpha >= 0:
-        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
-    return loss
-
-
 def dice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Per-mask dice loss (N,) of logits (N, ...) vs targets (N, ...), +1 smoothed."""
-    prob = logits.sigmoid().flatten(1)
-    t = targets.flatten(1)
-    return 1 - (2 * (prob * t).sum(1) + 1) / (prob.sum(1) + t.sum(1) + 1)
+    return _dice(logits, targets, start_dim=1)
 
 
 def resize_target_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
