@@ -613,6 +613,72 @@ def _conversion_error_in(exc: BaseException) -> ConversionError | None:
     return None
 
 
+def build_planned_splits(
+    plans: dict[str, tuple[list[dict[str, Any]], Report]],
+    generator: Callable[..., Iterator[dict[str, Any]]],
+    *,
+    source: str | os.PathLike[str],
+    kind: str,
+    version: str,
+    files_of: Callable[[dict[str, Any]], list[str]],
+    val_fraction: float,
+    seed: int,
+    on_error: str,
+    report: Report,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> dict[str, datasets.Dataset | None]:
+    """Shared tail of the folder converters (MinneApple, per-image JSON).
+
+    Carves a seeded ``validation`` split from ``train`` (``val_fraction``) unless the tree has
+    its own, refuses an empty dataset, then builds each planned split through
+    :func:`build_split` (so each split has its own Arrow cache entry). ``files_of(item)``
+    lists the files an item reads; their sizes and mtimes enter the cache fingerprint.
+    """
+    if "validation" in plans:
+        if val_fraction:
+            report.notes.append(
+                "validation split taken from its own folder; val_fraction not applied"
+            )
+    elif val_fraction and "train" in plans:
+        train_items, train_report = plans["train"]
+        held = seeded_split([it["image_id"] for it in train_items], val_fraction, seed)
+        if held:
+            plans["train"] = (
+                [it for it in train_items if it["image_id"] not in held],
+                train_report,
+            )
+            plans["validation"] = ([it for it in train_items if it["image_id"] in held], Report())
+    if not any(items for items, _ in plans.values()) and not any(
+        r.skipped for _, r in plans.values()
+    ):
+        raise ConversionError(
+            "empty dataset: no images found in any split",
+            file=source,
+            reason="empty_dataset",
+            skippable=False,
+        )
+    options = {"val_fraction": val_fraction, "seed": seed, "source": str(Path(source).absolute())}
+    built: dict[str, datasets.Dataset | None] = {}
+    for name in ("train", "validation", "test"):
+        if name not in plans:
+            continue
+        items, plan_report = plans[name]
+        built[name], split_report = build_split(
+            generator,
+            kind=kind,
+            version=version,
+            split=name,
+            items=items,
+            files=[f for it in items for f in files_of(it)],
+            options=options,
+            on_error=on_error,
+            plan_report=plan_report,
+            cache_dir=cache_dir,
+        )
+        report.merge(split_report)
+    return built
+
+
 def build_split(
     generator: Callable[..., Iterator[dict[str, Any]]],
     *,

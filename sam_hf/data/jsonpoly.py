@@ -30,7 +30,7 @@ from sam_hf.data.convert import (
     ConversionError,
     ErrorPolicy,
     Report,
-    build_split,
+    build_planned_splits,
     check_attributes,
     check_on_error,
     check_polygons,
@@ -38,7 +38,6 @@ from sam_hf.data.convert import (
     list_images,
     load_json,
     run_generator,
-    seeded_split,
 )
 
 #: Bump when the rows this converter writes change for the same files.
@@ -237,51 +236,21 @@ def convert_json_polygons(
             _plan_split(images_dir, ann_dir, ErrorPolicy(on_error, plan_report)),
             plan_report,
         )
-    if "validation" not in plans and val_fraction and "train" in plans:
-        train_items, train_report = plans["train"]
-        held = seeded_split([it["image_id"] for it in train_items], val_fraction, seed)
-        if held:
-            plans["train"] = (
-                [it for it in train_items if it["image_id"] not in held],
-                train_report,
-            )
-            plans["validation"] = ([it for it in train_items if it["image_id"] in held], Report())
-    elif "validation" in plans and val_fraction:
-        report.notes.append("validation split taken from its own folder; val_fraction not applied")
-    if not any(items for items, _ in plans.values()) and not any(
-        r.skipped for _, r in plans.values()
-    ):
-        raise ConversionError(
-            "empty dataset: no images found in any split",
-            file=source,
-            reason="empty_dataset",
-            skippable=False,
-        )
-    built: dict[str, datasets.Dataset | None] = {}
-    for name in ("train", "validation", "test"):
-        if name not in plans:
-            continue
-        items, plan_report = plans[name]
-        files = [it["image"] for it in items] + [
-            it["annotation_file"] for it in items if it["annotation_file"]
-        ]
-        built[name], split_report = build_split(
-            _generate_split,
-            kind="jsonpoly",
-            version=VERSION,
-            split=name,
-            items=items,
-            files=files,
-            options={
-                "val_fraction": val_fraction,
-                "seed": seed,
-                "source": str(Path(source).absolute()),
-            },
-            on_error=on_error,
-            plan_report=plan_report,
-            cache_dir=cache_dir,
-        )
-        report.merge(split_report)
+    built = build_planned_splits(
+        plans,
+        _generate_split,
+        source=source,
+        kind="jsonpoly",
+        version=VERSION,
+        files_of=lambda it: (
+            [it["image"]] + ([it["annotation_file"]] if it["annotation_file"] else [])
+        ),
+        val_fraction=val_fraction,
+        seed=seed,
+        on_error=on_error,
+        report=report,
+        cache_dir=cache_dir,
+    )
     return finish(built, report, source)
 
 

@@ -37,7 +37,7 @@ from sam_hf.data.convert import (
     ConversionError,
     ErrorPolicy,
     Report,
-    build_split,
+    build_planned_splits,
     check_on_error,
     finish,
     image_value,
@@ -45,7 +45,6 @@ from sam_hf.data.convert import (
     read_image,
     read_instance_mask,
     run_generator,
-    seeded_split,
 )
 from sam_hf.data.schema import make_object
 
@@ -249,52 +248,19 @@ def convert_minneapple(
     for name, src in sources.items():
         plan_report = Report()
         plans[name] = (_plan_split(src, ErrorPolicy(on_error, plan_report)), plan_report)
-    if "validation" in plans:
-        if val_fraction:
-            report.notes.append(
-                "validation split taken from its own folder; val_fraction not applied"
-            )
-    elif val_fraction and "train" in plans:
-        train_items, train_report = plans["train"]
-        held = seeded_split([it["image_id"] for it in train_items], val_fraction, seed)
-        if held:
-            plans["train"] = (
-                [it for it in train_items if it["image_id"] not in held],
-                train_report,
-            )
-            plans["validation"] = ([it for it in train_items if it["image_id"] in held], Report())
-    if not any(items for items, _ in plans.values()) and not any(
-        r.skipped for _, r in plans.values()
-    ):
-        raise ConversionError(
-            "empty dataset: no images found in any split",
-            file=source,
-            reason="empty_dataset",
-            skippable=False,
-        )
-    built: dict[str, datasets.Dataset | None] = {}
-    for name in ("train", "validation", "test"):
-        if name not in plans:
-            continue
-        items, plan_report = plans[name]
-        files = [it["image"] for it in items] + [it["mask"] for it in items if it["mask"]]
-        built[name], split_report = build_split(
-            _generate_split,
-            kind="minneapple",
-            version=VERSION,
-            split=name,
-            items=items,
-            files=files,
-            options={
-                "val_fraction": val_fraction,
-                "seed": seed,
-                "source": str(Path(source).absolute()),
-            },
-            on_error=on_error,
-            plan_report=plan_report,
-            cache_dir=cache_dir,
-        )
-        report.merge(split_report)
+    built = build_planned_splits(
+        plans,
+        _generate_split,
+        source=source,
+        kind="minneapple",
+        version=VERSION,
+        files_of=lambda it: [it["image"]] + ([it["mask"]] if it["mask"] else []),
+        val_fraction=val_fraction,
+        seed=seed,
+        on_error=on_error,
+        report=report,
+        cache_dir=cache_dir,
+    )
     return finish(built, report, source)
 
 
