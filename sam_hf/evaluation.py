@@ -695,15 +695,8 @@ def evaluate_sam2(
     task = Sam2Task()
     module = loaded.module
     device = next(module.parameters()).device
-    ip = loaded.processor.image_processor
-    eval_ds = SegmentationDataset(
-        ds,
-        resolution=loaded.resolution,
-        image_mean=ip.image_mean,
-        image_std=ip.image_std,
-        seed=settings.seed,
-        train=False,
-        keep_orig_masks=True,
+    eval_ds = SegmentationDataset.with_processor(
+        ds, loaded.processor, loaded.resolution, settings.seed, train=False, keep_orig_masks=True
     )
     prompts = [p for p in settings.sam2_prompts]
     for p in prompts:
@@ -832,15 +825,8 @@ def evaluate_sam3(
     task = Sam3Task()
     module = loaded.module
     device = next(module.parameters()).device
-    ip = loaded.processor.image_processor
-    eval_ds = SegmentationDataset(
-        ds,
-        resolution=loaded.resolution,
-        image_mean=ip.image_mean,
-        image_std=ip.image_std,
-        seed=settings.seed,
-        train=False,
-        keep_orig_masks=True,
+    eval_ds = SegmentationDataset.with_processor(
+        ds, loaded.processor, loaded.resolution, settings.seed, train=False, keep_orig_masks=True
     )
     qcfg = SimpleNamespace(
         negative_ratio=settings.negative_ratio,

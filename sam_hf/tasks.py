@@ -48,6 +48,25 @@ def _subset(ds: datasets.Dataset, n: int) -> datasets.Dataset:
     return ds.select(range(min(n, len(ds)))) if n > 0 else ds
 
 
+def train_eval_datasets(
+    cfg: Any, processor: Any, train_split: datasets.Dataset, eval_split: datasets.Dataset
+) -> tuple[SegmentationDataset, SegmentationDataset]:
+    """The augmented training view and the full-resolution evaluation view of two splits."""
+    train = SegmentationDataset.with_processor(
+        train_split,
+        processor,
+        cfg.resolution,
+        cfg.seed,
+        train=True,
+        hflip_prob=cfg.hflip_prob,
+        color_jitter=cfg.color_jitter,
+    )
+    evals = SegmentationDataset.with_processor(
+        eval_split, processor, cfg.resolution, cfg.seed, train=False, keep_orig_masks=True
+    )
+    return train, evals
+
+
 def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Weights of a saved folder, only through safetensors (never pickle)."""
     files = sorted(path.glob("*.safetensors"))
@@ -214,25 +233,11 @@ class Sam2Task(_TransformersTask):
         self, cfg: Any, processor: Any
     ) -> tuple[SegmentationDataset, SegmentationDataset]:
         dd = load_splits(cfg)
-        ip = processor.image_processor
-        common = dict(
-            resolution=cfg.resolution,
-            image_mean=ip.image_mean,
-            image_std=ip.image_std,
-            seed=cfg.seed,
-        )
-        train = SegmentationDataset(
+        train, evals = train_eval_datasets(
+            cfg,
+            processor,
             _subset(dd[cfg.train_split], cfg.max_train_samples),
-            train=True,
-            hflip_prob=cfg.hflip_prob,
-            color_jitter=cfg.color_jitter,
-            **common,
-        )
-        evals = SegmentationDataset(
             _subset(dd[cfg.eval_split], cfg.max_eval_samples),
-            train=False,
-            keep_orig_masks=True,
-            **common,
         )
         from sam_hf import cache
 
@@ -268,13 +273,8 @@ class Sam2Task(_TransformersTask):
         )
         store = cache.EmbeddingCache(Path(cfg.dataset_path) / cache.CACHE_DIRNAME, key)
         variants = cache.flip_variants(ds.hflip_prob)
-        plain = SegmentationDataset(
-            ds.ds,
-            resolution=ds.resolution,
-            image_mean=ip.image_mean,
-            image_std=ip.image_std,
-            seed=ds.seed,
-            train=False,
+        plain = SegmentationDataset.with_processor(
+            ds.ds, processor, ds.resolution, ds.seed, train=False
         )
         state = PartialState()
         with state.main_process_first():
@@ -464,22 +464,7 @@ class Sam3Task(_TransformersTask):
         # negatives for an image are drawn from the phrases of the other training images
         self.vocab = PhraseVocab.from_dataset(train_split)
         self.tokenizer = processor.tokenizer
-        ip = processor.image_processor
-        common = dict(
-            resolution=cfg.resolution,
-            image_mean=ip.image_mean,
-            image_std=ip.image_std,
-            seed=cfg.seed,
-        )
-        train = SegmentationDataset(
-            train_split,
-            train=True,
-            hflip_prob=cfg.hflip_prob,
-            color_jitter=cfg.color_jitter,
-            **common,
-        )
-        evals = SegmentationDataset(eval_split, train=False, keep_orig_masks=True, **common)
-        return train, evals
+        return train_eval_datasets(cfg, processor, train_split, eval_split)
 
     def collator(self, cfg: Any, train: bool) -> Any:
         from sam_hf.data.queries import Sam3Collator

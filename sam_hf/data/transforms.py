@@ -73,6 +73,22 @@ class SegmentationDataset(Dataset):
         self.keep_orig_masks = keep_orig_masks
         self.epoch = 0
 
+    @classmethod
+    def with_processor(
+        cls, hf_dataset: Any, processor: Any, resolution: int, seed: int, train: bool, **kwargs: Any
+    ) -> SegmentationDataset:
+        """Normalised the way ``processor`` (a Sam2/Sam3 processor) normalises its images."""
+        ip = processor.image_processor
+        return cls(
+            hf_dataset,
+            resolution=resolution,
+            image_mean=ip.image_mean,
+            image_std=ip.image_std,
+            seed=seed,
+            train=train,
+            **kwargs,
+        )
+
     def set_epoch(self, epoch: int) -> None:
         """Augmentations and prompts of epoch ``e`` depend only on ``(seed, e, index)``."""
         self.epoch = int(epoch)
