@@ -206,6 +206,13 @@ class Sam3ModelArgs:
     noun_phrase_from_category: bool = _f(
         False, "Use the category name for objects whose noun_phrase is empty (else an error)."
     )
+    cache_embeddings: str = _f(
+        "auto",
+        "auto | true | false: compute a frozen vision encoder's FPN features once per image (and "
+        "flip) and a frozen text encoder's features once per phrase, and store them beside the "
+        "data (auto: images when the vision encoder is frozen, has no LoRA and color_jitter is "
+        "0; phrases when the text encoder is frozen).",
+    )
 
 
 @dataclass
@@ -553,6 +560,9 @@ def _validate_sam3(cfg: Sam3Config) -> None:
     _check(0.0 <= cfg.negative_ratio <= 10.0, "negative_ratio must be within [0, 10].")
     _check(cfg.max_phrases_per_image >= 1, "max_phrases_per_image must be >= 1.")
     _check(0.0 < cfg.score_threshold < 1.0, "score_threshold must be within (0, 1).")
+    from sam_hf.cache import check_config
+
+    check_config(cfg)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

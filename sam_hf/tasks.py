@@ -7,9 +7,11 @@ heavy lives in ``sam_hf.models``, ``sam_hf.data``, ``sam_hf.losses`` and ``sam_h
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from sam_hf import cache
 from sam_hf.configs import ConfigError
 from sam_hf.data.transforms import SegmentationDataset
 
@@ -158,6 +161,87 @@ def maybe_lora(model: torch.nn.Module, cfg: Any, family: str) -> torch.nn.Module
     return apply_lora(model, cfg, family)
 
 
+@contextlib.contextmanager
+def _moved_to(device: torch.device, parts: list[Any]) -> Iterator[None]:
+    """Temporarily move modules / parameters (e.g. a frozen encoder) to ``device``."""
+    homes = [p.device if isinstance(p, torch.Tensor) else None for p in parts]
+    homes = [h if h is not None else next(m.parameters()).device for h, m in zip(homes, parts)]
+
+    def move(where: list[torch.device]) -> None:
+        for part, dev in zip(parts, where):
+            if isinstance(part, torch.Tensor):
+                part.data = part.data.to(dev)
+            else:
+                part.to(dev)
+
+    move([device] * len(parts))
+    try:
+        yield
+    finally:
+        move(homes)
+
+
+def cached_image_dataset(
+    ds: SegmentationDataset,
+    cfg: Any,
+    processor: Any,
+    *,
+    family: str,
+    weights: str,
+    parts: list[Any],
+    encode: Any,
+) -> cache.CachedEmbeddingDataset:
+    """``ds`` with its frozen-encoder features attached, computing the missing ones first.
+
+    The main process fills the cache while the others wait (``main_process_first``); they then
+    find it complete. Features are computed on the accelerator's device under the run's mixed
+    precision, one image at a time, from the unaugmented pixels and their mirror image.
+    ``parts`` are the modules / parameters ``encode`` needs, moved there for the fill.
+    """
+    from accelerate import PartialState
+
+    ip = processor.image_processor
+    autocast = cache.autocast_dtype(cfg)
+    key = cache.cache_key(
+        family=family,
+        model_id=cache.resolved_model_id(cfg.model_name_or_path),
+        revision=cfg.revision,
+        resolution=cfg.resolution,
+        weights=weights,
+        fingerprint=ds.ds._fingerprint,
+        image_mean=ip.image_mean,
+        image_std=ip.image_std,
+        autocast=autocast,
+    )
+    store = cache.EmbeddingCache(Path(cfg.dataset_path) / cache.CACHE_DIRNAME, key)
+    variants = cache.flip_variants(ds.hflip_prob)
+    plain = SegmentationDataset.with_processor(
+        ds.ds, processor, ds.resolution, ds.seed, train=False
+    )
+    state = PartialState()
+    with state.main_process_first():
+        if store.is_complete():
+            logger.info("Embedding cache: reusing %s.", store.dir)
+        else:
+            logger.info(
+                "Filling the embedding cache %s (%d images x %d flip variants).",
+                store.dir,
+                len(ds),
+                len(variants),
+            )
+            with _moved_to(state.device, parts):
+                n = store.fill(
+                    lambda i: plain[i]["pixel_values"],
+                    len(ds),
+                    variants,
+                    encode,
+                    device=state.device,
+                    autocast=autocast,
+                )
+            logger.info("Embedding cache: %d feature files written to %s.", n, store.dir)
+    return cache.CachedEmbeddingDataset(ds, store)
+
+
 class _TransformersTask:
     """Export and weight loading shared by the families: plain transformers folders."""
 
@@ -239,84 +323,30 @@ class Sam2Task(_TransformersTask):
             _subset(dd[cfg.train_split], cfg.max_train_samples),
             _subset(dd[cfg.eval_split], cfg.max_eval_samples),
         )
-        from sam_hf import cache
-
         self.cache_on = self.module is not None and cache.use_cache(cfg, self.module.model)
         if not self.cache_on:
             return train, evals
         return self.cached(train, cfg, processor), self.cached(evals, cfg, processor)
 
     def cached(self, ds: SegmentationDataset, cfg: Any, processor: Any) -> Any:
-        """``ds`` with its frozen-encoder features attached, computing the missing ones first.
-
-        The main process fills the cache while the others wait (``main_process_first``); they
-        then find it complete. Features are computed in float32 on the accelerator's device,
-        one image at a time, from the unaugmented pixels and their mirror image.
-        """
-        from accelerate import PartialState
-
-        from sam_hf import cache
-
+        """``ds`` with its frozen-encoder features attached (see :func:`cached_image_dataset`)."""
         assert self.module is not None
         model = self.module.model
-        ip = processor.image_processor
-        weights = cache.weights_hash(model.vision_encoder, [model.no_memory_embedding])
-        key = cache.cache_key(
+        return cached_image_dataset(
+            ds,
+            cfg,
+            processor,
             family=self.family,
-            model_id=cache.resolved_model_id(cfg.model_name_or_path),
-            revision=cfg.revision,
-            resolution=cfg.resolution,
-            weights=weights,
-            fingerprint=ds.ds._fingerprint,
-            image_mean=ip.image_mean,
-            image_std=ip.image_std,
+            weights=cache.weights_hash(model.vision_encoder, [model.no_memory_embedding]),
+            parts=[model.vision_encoder, model.no_memory_embedding],
+            encode=self.module.encoder_features,
         )
-        store = cache.EmbeddingCache(Path(cfg.dataset_path) / cache.CACHE_DIRNAME, key)
-        variants = cache.flip_variants(ds.hflip_prob)
-        plain = SegmentationDataset.with_processor(
-            ds.ds, processor, ds.resolution, ds.seed, train=False
-        )
-        state = PartialState()
-        with state.main_process_first():
-            if not store.is_complete():
-                logger.info(
-                    "Filling the embedding cache %s (%d images x %d flip variants).",
-                    store.dir,
-                    len(ds),
-                    len(variants),
-                )
-                device = state.device
-                encoder_device = model.no_memory_embedding.device
-                wrapper = self.module
-                model.vision_encoder.to(device)
-                model.no_memory_embedding.data = model.no_memory_embedding.data.to(device)
-                try:
-                    n = store.fill(
-                        lambda i: plain[i]["pixel_values"],
-                        len(ds),
-                        variants,
-                        wrapper.encoder_features,
-                        device=device,
-                    )
-                finally:
-                    model.vision_encoder.to(encoder_device)
-                    model.no_memory_embedding.data = model.no_memory_embedding.data.to(
-                        encoder_device
-                    )
-                logger.info("Embedding cache: %d feature files written to %s.", n, store.dir)
-            else:
-                logger.info("Embedding cache: reusing %s.", store.dir)
-        return cache.CachedEmbeddingDataset(ds, store)
 
     def collator(self, cfg: Any, train: bool) -> Any:
         from sam_hf.data.collate import Sam2Collator
 
         inner = Sam2Collator(cfg, train=train)
-        if not self.cache_on:
-            return inner
-        from sam_hf.cache import CachedEmbeddingCollator
-
-        return CachedEmbeddingCollator(inner)
+        return cache.CachedEmbeddingCollator(inner) if self.cache_on else inner
 
     def eval_records(self, predictions: list[dict]) -> list[dict]:
         """Per image: per-object IoU, Dice and Boundary F1 at the original resolution."""
@@ -422,6 +452,15 @@ class Sam3Task(_TransformersTask):
 
     def __init__(self) -> None:
         self.vocab: Any = None
+        self.module: torch.nn.Module | None = None
+        self.cache_on = False
+
+    def build_model(self, cfg: Any) -> tuple[torch.nn.Module, Any]:
+        """As the shared builder, keeping the module: :meth:`build_datasets` fills the
+        embedding caches with its encoders."""
+        module, processor = super().build_model(cfg)
+        self.module = module
+        return module, processor
 
     def prepare_data(self, cfg: Any) -> None:
         prepare_synthetic(cfg, view="coco_text")
@@ -464,12 +503,84 @@ class Sam3Task(_TransformersTask):
         # negatives for an image are drawn from the phrases of the other training images
         self.vocab = PhraseVocab.from_dataset(train_split)
         self.tokenizer = processor.tokenizer
-        return train_eval_datasets(cfg, processor, train_split, eval_split)
+        train, evals = train_eval_datasets(cfg, processor, train_split, eval_split)
+        if self.module is None:
+            return train, evals
+        model = self.module.model
+        if cache.use_text_cache(cfg, model):
+            self.module.text_cache = self.cached_phrases(cfg, processor, [train_split, eval_split])
+        self.cache_on = cache.use_cache(cfg, model)
+        if not self.cache_on:
+            return train, evals
+        return self.cached(train, cfg, processor), self.cached(evals, cfg, processor)
+
+    def cached(self, ds: SegmentationDataset, cfg: Any, processor: Any) -> Any:
+        """``ds`` with its frozen ViT's FPN maps attached (see :func:`cached_image_dataset`)."""
+        assert self.module is not None
+        model = self.module.model
+        return cached_image_dataset(
+            ds,
+            cfg,
+            processor,
+            family=self.family,
+            weights=cache.weights_hash(model.vision_encoder),
+            parts=[model.vision_encoder],
+            encode=self.module.encoder_features,
+        )
+
+    def cached_phrases(
+        self, cfg: Any, processor: Any, splits: list[datasets.Dataset]
+    ) -> cache.PhraseFeatures:
+        """The frozen text encoder's features of every phrase the queries can draw from these
+        splits, from the phrase cache beside the data (the main process encodes what is missing
+        while the others wait)."""
+        from accelerate import PartialState
+
+        from sam_hf.data.queries import candidate_phrases
+        from sam_hf.models.clip_tokenizer import PhraseTokenizer
+
+        assert self.module is not None
+        model = self.module.model
+        tokenizer = PhraseTokenizer(processor.tokenizer)
+        autocast = cache.autocast_dtype(cfg)
+        key = cache.text_cache_key(
+            model_id=cache.resolved_model_id(cfg.model_name_or_path),
+            revision=cfg.revision,
+            weights=cache.weights_hash(
+                model.text_encoder, list(model.text_projection.parameters())
+            ),
+            tokenizer=f"{type(processor.tokenizer).__name__}:{len(processor.tokenizer)}",
+            context_length=tokenizer.context_length,
+            autocast=autocast,
+        )
+        store = cache.PhraseFeatureCache(Path(cfg.dataset_path) / cache.CACHE_DIRNAME, key)
+        phrases: set[str] = set()
+        for split in splits:
+            rows = split.select_columns(["objects", "negative_phrases"])
+            phrases |= candidate_phrases(rows, self.vocab, cfg.hard_negatives)
+        state = PartialState()
+        with state.main_process_first():
+            with _moved_to(state.device, [model.text_encoder, model.text_projection]):
+                n = store.fill(
+                    sorted(phrases),
+                    lambda ps: tokenizer(ps),
+                    lambda ids, mask: (
+                        model.get_text_features(input_ids=ids, attention_mask=mask).pooler_output
+                    ),
+                    device=state.device,
+                    autocast=autocast,
+                )
+            table = store.load()
+        logger.info(
+            "Phrase feature cache %s: %d phrases (%d encoded now).", store.dir, len(table), n
+        )
+        return cache.PhraseFeatures(table)
 
     def collator(self, cfg: Any, train: bool) -> Any:
         from sam_hf.data.queries import Sam3Collator
 
-        return Sam3Collator(cfg, self.vocab, self.tokenizer, train=train)
+        inner = Sam3Collator(cfg, self.vocab, self.tokenizer, train=train)
+        return cache.CachedEmbeddingCollator(inner) if self.cache_on else inner
 
     def eval_records(self, predictions: list[dict]) -> list[dict]:
         """Per image, every (image, phrase) pair with masks as RLE (small to gather)."""

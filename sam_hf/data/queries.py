@@ -300,6 +300,36 @@ def sample_queries(
     return queries
 
 
+def candidate_phrases(
+    rows: Iterable[dict[str, Any]], vocab: PhraseVocab, hard_negatives: bool = True
+) -> set[str]:
+    """Every phrase :func:`sample_queries` can draw for these schema rows (normalised).
+
+    Positives (noun phrase, or the category standing in), annotated negatives, the vocabulary
+    negatives and, with ``hard_negatives``, each image's attribute swaps computed from its full
+    annotation. What SAM3's phrase feature cache is filled with; a training sample whose tiny
+    objects vanished at the model resolution can still draw a swap that is not in this set
+    (the cache encodes such a phrase on first use).
+    """
+    out = set(vocab.phrases)
+    for row in rows:
+        inst = _instances_of(row)
+        phrases = [normalize_phrase(p or c) for p, c, _ in inst]
+        categories = [normalize_phrase(c) for _, c, _ in inst]
+        attrs = [
+            {normalize_phrase(k): normalize_phrase(v) for k, v in a.items() if normalize_phrase(v)}
+            for _, _, a in inst
+        ]
+        negatives = {normalize_phrase(p) for p in row.get("negative_phrases") or []}
+        out.update(phrases)
+        out.update(negatives)
+        if hard_negatives:
+            taken = set(phrases) | {c for c in categories if c} | negatives
+            out.update(_hard_negatives(phrases, categories, attrs, vocab, taken))
+    out.discard("")
+    return out
+
+
 class Sam3Collator:
     """Turn SAM3 sample dicts into one batch of images and (image, phrase) queries.
 

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import Sam3Config, Sam3Model, Sam3Processor
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.sam3.image_processing_sam3 import Sam3ImageProcessor
 from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
@@ -256,8 +257,9 @@ def index_vision_outputs(
     vision: Sam3VisionEncoderOutput, index: torch.Tensor
 ) -> Sam3VisionEncoderOutput:
     """Repeat one encoding per image into one per query (``index``: query -> image)."""
+    last = vision.last_hidden_state
     return Sam3VisionEncoderOutput(
-        last_hidden_state=vision.last_hidden_state[index],
+        last_hidden_state=None if last is None else last[index],
         fpn_hidden_states=tuple(f[index] for f in vision.fpn_hidden_states),
         fpn_position_encoding=tuple(p[index] for p in vision.fpn_position_encoding),
     )
@@ -274,29 +276,76 @@ class Sam3ForTraining(nn.Module):
         self.model = model
         self.args = args
         self.criterion = Sam3Loss.from_args(args)
+        #: Cached phrase features (:class:`sam_hf.cache.PhraseFeatures`), set by the task when
+        #: the text encoder is frozen; None = run the text encoder on every batch.
+        self.text_cache: Any = None
+
+    def encoder_features(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        """The ViT + FPN maps of a batch of images: what the embedding cache stores per image."""
+        return list(self.model.get_vision_features(pixel_values=pixel_values).fpn_hidden_states)
+
+    def vision_features(self, batch: dict[str, Any]) -> Sam3VisionEncoderOutput:
+        """The per-image encoding: from the batch's cached FPN maps (``image_embeddings``, see
+        :mod:`sam_hf.cache`) when it carries them, else by running the ViT -- without autograd
+        when it is frozen (a LoRA adapter inside makes it require grad again)."""
+        m = self.model
+        trainable = _requires_grad(m.vision_encoder)
+        cached = batch.get("image_embeddings")
+        if cached is not None:
+            if trainable and torch.is_grad_enabled():
+                raise RuntimeError(
+                    "The batch carries cached image embeddings, but the vision encoder is "
+                    "trainable: it would silently not train. Freeze it or turn the cache off."
+                )
+            pe = m.vision_encoder.neck.position_encoding
+            levels = tuple(cached)
+            return Sam3VisionEncoderOutput(
+                last_hidden_state=None,  # Sam3Model's heads read only the FPN maps
+                fpn_hidden_states=levels,
+                fpn_position_encoding=tuple(pe(f.shape, f.device, f.dtype) for f in levels),
+            )
+        with torch.set_grad_enabled(torch.is_grad_enabled() and trainable):
+            return m.get_vision_features(pixel_values=batch["pixel_values"])
+
+    def text_features(self, batch: dict[str, Any]) -> BaseModelOutputWithPooling:
+        """Per-query phrase features (``pooler_output`` (Q, L, D)): looked up in the phrase
+        cache when the task attached one, else computed by the text encoder (without autograd
+        when it is frozen)."""
+        m = self.model
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        trainable = _requires_grad(m.text_encoder, m.text_projection)
+        if self.text_cache is not None:
+            if trainable and torch.is_grad_enabled():
+                raise RuntimeError(
+                    "Phrase features are cached, but the text encoder is trainable: it would "
+                    "silently not train. Freeze it or turn the cache off."
+                )
+
+            def compute(rows: list[int]) -> torch.Tensor:
+                idx = torch.tensor(rows, device=ids.device)
+                return m.get_text_features(
+                    input_ids=ids[idx], attention_mask=mask[idx]
+                ).pooler_output
+
+            feats = self.text_cache(batch["phrases"], mask.cpu(), compute)
+            return BaseModelOutputWithPooling(pooler_output=feats.to(ids.device))
+        with torch.set_grad_enabled(torch.is_grad_enabled() and trainable):
+            return m.get_text_features(input_ids=ids, attention_mask=mask)
 
     def run(self, batch: dict[str, Any]) -> tuple[Any, Sam3VisionEncoderOutput]:
         """SAM3 outputs per query (Q rows), encoding each image once; also the per-image encoding.
 
-        Encoders whose parameters are all frozen run without autograd (no activations kept);
-        a LoRA adapter inside one makes it require grad again.
+        Frozen encoders run without autograd (no activations kept), or not at all when their
+        features come from the embedding cache.
         """
         m = self.model
-        pixel_values = batch["pixel_values"]
-        with torch.set_grad_enabled(torch.is_grad_enabled() and _requires_grad(m.vision_encoder)):
-            vision = m.get_vision_features(pixel_values=pixel_values)
-        index = batch["query_image"].to(pixel_values.device)
+        vision = self.vision_features(batch)
+        index = batch["query_image"].to(vision.fpn_hidden_states[0].device)
         if index.numel() == 0:
             return None, vision
-        with torch.set_grad_enabled(
-            torch.is_grad_enabled() and _requires_grad(m.text_encoder, m.text_projection)
-        ):
-            text = m.get_text_features(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-            )
         outputs = m(
             vision_embeds=index_vision_outputs(vision, index),
-            text_embeds=text,
+            text_embeds=self.text_features(batch),
             attention_mask=batch["attention_mask"],
         )
         return outputs, vision
@@ -306,8 +355,10 @@ class Sam3ForTraining(nn.Module):
         outputs, vision = self.run(batch)
         if outputs is None:
             # No query in this batch (no phrase and no known-absent phrase): a zero loss that
-            # still touches the graph, so backward() and DDP behave.
-            zero = vision.fpn_hidden_states[-1].sum() * 0.0
+            # still touches every trainable parameter, so backward() and DDP behave even when
+            # the features came without autograd (frozen or cached encoder).
+            zero = sum(p.sum() * 0.0 for p in self.parameters() if p.requires_grad)
+            zero = zero + vision.fpn_hidden_states[-1].sum() * 0.0
             return {"loss": zero, "terms": {}, "num_queries": 0}
         loss, terms = self.criterion(
             outputs.pred_logits,

@@ -1,0 +1,301 @@
+"""SAM3 with the embedding cache: cached image (FPN) and phrase features train exactly like
+the encoders they replace (fp32 and bf16, with resume), every phrase the query sampler can
+draw is in the phrase cache, and a phrase that is not gets encoded on the spot."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate.state import AcceleratorState
+from safetensors.torch import load_file
+from transformers.models.clip import modeling_clip
+from transformers.models.sam3 import modeling_sam3
+
+from sam_hf import cache
+from sam_hf.configs import ConfigError, Sam3Config, load_config
+from sam_hf.data.queries import PhraseVocab, candidate_phrases, sample_queries
+from sam_hf.models.sam3 import Sam3ForTraining
+from sam_hf.tasks import Sam3Task
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "recipes"))
+
+import sam3_coco_text  # noqa: E402
+
+DEMO_YAML = ROOT / "recipes" / "sam3_demo.yaml"
+
+
+def overrides(out: Path, data: Path, **kw) -> dict:
+    """Tiny random SAM3 at 56 px on 6 synthetic orchard images, both encoders frozen, hflip and
+    attribute hard negatives on (so every kind of query and both flip variants occur)."""
+    base = {
+        "model_name_or_path": "sam3-tiny",
+        "resolution": 56,
+        "dataset_path": str(data),
+        "synthetic_num_images": 6,
+        "synthetic_image_size": [64, 64],
+        "output_dir": str(out),
+        "max_steps": 4,
+        "batch_size": 2,
+        "eval_steps": 0,
+        "save_steps": 0,
+        "eval_on_start": False,
+        "freeze_vision_encoder": True,
+        "freeze_text_encoder": True,
+        "hard_negatives": True,
+        "hflip_prob": 0.5,
+        "color_jitter": 0.0,
+        "lr_scheduler": "constant",
+        "warmup_steps": 0,
+        "log_images": 0,
+    }
+    base.update(kw)
+    return base
+
+
+def argv(values: dict) -> list[str]:
+    out = ["--config", str(DEMO_YAML)]
+    for k, v in values.items():
+        out += [f"--{k}", str(v).lower() if isinstance(v, bool) else str(v)]
+    return out
+
+
+class EncoderCalls:
+    """Counts forward calls of SAM3's ViT and of its CLIP text encoder."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.vision = self.text = 0
+        vision, text = (
+            modeling_sam3.Sam3VisionModel.forward,
+            modeling_clip.CLIPTextModelWithProjection.forward,
+        )
+
+        def counted_vision(module, *args, **kwargs):
+            self.vision += 1
+            return vision(module, *args, **kwargs)
+
+        def counted_text(module, *args, **kwargs):
+            self.text += 1
+            return text(module, *args, **kwargs)
+
+        monkeypatch.setattr(modeling_sam3.Sam3VisionModel, "forward", counted_vision)
+        monkeypatch.setattr(modeling_clip.CLIPTextModelWithProjection, "forward", counted_text)
+
+
+@pytest.fixture()
+def recorded_losses(monkeypatch):
+    losses: list[float] = []
+    original = Sam3ForTraining.forward
+
+    def forward(self, batch):
+        out = original(self, batch)
+        if self.training:
+            losses.append(float(out["loss"].detach()))
+        return out
+
+    monkeypatch.setattr(Sam3ForTraining, "forward", forward)
+    return losses
+
+
+@pytest.fixture()
+def fresh_accelerate_state():
+    """Accelerate keeps one process-wide state; a bf16 run needs it rebuilt (and reset after)."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "final" / "model.safetensors"))
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    differ = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not differ, f"{len(differ)} tensors differ, e.g. {differ[:3]}"
+
+
+def test_cached_sam3_training_equals_uncached_and_reuses_the_cache(
+    tmp_path, monkeypatch, recorded_losses
+):
+    data = tmp_path / "data"
+    calls = EncoderCalls(monkeypatch)
+    sam3_coco_text.main(argv(overrides(tmp_path / "plain", data, cache_embeddings=False)))
+    plain = list(recorded_losses)
+    assert calls.vision > 0 and calls.text > 0
+    assert not (data / cache.CACHE_DIRNAME).exists()
+
+    recorded_losses.clear()
+    sam3_coco_text.main(argv(overrides(tmp_path / "cached", data, cache_embeddings=True)))
+    assert recorded_losses == plain and len(plain) == 4
+    assert_same_weights(weights(tmp_path / "plain"), weights(tmp_path / "cached"))
+    folders = sorted((data / cache.CACHE_DIRNAME).iterdir())
+    families = sorted(json.loads((f / "key.json").read_text())["family"] for f in folders)
+    assert families == ["sam3", "sam3", "sam3-text"]  # train images, eval images, phrases
+
+    # A rerun finds everything cached: neither encoder runs, in training or in evaluation.
+    calls.vision = calls.text = 0
+    recorded_losses.clear()
+    sam3_coco_text.main(argv(overrides(tmp_path / "again", data, cache_embeddings=True)))
+    assert (calls.vision, calls.text) == (0, 0)
+    assert recorded_losses == plain
+
+
+def test_cached_sam3_bf16_equals_uncached_bf16(tmp_path, recorded_losses, fresh_accelerate_state):
+    """Under mixed precision the cache is filled under the same autocast: still bit-exact."""
+    data = tmp_path / "data"
+    kw = {"mixed_precision": "bf16", "max_steps": 3}
+    sam3_coco_text.main(argv(overrides(tmp_path / "plain", data, cache_embeddings=False, **kw)))
+    plain = list(recorded_losses)
+    recorded_losses.clear()
+    sam3_coco_text.main(argv(overrides(tmp_path / "cached", data, cache_embeddings=True, **kw)))
+    assert recorded_losses == plain
+    assert_same_weights(weights(tmp_path / "plain"), weights(tmp_path / "cached"))
+    stored = next((data / cache.CACHE_DIRNAME).glob("*/000000_n.safetensors"))
+    assert {t.dtype for t in load_file(str(stored)).values()} == {torch.bfloat16}
+
+
+def test_cached_sam3_resume_equals_straight_run(tmp_path):
+    data = tmp_path / "data"
+    straight = overrides(tmp_path / "straight", data, cache_embeddings=True, max_steps=5)
+    sam3_coco_text.main(argv(straight))
+    part = overrides(tmp_path / "resumed", data, cache_embeddings=True, max_steps=2, save_steps=2)
+    sam3_coco_text.main(argv(part))
+    rest = overrides(tmp_path / "resumed", data, cache_embeddings=True, max_steps=5, resume="auto")
+    sam3_coco_text.main(argv(rest))
+    assert_same_weights(weights(tmp_path / "straight"), weights(tmp_path / "resumed"))
+
+
+def build(tmp_path: Path, **kw):
+    cfg = load_config(Sam3Config, DEMO_YAML, overrides(tmp_path / "run", tmp_path / "data", **kw))
+    task = Sam3Task()
+    task.prepare_data(cfg)
+    module, processor = task.build_model(cfg)
+    train, evals = task.build_datasets(cfg, processor)
+    return cfg, task, module, processor, train, evals
+
+
+def test_every_phrase_the_sampler_draws_is_in_the_phrase_cache(tmp_path):
+    cfg, task, module, _, train, evals = build(tmp_path, cache_embeddings=True)
+    table = module.text_cache.table
+    drawn: set[str] = set()
+    sources: set[str] = set()
+    for ds, is_train in ((train.base, True), (evals.base, False)):
+        for epoch in range(4):
+            ds.set_epoch(epoch)
+            for i in range(len(ds)):
+                for q in sample_queries(
+                    ds[i], task.vocab, 1.0, cfg.max_phrases_per_image, True, train=is_train
+                ):
+                    drawn.add(q.phrase)
+                    sources.add(q.source)
+    assert drawn <= set(table)
+    assert sources == {"positive", "attribute", "vocab", "annotated"}
+    # the features stored for a phrase are the text encoder's valid token rows
+    tok = task.tokenizer
+    phrase = sorted(drawn)[0]
+    enc = tok([phrase], padding="max_length", max_length=32, return_tensors="pt")
+    with torch.no_grad():
+        want = module.model.get_text_features(**enc).pooler_output[0]
+    n = int(enc["attention_mask"].sum())
+    torch.testing.assert_close(table[phrase], want[:n], rtol=1e-6, atol=1e-6)
+
+
+def test_candidate_phrases_covers_hard_negatives_of_each_image():
+    rows = [
+        {
+            "objects": [
+                {
+                    "noun_phrase": "ripe red apple",
+                    "category": "apple",
+                    "attributes": {"keys": ["color"], "values": ["red"]},
+                    "iscrowd": False,
+                }
+            ],
+            "negative_phrases": ["Pear"],
+        },
+        {
+            "objects": [
+                {
+                    "noun_phrase": "green apple",
+                    "category": "apple",
+                    "attributes": {"keys": ["color"], "values": ["green"]},
+                    "iscrowd": False,
+                }
+            ],
+            "negative_phrases": [],
+        },
+    ]
+    vocab = PhraseVocab.from_rows(rows)
+    got = candidate_phrases(rows, vocab, hard_negatives=True)
+    assert {"ripe red apple", "green apple", "pear"} <= got
+    assert {"ripe green apple", "red apple"} <= got  # the attribute swaps
+    assert "ripe green apple" not in candidate_phrases(rows, vocab, hard_negatives=False)
+
+
+def test_a_phrase_missing_from_the_cache_is_encoded_on_the_spot(tmp_path):
+    _, task, module, _, train, _ = build(tmp_path, cache_embeddings=True)
+    features = module.text_cache
+    assert "a purple giraffe" not in features.table
+    collate = task.collator(load_config(Sam3Config, DEMO_YAML, overrides(tmp_path, tmp_path)), True)
+    batch = collate([train[0], train[1]])
+    phrases = ["a purple giraffe", *batch["phrases"][1:]]
+    enc = task.tokenizer(phrases, padding="max_length", max_length=32, return_tensors="pt")
+    batch.update(phrases=phrases, input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+    cached = module.text_features(batch).pooler_output
+    with torch.no_grad():
+        direct = module.model.get_text_features(**enc).pooler_output
+    valid = enc["attention_mask"].bool()
+    torch.testing.assert_close(cached[valid], direct[valid], rtol=1e-5, atol=1e-6)
+    assert torch.all(cached[~valid] == 0)
+    assert features.num_computed == 1 and "a purple giraffe" in features.table
+
+
+def test_sam3_cache_follows_the_freeze_flags(tmp_path):
+    _, task, module, _, train, _ = build(tmp_path, freeze_text_encoder=False)  # auto
+    assert task.cache_on and isinstance(train, cache.CachedEmbeddingDataset)
+    assert module.text_cache is None  # the text encoder trains
+    _, task, module, _, train, _ = build(tmp_path, freeze_vision_encoder=False)
+    assert not task.cache_on and not isinstance(train, cache.CachedEmbeddingDataset)
+    assert isinstance(module.text_cache, cache.PhraseFeatures)
+    _, task, module, _, _, _ = build(tmp_path, cache_embeddings=False)
+    assert not task.cache_on and module.text_cache is None
+    values = {"use_lora": True, "lora_target_groups": ["text_encoder", "detr_decoder"]}
+    cfg = load_config(Sam3Config, DEMO_YAML, overrides(tmp_path, tmp_path, **values))
+    assert cache.text_cache_blockers(cfg) == ["LoRA adapters in the text encoder train it"]
+    assert cache.cache_blockers(cfg) == []
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"freeze_vision_encoder": False}, "freeze_vision_encoder is false"),
+        (
+            {"use_lora": True, "lora_target_groups": ["vision_encoder"]},
+            "LoRA on an encoder whose features are cached",
+        ),
+        ({"color_jitter": 0.1}, "color_jitter 0.1 > 0"),
+    ],
+)
+def test_impossible_sam3_cache_settings_are_config_errors(tmp_path, kw, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(
+            Sam3Config, DEMO_YAML, overrides(tmp_path, tmp_path, cache_embeddings=True, **kw)
+        )
+
+
+def test_phrase_cache_key_ignores_the_data_but_follows_the_text_weights(tmp_path):
+    root = tmp_path / "data" / cache.CACHE_DIRNAME
+
+    def text_folders() -> list[Path]:
+        return [d for d in root.iterdir() if "sam3-text" in (d / "key.json").read_text()]
+
+    build(tmp_path, cache_embeddings=True)
+    build(tmp_path, cache_embeddings=True, max_train_samples=2)  # other data, same phrases
+    assert len(text_folders()) == 1
+    build(tmp_path, cache_embeddings=True, seed=3)  # another random init of the text encoder
+    assert len(text_folders()) == 2
