@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 from transformers.models.sam2 import modeling_sam2
 
@@ -151,6 +152,38 @@ def test_cached_training_with_batches_matches_closely(tmp_path, recorded_losses)
     for k in a:
         atol = steps * lr if k.endswith("k_proj.bias") else 2e-5
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=atol, msg=k)
+
+
+@pytest.fixture()
+def fresh_accelerate_state():
+    """Accelerate keeps one process-wide state; a bf16 run needs it rebuilt (and reset after)."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_cached_bf16_training_equals_uncached_bf16(
+    tmp_path, recorded_losses, fresh_accelerate_state
+):
+    """Under mixed precision the cache is filled under the run's autocast, so the stored maps
+    are the bf16 ones an uncached forward computes (half the disk) and training is bit-exact."""
+    data = tmp_path / "data"
+    kw = {"batch_size": 1, "mixed_precision": "bf16", "max_steps": 3}
+    sam2_mineapple.main(argv(overrides(tmp_path / "plain", data, cache_embeddings=False, **kw)))
+    plain = list(recorded_losses)
+    recorded_losses.clear()
+    sam2_mineapple.main(argv(overrides(tmp_path / "cached", data, cache_embeddings=True, **kw)))
+    assert recorded_losses == plain and len(plain) == 3
+    a = load_file(str(tmp_path / "plain" / "final" / "model.safetensors"))
+    b = load_file(str(tmp_path / "cached" / "final" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    stored = load_file(str(next((data / cache.CACHE_DIRNAME).glob("*/000000_n.safetensors"))))
+    # the FPN maps come out of autocast in bf16; no_memory_embedding (fp32) promotes the last
+    assert [stored[f"level{i}"].dtype for i in range(3)] == [
+        torch.bfloat16,
+        torch.bfloat16,
+        torch.float32,
+    ]
 
 
 def build(tmp_path: Path, data: Path, **kw):
