@@ -1,14 +1,20 @@
 """Peak GPU memory and step time of full-size SAM3 / SAM2.1-large under each memory option.
 
-    python benchmarks/gpu_memory.py [--steps 3] [--only sam3|sam2]
+    python benchmarks/gpu_memory.py [--steps 3] [--only sam3|sam2] [--options fp32,bf16,...]
+    python benchmarks/gpu_memory.py --smoke     # tiny models on the CPU: checks the script runs
 
 Random-init full-size configs (no download): SAM3 at 1008 px, batch 1 image x 4 text queries;
 SAM2.1-hiera-large at 1024 px, batch 2 images x 8 point-prompted objects. Each option runs
 a few AdamW training steps (forward, mask focal + dice loss on every predicted mask, backward,
 step) in a fresh model; the first step is warm-up, the rest are timed. Options:
 fp32 | bf16 autocast | bf16 + activation checkpointing (sam_hf.models.common) | the same with
-the vision encoder frozen (left out of the optimizer). Prints one line per option and, last,
-``RATIO sam3_full_bf16_ckpt_gb <peak GB>`` (goal <= 12 GB). Needs a CUDA GPU.
+bitsandbytes' 8-bit AdamW (``optimizer: adamw_8bit``, built by the trainer's
+``build_optimizer``) | bf16 + checkpointing with the vision encoder frozen (left out of the
+optimizer). Prints one line per option and, last, ``RATIO sam3_full_bf16_ckpt_gb <peak GB>``:
+the lowest peak of a *full* fine-tune of SAM3 (every parameter trained) with bf16 and
+checkpointing, 8-bit AdamW included when bitsandbytes is installed (goal <= 12 GB). Needs a
+CUDA GPU, except ``--smoke``, which runs tiny random models for 2 steps on the CPU (no memory
+numbers) so the script is known to work before GPU time is spent on it.
 """
 
 from __future__ import annotations
@@ -16,12 +22,19 @@ from __future__ import annotations
 import argparse
 import gc
 import time
+from types import SimpleNamespace
 
+import _common  # noqa: F401  (puts the repository root on sys.path)
 import torch
 import torch.nn.functional as F
 from transformers import Sam2Config, Sam2Model, Sam3Config, Sam3Model
 
 from sam_hf.models.common import enable_activation_checkpointing, set_requires_grad
+from sam_hf.models.sam2 import tiny_sam2_config
+from sam_hf.models.sam3 import tiny_sam3_config
+from sam_hf.trainer import build_optimizer
+
+OPTIONS = ("fp32", "bf16", "bf16+ckpt", "bf16+ckpt+8bit", "bf16+ckpt+frozen_vision")
 
 
 def mask_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -34,12 +47,12 @@ def mask_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 20 * focal + dice.mean()
 
 
-def sam2_step_fn(model: Sam2Model, dev: torch.device):
+def sam2_step_fn(model: Sam2Model, dev: torch.device, res: int = 1024):
     b, n = 2, 8
-    pixels = torch.randn(b, 3, 1024, 1024, device=dev)
-    points = torch.randint(0, 1024, (b, n, 1, 2), device=dev).float()
+    pixels = torch.randn(b, 3, res, res, device=dev)
+    points = torch.randint(0, res, (b, n, 1, 2), device=dev).float()
     labels = torch.ones(b, n, 1, dtype=torch.long, device=dev)
-    target = (torch.rand(b, n, 3, 256, 256, device=dev) > 0.5).float()
+    target = (torch.rand(b, n, 3, res // 4, res // 4, device=dev) > 0.5).float()
 
     def step() -> torch.Tensor:
         out = model(
@@ -50,9 +63,9 @@ def sam2_step_fn(model: Sam2Model, dev: torch.device):
     return step
 
 
-def sam3_step_fn(model: Sam3Model, dev: torch.device):
+def sam3_step_fn(model: Sam3Model, dev: torch.device, res: int = 1008):
     q = 4
-    pixels = torch.randn(1, 3, 1008, 1008, device=dev)
+    pixels = torch.randn(1, 3, res, res, device=dev)
     ids = torch.randint(1, 49000, (q, 32), device=dev)
     mask = torch.ones(q, 32, dtype=torch.long, device=dev)
 
@@ -73,7 +86,21 @@ def sam3_step_fn(model: Sam3Model, dev: torch.device):
     return step
 
 
+def optimizer_for(model: torch.nn.Module, option: str) -> torch.optim.Optimizer:
+    """The trainer's own optimizer (decay groups, frozen parameters left out)."""
+    cfg = SimpleNamespace(
+        optimizer="adamw_8bit" if "8bit" in option else "adamw",
+        learning_rate=1e-5,
+        weight_decay=0.01,
+        adam_beta1=0.9,
+        adam_beta2=0.999,
+        adam_epsilon=1e-8,
+    )
+    return build_optimizer(cfg, model)
+
+
 def run(name: str, build, make_step, option: str, steps: int, dev: torch.device) -> dict:
+    cuda = dev.type == "cuda"
     torch.manual_seed(0)
     with torch.device(dev):  # initialise on the GPU: seconds instead of minutes on the CPU
         model = build().train()
@@ -81,84 +108,114 @@ def run(name: str, build, make_step, option: str, steps: int, dev: torch.device)
         enable_activation_checkpointing(model)
     if "frozen" in option:
         set_requires_grad(model.vision_encoder, False)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    opt = optimizer_for(model, option)
     step = make_step(model, dev)
     dtype = torch.bfloat16 if "bf16" in option else None
-    torch.cuda.reset_peak_memory_stats()
-    times = []
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    times, losses = [], []
     for i in range(steps):
-        torch.cuda.synchronize()
+        if cuda:
+            torch.cuda.synchronize()
         t0 = time.perf_counter()
-        with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
+        with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
             loss = step()
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        torch.cuda.synchronize()
+        if cuda:
+            torch.cuda.synchronize()
+        losses.append(float(loss.detach()))
         if i:
             times.append(time.perf_counter() - t0)
-    peak = torch.cuda.max_memory_allocated() / 2**30
+    if not all(torch.isfinite(torch.tensor(losses))):
+        raise RuntimeError(f"{name} {option}: non-finite loss {losses}")
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
     res = {
         "model": name,
         "option": option,
         "peak_gb": peak,
         "step_s": sum(times) / max(len(times), 1),
     }
-    print(f"{name:10s} {option:22s} peak {peak:6.2f} GB  step {res['step_s']:.3f} s", flush=True)
+    shown = f"{peak:6.2f} GB" if cuda else "n/a (CPU)"
+    print(f"{name:10s} {option:24s} peak {shown}  step {res['step_s']:.3f} s", flush=True)
     del model, opt, step
     gc.collect()
-    torch.cuda.empty_cache()
+    if cuda:
+        torch.cuda.empty_cache()
     return res
+
+
+SAM2_LARGE = dict(
+    vision_config=dict(
+        model_type="sam2_vision_model",
+        backbone_config=dict(
+            model_type="sam2_hiera_det_model",
+            hidden_size=144,
+            num_attention_heads=2,
+            blocks_per_stage=[2, 6, 36, 4],
+            embed_dim_per_stage=[144, 288, 576, 1152],
+            num_attention_heads_per_stage=[2, 4, 8, 16],
+            window_size_per_stage=[8, 4, 16, 8],
+            global_attention_blocks=[23, 33, 43],
+            window_positional_embedding_background_size=[7, 7],
+        ),
+        backbone_channel_list=[1152, 576, 288, 144],
+    )
+)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--only", choices=["sam2", "sam3"], default=None)
+    ap.add_argument(
+        "--options", default=",".join(OPTIONS), help=f"comma-separated subset of {OPTIONS}"
+    )
+    ap.add_argument("--smoke", action="store_true", help="tiny models, 2 steps, on the CPU")
     args = ap.parse_args()
-    if not torch.cuda.is_available():
-        raise SystemExit("gpu_memory.py needs a CUDA GPU.")
-    dev = torch.device("cuda")
-    print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}")
-    options = ["fp32", "bf16", "bf16+ckpt", "bf16+ckpt+frozen_vision"]
+    options = [o for o in args.options.split(",") if o]
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise SystemExit(f"unknown options {unknown}; choose from {OPTIONS}")
+    if "bf16+ckpt+8bit" in options:
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            print("bitsandbytes is not installed: skipping bf16+ckpt+8bit")
+            options.remove("bf16+ckpt+8bit")
+    if args.smoke:
+        dev, steps = torch.device("cpu"), 2
+        sam3_res, sam2_res = 56, 64
+        build_sam3 = lambda: Sam3Model(tiny_sam3_config(sam3_res))  # noqa: E731
+        build_sam2 = lambda: Sam2Model(tiny_sam2_config(sam2_res))  # noqa: E731
+        sam3_name, sam2_name = "sam3-tiny", "sam2-tiny"
+        print("smoke run: tiny random models on the CPU (no memory numbers)")
+    else:
+        if not torch.cuda.is_available():
+            raise SystemExit("gpu_memory.py needs a CUDA GPU (or --smoke for a CPU check).")
+        dev, steps = torch.device("cuda"), args.steps
+        sam3_res, sam2_res = 1008, 1024
+        build_sam3 = lambda: Sam3Model(Sam3Config())  # noqa: E731
+        build_sam2 = lambda: Sam2Model(Sam2Config(**SAM2_LARGE))  # noqa: E731
+        sam3_name, sam2_name = "sam3", "sam2.1-L"
+        print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}")
     results = []
     if args.only in (None, "sam3"):
         for o in options:
-            results.append(
-                run("sam3", lambda: Sam3Model(Sam3Config()), sam3_step_fn, o, args.steps, dev)
-            )
+            step_fn = lambda m, d: sam3_step_fn(m, d, sam3_res)  # noqa: E731
+            results.append(run(sam3_name, build_sam3, step_fn, o, steps, dev))
     if args.only in (None, "sam2"):
-        large = dict(
-            vision_config=dict(
-                model_type="sam2_vision_model",
-                backbone_config=dict(
-                    model_type="sam2_hiera_det_model",
-                    hidden_size=144,
-                    num_attention_heads=2,
-                    blocks_per_stage=[2, 6, 36, 4],
-                    embed_dim_per_stage=[144, 288, 576, 1152],
-                    num_attention_heads_per_stage=[2, 4, 8, 16],
-                    window_size_per_stage=[8, 4, 16, 8],
-                    global_attention_blocks=[23, 33, 43],
-                    window_positional_embedding_background_size=[7, 7],
-                ),
-                backbone_channel_list=[1152, 576, 288, 144],
-            )
-        )
         for o in options:
-            results.append(
-                run(
-                    "sam2.1-L",
-                    lambda: Sam2Model(Sam2Config(**large)),
-                    sam2_step_fn,
-                    o,
-                    args.steps,
-                    dev,
-                )
-            )
-    sam3 = [r for r in results if r["model"] == "sam3" and r["option"] == "bf16+ckpt"]
-    if sam3:
-        print(f"RATIO sam3_full_bf16_ckpt_gb {sam3[0]['peak_gb']:.2f}")
+            step_fn = lambda m, d: sam2_step_fn(m, d, sam2_res)  # noqa: E731
+            results.append(run(sam2_name, build_sam2, step_fn, o, steps, dev))
+    full = [
+        r["peak_gb"]
+        for r in results
+        if r["model"] == "sam3" and r["option"] in ("bf16+ckpt", "bf16+ckpt+8bit")
+    ]
+    if full and not args.smoke:
+        print(f"RATIO sam3_full_bf16_ckpt_gb {min(full):.2f}")
 
 
 if __name__ == "__main__":
