@@ -179,22 +179,21 @@ def check_config(cfg: Any) -> None:
             )
 
 
-def image_cache_inputs(model: torch.nn.Module) -> list[torch.Tensor]:
-    """The parameters and buffers the cached image features are a function of.
-
-    SAM2 adds its ``no_memory_embedding`` to the features, so it is part of them; SAM3's
-    features are the vision encoder's output alone.
-    """
-    tensors = list(model.vision_encoder.parameters())
+def image_cache_parts(model: torch.nn.Module) -> list[Any]:
+    """What the cached image features are a function of: the vision encoder, then any loose
+    parameters -- SAM2 adds its ``no_memory_embedding`` to the features; SAM3's features are
+    the vision encoder's output alone."""
+    parts: list[Any] = [model.vision_encoder]
     extra = getattr(model, "no_memory_embedding", None)
     if isinstance(extra, torch.Tensor):
-        tensors.append(extra)
-    return tensors
+        parts.append(extra)
+    return parts
 
 
 def encoder_is_trainable(model: torch.nn.Module) -> bool:
     """Whether any parameter feeding the cached image features gets gradients (LoRA included)."""
-    return any(p.requires_grad for p in image_cache_inputs(model))
+    encoder, *extra = image_cache_parts(model)
+    return any(p.requires_grad for p in [*encoder.parameters(), *extra])
 
 
 def text_encoder_is_trainable(model: torch.nn.Module) -> bool:

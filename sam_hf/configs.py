@@ -47,7 +47,9 @@ class TrainingArgs:
     adam_beta1: float = _f(0.9, "AdamW beta1.")
     adam_beta2: float = _f(0.999, "AdamW beta2.")
     adam_epsilon: float = _f(1e-8, "AdamW epsilon.")
-    optimizer: Literal["adamw", "adamw_8bit"] = _f("adamw", "adamw_8bit needs bitsandbytes.")
+    optimizer: Literal["adamw", "adamw_8bit"] = _f(
+        "adamw", "adamw_8bit: bitsandbytes 8-bit AdamW (pip install .[memory]; CPU and CUDA)."
+    )
     lr_scheduler: Literal["cosine", "linear", "constant", "plateau"] = _f(
         "cosine", "Schedule after warmup; plateau = ReduceLROnPlateau on the best-model metric."
     )

@@ -247,6 +247,27 @@ class _TransformersTask:
 
     family = ""
 
+    def __init__(self) -> None:
+        #: The training module, kept by :meth:`build_model`: ``build_datasets`` fills the
+        #: embedding cache with its frozen encoder.
+        self.module: torch.nn.Module | None = None
+        #: Whether the datasets carry cached image features (set by ``build_datasets``).
+        self.cache_on = False
+
+    def cached(self, ds: SegmentationDataset, cfg: Any, processor: Any) -> Any:
+        """``ds`` with its frozen-encoder features attached (see :func:`cached_image_dataset`)."""
+        assert self.module is not None
+        parts = cache.image_cache_parts(self.module.model)
+        return cached_image_dataset(
+            ds,
+            cfg,
+            processor,
+            family=self.family,
+            weights=cache.weights_hash(parts[0], parts[1:]),
+            parts=parts,
+            encode=self.module.encoder_features,
+        )
+
     def save_pretrained(
         self, module: torch.nn.Module, processor: Any, out_dir: Path, cfg: Any
     ) -> None:
@@ -270,7 +291,8 @@ class _TransformersTask:
             logger.info(
                 "Initialised weights from %s (fresh optimizer and schedule).", cfg.init_from
             )
-        return self.wrap(maybe_lora(model, cfg, self.family), cfg), processor
+        self.module = self.wrap(maybe_lora(model, cfg, self.family), cfg)
+        return self.module, processor
 
     def load_weights(self, model: torch.nn.Module, path: str) -> None:
         """Weights of an earlier fine-tune (a final/ or best/ folder) into a fresh model."""
@@ -289,19 +311,8 @@ class Sam2Task(_TransformersTask):
 
     family = "sam2"
 
-    def __init__(self) -> None:
-        self.module: torch.nn.Module | None = None
-        self.cache_on = False
-
     def prepare_data(self, cfg: Any) -> None:
         prepare_synthetic(cfg, view="minneapple")
-
-    def build_model(self, cfg: Any) -> tuple[torch.nn.Module, Any]:
-        """As the shared builder, keeping the module: :meth:`build_datasets` fills the
-        embedding cache with its encoder."""
-        module, processor = super().build_model(cfg)
-        self.module = module
-        return module, processor
 
     def build_base(self, cfg: Any) -> tuple[torch.nn.Module, Any]:
         from sam_hf.models.sam2 import build_sam2
@@ -327,20 +338,6 @@ class Sam2Task(_TransformersTask):
         if not self.cache_on:
             return train, evals
         return self.cached(train, cfg, processor), self.cached(evals, cfg, processor)
-
-    def cached(self, ds: SegmentationDataset, cfg: Any, processor: Any) -> Any:
-        """``ds`` with its frozen-encoder features attached (see :func:`cached_image_dataset`)."""
-        assert self.module is not None
-        model = self.module.model
-        return cached_image_dataset(
-            ds,
-            cfg,
-            processor,
-            family=self.family,
-            weights=cache.weights_hash(model.vision_encoder, [model.no_memory_embedding]),
-            parts=[model.vision_encoder, model.no_memory_embedding],
-            encode=self.module.encoder_features,
-        )
 
     def collator(self, cfg: Any, train: bool) -> Any:
         from sam_hf.data.collate import Sam2Collator
@@ -451,16 +448,8 @@ class Sam3Task(_TransformersTask):
     family = "sam3"
 
     def __init__(self) -> None:
+        super().__init__()
         self.vocab: Any = None
-        self.module: torch.nn.Module | None = None
-        self.cache_on = False
-
-    def build_model(self, cfg: Any) -> tuple[torch.nn.Module, Any]:
-        """As the shared builder, keeping the module: :meth:`build_datasets` fills the
-        embedding caches with its encoders."""
-        module, processor = super().build_model(cfg)
-        self.module = module
-        return module, processor
 
     def prepare_data(self, cfg: Any) -> None:
         prepare_synthetic(cfg, view="coco_text")
@@ -513,20 +502,6 @@ class Sam3Task(_TransformersTask):
         if not self.cache_on:
             return train, evals
         return self.cached(train, cfg, processor), self.cached(evals, cfg, processor)
-
-    def cached(self, ds: SegmentationDataset, cfg: Any, processor: Any) -> Any:
-        """``ds`` with its frozen ViT's FPN maps attached (see :func:`cached_image_dataset`)."""
-        assert self.module is not None
-        model = self.module.model
-        return cached_image_dataset(
-            ds,
-            cfg,
-            processor,
-            family=self.family,
-            weights=cache.weights_hash(model.vision_encoder),
-            parts=[model.vision_encoder],
-            encode=self.module.encoder_features,
-        )
 
     def cached_phrases(
         self, cfg: Any, processor: Any, splits: list[datasets.Dataset]

@@ -195,15 +195,28 @@ def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(cfg: Any, module: torch.nn.Module) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters (frozen ones get no state), or bitsandbytes' 8-bit
+    AdamW for ``optimizer: adamw_8bit``.
+
+    The 8-bit variant keeps both moments of every tensor with >= 4096 elements as one byte per
+    element plus an fp32 scale per 256-element block (~2 bytes/param instead of AdamW's 8);
+    smaller tensors keep fp32 moments. bitsandbytes >= 0.50.2 runs it on CUDA and on CPU.
+    """
     groups = param_groups(module, cfg.weight_decay)
     if not any(g["params"] for g in groups):
         raise ConfigError("Every parameter is frozen: unfreeze a part or enable LoRA.")
     kw = dict(lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon)
     if cfg.optimizer == "adamw_8bit":
+        # Its CPU backend warns at import about an optional 4-bit matmul kernel package that
+        # the optimizer never uses; keep that misleading "pip install kernels" out of the log.
+        logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
         try:
             import bitsandbytes as bnb
         except ImportError as e:
-            raise ConfigError("optimizer adamw_8bit needs `pip install bitsandbytes`.") from e
+            raise ConfigError(
+                "optimizer adamw_8bit needs bitsandbytes: `pip install 'bitsandbytes>=0.50.2'` "
+                "(or set optimizer: adamw)."
+            ) from e
         return bnb.optim.AdamW8bit(groups, **kw)
     return torch.optim.AdamW(groups, **kw)
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 from transformers.models.sam2 import modeling_sam2
 
@@ -22,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes"))
 
 import sam2_mineapple  # noqa: E402
+from recipe_runs import ForwardCalls, recipe_argv, record_training_losses, reset_accelerate_state  # noqa: E402
 
 DEMO_YAML = ROOT / "recipes" / "sam2_demo.yaml"
 
@@ -54,40 +54,18 @@ def overrides(out: Path, data: Path, **kw) -> dict:
 
 
 def argv(values: dict) -> list[str]:
-    out = ["--config", str(DEMO_YAML)]
-    for k, v in values.items():
-        out += [f"--{k}", str(v).lower() if isinstance(v, bool) else str(v)]
-    return out
+    return recipe_argv(DEMO_YAML, values)
 
 
-class EncoderCalls:
+def EncoderCalls(monkeypatch: pytest.MonkeyPatch) -> ForwardCalls:  # noqa: N802
     """Counts calls of the SAM2 vision encoder (every Sam2Model instance)."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.n = 0
-        original = modeling_sam2.Sam2VisionModel.forward
-
-        def counted(module, *args, **kwargs):
-            self.n += 1
-            return original(module, *args, **kwargs)
-
-        monkeypatch.setattr(modeling_sam2.Sam2VisionModel, "forward", counted)
+    return ForwardCalls(monkeypatch, modeling_sam2.Sam2VisionModel)
 
 
 @pytest.fixture()
 def recorded_losses(monkeypatch):
     """Training losses of every forward call, in order."""
-    losses: list[float] = []
-    original = Sam2ForTraining.forward
-
-    def forward(self, batch):
-        out = original(self, batch)
-        if self.training:
-            losses.append(float(out["loss"].detach()))
-        return out
-
-    monkeypatch.setattr(Sam2ForTraining, "forward", forward)
-    return losses
+    return record_training_losses(monkeypatch, Sam2ForTraining)
 
 
 def test_cached_training_equals_uncached(tmp_path, monkeypatch, recorded_losses):
@@ -156,10 +134,9 @@ def test_cached_training_with_batches_matches_closely(tmp_path, recorded_losses)
 
 @pytest.fixture()
 def fresh_accelerate_state():
-    """Accelerate keeps one process-wide state; a bf16 run needs it rebuilt (and reset after)."""
-    AcceleratorState._reset_state(reset_partial_state=True)
+    reset_accelerate_state()
     yield
-    AcceleratorState._reset_state(reset_partial_state=True)
+    reset_accelerate_state()
 
 
 def test_cached_bf16_training_equals_uncached_bf16(

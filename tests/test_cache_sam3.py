@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 from transformers.models.clip import modeling_clip
 from transformers.models.sam3 import modeling_sam3
@@ -25,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes"))
 
 import sam3_coco_text  # noqa: E402
+from recipe_runs import ForwardCalls, recipe_argv, record_training_losses, reset_accelerate_state  # noqa: E402
 
 DEMO_YAML = ROOT / "recipes" / "sam3_demo.yaml"
 
@@ -58,55 +58,35 @@ def overrides(out: Path, data: Path, **kw) -> dict:
 
 
 def argv(values: dict) -> list[str]:
-    out = ["--config", str(DEMO_YAML)]
-    for k, v in values.items():
-        out += [f"--{k}", str(v).lower() if isinstance(v, bool) else str(v)]
-    return out
+    return recipe_argv(DEMO_YAML, values)
 
 
 class EncoderCalls:
     """Counts forward calls of SAM3's ViT and of its CLIP text encoder."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.vision = self.text = 0
-        vision, text = (
-            modeling_sam3.Sam3VisionModel.forward,
-            modeling_clip.CLIPTextModelWithProjection.forward,
-        )
+        self.vision_calls = ForwardCalls(monkeypatch, modeling_sam3.Sam3VisionModel)
+        self.text_calls = ForwardCalls(monkeypatch, modeling_clip.CLIPTextModelWithProjection)
 
-        def counted_vision(module, *args, **kwargs):
-            self.vision += 1
-            return vision(module, *args, **kwargs)
+    @property
+    def counts(self) -> tuple[int, int]:
+        return self.vision_calls.n, self.text_calls.n
 
-        def counted_text(module, *args, **kwargs):
-            self.text += 1
-            return text(module, *args, **kwargs)
-
-        monkeypatch.setattr(modeling_sam3.Sam3VisionModel, "forward", counted_vision)
-        monkeypatch.setattr(modeling_clip.CLIPTextModelWithProjection, "forward", counted_text)
+    def reset(self) -> None:
+        self.vision_calls.n = self.text_calls.n = 0
 
 
 @pytest.fixture()
 def recorded_losses(monkeypatch):
-    losses: list[float] = []
-    original = Sam3ForTraining.forward
-
-    def forward(self, batch):
-        out = original(self, batch)
-        if self.training:
-            losses.append(float(out["loss"].detach()))
-        return out
-
-    monkeypatch.setattr(Sam3ForTraining, "forward", forward)
-    return losses
+    """Training losses of every forward call, in order."""
+    return record_training_losses(monkeypatch, Sam3ForTraining)
 
 
 @pytest.fixture()
 def fresh_accelerate_state():
-    """Accelerate keeps one process-wide state; a bf16 run needs it rebuilt (and reset after)."""
-    AcceleratorState._reset_state(reset_partial_state=True)
+    reset_accelerate_state()
     yield
-    AcceleratorState._reset_state(reset_partial_state=True)
+    reset_accelerate_state()
 
 
 def weights(run: Path) -> dict[str, torch.Tensor]:
@@ -126,7 +106,7 @@ def test_cached_sam3_training_equals_uncached_and_reuses_the_cache(
     calls = EncoderCalls(monkeypatch)
     sam3_coco_text.main(argv(overrides(tmp_path / "plain", data, cache_embeddings=False)))
     plain = list(recorded_losses)
-    assert calls.vision > 0 and calls.text > 0
+    assert min(calls.counts) > 0
     assert not (data / cache.CACHE_DIRNAME).exists()
 
     recorded_losses.clear()
@@ -138,10 +118,10 @@ def test_cached_sam3_training_equals_uncached_and_reuses_the_cache(
     assert families == ["sam3", "sam3", "sam3-text"]  # train images, eval images, phrases
 
     # A rerun finds everything cached: neither encoder runs, in training or in evaluation.
-    calls.vision = calls.text = 0
+    calls.reset()
     recorded_losses.clear()
     sam3_coco_text.main(argv(overrides(tmp_path / "again", data, cache_embeddings=True)))
-    assert (calls.vision, calls.text) == (0, 0)
+    assert calls.counts == (0, 0)
     assert recorded_losses == plain
 
 

@@ -14,44 +14,19 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from toy_task import ToyTask
+from toy_task import ToyTask, final_weights, toy_config
 
 from sam_hf import checkpointing
-from sam_hf.configs import ConfigError, Sam2Config, parse_args
+from sam_hf.configs import ConfigError
 from sam_hf.trainer import check_output_dir, train
 
 HERE = Path(__file__).resolve().parent
 
 
 def cfg_for(out: Path, *extra: str):
-    return parse_args(
-        Sam2Config,
-        [
-            "--output_dir",
-            str(out),
-            "--batch_size",
-            "2",
-            "--learning_rate",
-            "0.05",
-            "--num_epochs",
-            "2",
-            "--logging_steps",
-            "1",
-            "--save_total_limit",
-            "10",
-            "--lr_scheduler",
-            "cosine",
-            "--warmup_steps",
-            "2",
-            "--metric_for_best_model",
-            "mean_iou",
-            *extra,
-        ],
+    return toy_config(
+        out, "--learning_rate", "0.05", "--lr_scheduler", "cosine", "--warmup_steps", "2", *extra
     )
-
-
-def final_weights(out: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(out / "final" / "model.safetensors"))
 
 
 def assert_same_weights(a: dict, b: dict) -> None:

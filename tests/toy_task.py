@@ -20,6 +20,34 @@ from sam_hf.configs import Sam2Config, parse_args
 from sam_hf.data.transforms import sample_seed
 
 
+def toy_config(out: Path, *extra: str) -> Sam2Config:
+    """A trainer config for the toy task writing to ``out``; ``extra`` flags override."""
+    return parse_args(
+        Sam2Config,
+        [
+            "--output_dir",
+            str(out),
+            "--batch_size",
+            "2",
+            "--num_epochs",
+            "2",
+            "--logging_steps",
+            "1",
+            "--save_total_limit",
+            "10",
+            "--metric_for_best_model",
+            "mean_iou",
+            *extra,
+        ],
+    )
+
+
+def final_weights(out: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(out / "final" / "model.safetensors"))
+
+
 class ToyDataset(Dataset):
     def __init__(self, n: int, seed: int, train: bool, size: int = 16) -> None:
         self.n, self.seed, self.train, self.size, self.epoch = n, seed, train, size, 0
@@ -51,14 +79,22 @@ def collate(samples: list[dict]) -> dict:
 
 
 class ToyModule(nn.Module):
-    def __init__(self, nan_ids: set[str] | None = None) -> None:
+    """conv(3 -> width), GroupNorm, ReLU, ``middle`` x [conv(width -> width), ReLU], conv(-> 1).
+
+    The default (width 8, no middle conv) keeps every tensor small; ``width=32, middle=1`` has
+    one 9,216-weight tensor, large enough for bitsandbytes to quantize its optimizer state.
+    """
+
+    def __init__(self, nan_ids: set[str] | None = None, width: int = 8, middle: int = 0) -> None:
         super().__init__()
-        self.model = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1),
-            nn.GroupNorm(2, 8),
+        layers: list[nn.Module] = [
+            nn.Conv2d(3, width, 3, padding=1),
+            nn.GroupNorm(max(2, width // 8), width),
             nn.ReLU(),
-            nn.Conv2d(8, 1, 3, padding=1),
-        )
+        ]
+        for _ in range(middle):
+            layers += [nn.Conv2d(width, width, 3, padding=1), nn.ReLU()]
+        self.model = nn.Sequential(*layers, nn.Conv2d(width, 1, 3, padding=1))
         self.nan_ids = nan_ids or set()
 
     def forward(self, batch: dict) -> dict:
@@ -80,15 +116,22 @@ class ToyModule(nn.Module):
 class ToyTask:
     family = "toy"
 
-    def __init__(self, n_train: int = 12, n_eval: int = 5, nan_ids: set[str] | None = None) -> None:
+    def __init__(
+        self,
+        n_train: int = 12,
+        n_eval: int = 5,
+        nan_ids: set[str] | None = None,
+        **module_kw: int,
+    ) -> None:
         self.n_train, self.n_eval, self.nan_ids = n_train, n_eval, nan_ids
+        self.module_kw = module_kw
 
     def prepare_data(self, cfg: Any) -> None:
         pass
 
     def build_model(self, cfg: Any) -> tuple[nn.Module, Any]:
         torch.manual_seed(cfg.seed)
-        module = ToyModule(self.nan_ids)
+        module = ToyModule(self.nan_ids, **self.module_kw)
         if cfg.init_from:
             self.load_weights(module, cfg.init_from)
         return module, None
