@@ -16,7 +16,14 @@ import torch
 import torch.nn.functional as F
 
 from sam_hf.losses.registry import LossRegistry, weighted_sum
-from sam_hf.losses.sam2 import SAM2_LOSS_TERMS, Sam2Loss, dice_loss, sigmoid_focal_loss
+from sam_hf.losses.sam2 import (
+    SAM2_LOSS_TERMS,
+    Sam2Loss,
+    actual_iou,
+    binary_mask_losses,
+    dice_loss,
+    sigmoid_focal_loss,
+)
 
 WEIGHTS = {"loss_focal": 20.0, "loss_dice": 1.0, "loss_iou": 1.0, "loss_bce": 5.0}
 OFFICIAL_KEYS = {"focal": "loss_mask", "dice": "loss_dice", "iou": "loss_iou", "bce": "loss_class"}
@@ -208,3 +215,47 @@ def test_generic_registry_and_weighted_sum():
     assert weighted_sum({"a": torch.tensor(float("nan"))}, {"a": 0.0}).item() == 0.0
     with pytest.raises(ValueError, match="must be >= 0"):
         reg.resolve_weights({}, {"b": -1.0})
+
+
+def test_fused_mask_losses_equal_the_plain_formulas_on_upsampled_logits():
+    """Values and gradients of the fused, chunked path equal the plain formulas on
+    ``F.interpolate(low-res logits)``, including masks whose gradient weight is zero."""
+    g = torch.Generator().manual_seed(0)
+    targets = torch.rand(5, 32, 32, generator=g) > 0.6
+    targets[1] = False  # an absent object
+    low = (3 * torch.randn(5, 3, 8, 8, generator=g)).requires_grad_()
+    wf, wd = torch.rand(5, 3, generator=g), torch.rand(5, 3, generator=g)
+    wf[0] = 0.0  # masks without gradient are skipped by the fused backward
+    focal, dice, iou = binary_mask_losses(low, targets, chunk_elements=2 * 32 * 32)
+    (grad,) = torch.autograd.grad((focal * wf).sum() + (dice * wd).sum(), low)
+    high = F.interpolate(low, size=(32, 32), mode="bilinear", align_corners=False)
+    t = targets.float()[:, None].expand_as(high)
+    ref_f, ref_d = sigmoid_focal_loss(high, t), dice_loss(high, t)
+    (ref_grad,) = torch.autograd.grad((ref_f * wf).sum() + (ref_d * wd).sum(), low)
+    torch.testing.assert_close(focal, ref_f)
+    torch.testing.assert_close(dice, ref_d)
+    torch.testing.assert_close(iou, actual_iou(high, t))
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-6 * ref_grad.abs().max().item())
+    assert not iou.requires_grad
+
+
+def test_low_resolution_logits_give_the_loss_of_their_upsampled_masks():
+    """What the model passes (the decoder's low-res logits) and what the official loss sees
+    (those logits upsampled to the ground truth) give the same terms and gradients."""
+    targets, steps = random_steps(n=4, h=32, w=32, seed=5)
+    g = torch.Generator().manual_seed(6)
+    lows = [
+        (3 * torch.randn(4, logits.shape[1], 8, 8, generator=g)).requires_grad_()
+        for logits, _, _ in steps
+    ]
+    highs = [F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False) for x in lows]
+    low_steps = [(x, i, s) for x, (_, i, s) in zip(lows, steps)]
+    high_steps = [(x, i, s) for x, (_, i, s) in zip(highs, steps)]
+    terms_low, total_low = ours(targets, low_steps)
+    terms_high, total_high = ours(targets, high_steps)
+    for name in terms_high:
+        torch.testing.assert_close(terms_low[name], terms_high[name], msg=name)
+    grads_low = torch.autograd.grad(total_low, lows)
+    grads_high = torch.autograd.grad(total_high, lows)
+    for a, b in zip(grads_low, grads_high):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6 * b.abs().max().item())

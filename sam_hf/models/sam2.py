@@ -577,8 +577,9 @@ class Sam2ForTraining(nn.Module):
                 mask_in,
                 self._use_multimask(pts.shape[1], mask_in is not None),
             )
-            high = F.interpolate(low.float(), size=(res, res), mode="bilinear", align_corners=False)
-            self.loss_fn.accumulate(terms, high, ious, scores, gt[members], n)
+            # The loss upsamples the low-res logits to the R x R ground truth itself, a few
+            # objects at a time (sam_hf.losses.sam2: the full-res maps are never all alive).
+            self.loss_fn.accumulate(terms, low, ious, scores, gt[members], n)
             return self._best_by_iou(low, ious)[0]
 
         # Step 1: the initial prompts.
