@@ -5,6 +5,8 @@ draw is in the phrase cache, and a phrase that is not gets encoded on the spot."
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -279,3 +281,43 @@ def test_phrase_cache_key_ignores_the_data_but_follows_the_text_weights(tmp_path
     assert len(text_folders()) == 1
     build(tmp_path, cache_embeddings=True, seed=3)  # another random init of the text encoder
     assert len(text_folders()) == 2
+
+
+def _launch_two_ranks(values: dict) -> None:
+    """The SAM3 recipe in two real CPU processes (gloo), as ``accelerate launch`` starts it."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(ROOT / "recipes" / "sam3_coco_text.py"),
+        *argv(values),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_two_ranks_fill_the_cache_once_and_train_like_uncached(tmp_path):
+    """Rank 0 fills the image and phrase caches while rank 1 waits (main_process_first); both
+    then train from them, and the DDP run ends with the uncached DDP run's weights."""
+    data = tmp_path / "data"
+    prepare = overrides(tmp_path / "prep", data, cache_embeddings=False, batch_size=1)
+    Sam3Task().prepare_data(load_config(Sam3Config, DEMO_YAML, prepare))  # data made once
+    for name, mode in (("plain", False), ("cached", True)):
+        values = overrides(tmp_path / name, data, cache_embeddings=mode, batch_size=1)
+        _launch_two_ranks({**values, "max_steps": 2})
+    assert_same_weights(weights(tmp_path / "plain"), weights(tmp_path / "cached"))
+    folders = sorted((data / cache.CACHE_DIRNAME).iterdir())
+    assert len(folders) == 3
+    images = [f for f in folders if (f / "key.json").is_file() and (f / "complete.json").is_file()]
+    assert len(images) == 2  # train and eval images, each completed once
+    assert not list(data.glob(f"{cache.CACHE_DIRNAME}/*/.tmp-*"))  # no half-written files
