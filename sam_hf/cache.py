@@ -60,6 +60,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from sam_hf.configs import ConfigError
 
@@ -422,7 +423,7 @@ class EmbeddingCache:
             tmp.write_text(json.dumps(self.key, indent=2, sort_keys=True))
             os.replace(tmp, key_file)
         written = 0
-        for i in range(num_images):
+        for i in tqdm(range(num_images), desc="embedding cache", unit="image", leave=False):
             todo = [v for v in variants if not self.path(i, v).is_file()]
             if not todo:
                 continue
