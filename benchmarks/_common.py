@@ -373,6 +373,47 @@ def full_size_sam2(cfg: Any) -> tuple[Any, Any]:
     return Sam2ForTraining(model, cfg), build_sam2_processor(cfg.resolution)
 
 
+#: sam2.1-hiera-large's Hiera backbone (the released checkpoint's config.json) and the
+#: channel widths its FPN neck reads, for the full-size memory benchmarks.
+HIERA_LARGE = {
+    "model_type": "sam2_hiera_det_model",
+    "hidden_size": 144,
+    "num_attention_heads": 2,
+    "blocks_per_stage": [2, 6, 36, 4],
+    "embed_dim_per_stage": [144, 288, 576, 1152],
+    "num_attention_heads_per_stage": [2, 4, 8, 16],
+    "window_size_per_stage": [8, 4, 16, 8],
+    "global_attention_blocks": [23, 33, 43],
+    "window_positional_embedding_background_size": [7, 7],
+}
+HIERA_LARGE_CHANNELS = [1152, 576, 288, 144]
+
+
+def sam2_large_config(resolution: int = 1024) -> Any:
+    """A ``Sam2Config`` of the sam2.1-hiera-large architecture at ``resolution`` px."""
+    from transformers import Sam2Config
+
+    from sam_hf.models.sam2 import set_sam2_resolution
+
+    vision = {
+        "model_type": "sam2_vision_model",
+        "backbone_config": HIERA_LARGE,
+        "backbone_channel_list": HIERA_LARGE_CHANNELS,
+    }
+    return set_sam2_resolution(Sam2Config(vision_config=vision), resolution)
+
+
+def trainer_optimizer(module: Any, kind: str = "adamw") -> Any:
+    """The trainer's own optimizer for ``module`` (``build_optimizer`` with the recipe
+    defaults: weight-decay groups, frozen parameters left out) with ``optimizer: kind``."""
+    from sam_hf.configs import Sam2Config, parse_args
+    from sam_hf.trainer import build_optimizer
+
+    out = Path(tempfile.gettempdir()) / "sam_hf_benchmark"
+    cfg = parse_args(Sam2Config, ["--optimizer", kind, "--output_dir", str(out)])
+    return build_optimizer(cfg, module)
+
+
 def train_step(module: Any, optimizer: Any, batch: dict[str, Any], max_grad_norm: float) -> float:
     """One bare training step: forward, backward, clip, optimizer step, zero_grad."""
     import torch

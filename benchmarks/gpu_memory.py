@@ -22,17 +22,15 @@ from __future__ import annotations
 import argparse
 import gc
 import time
-from types import SimpleNamespace
 
-import _common  # noqa: F401  (puts the repository root on sys.path)
+import _common as C
 import torch
 import torch.nn.functional as F
-from transformers import Sam2Config, Sam2Model, Sam3Config, Sam3Model
+from transformers import Sam2Model, Sam3Config, Sam3Model
 
 from sam_hf.models.common import enable_activation_checkpointing, set_requires_grad
 from sam_hf.models.sam2 import tiny_sam2_config
 from sam_hf.models.sam3 import tiny_sam3_config
-from sam_hf.trainer import build_optimizer
 
 OPTIONS = ("fp32", "bf16", "bf16+ckpt", "bf16+ckpt+8bit", "bf16+ckpt+frozen_vision")
 
@@ -86,19 +84,6 @@ def sam3_step_fn(model: Sam3Model, dev: torch.device, res: int = 1008):
     return step
 
 
-def optimizer_for(model: torch.nn.Module, option: str) -> torch.optim.Optimizer:
-    """The trainer's own optimizer (decay groups, frozen parameters left out)."""
-    cfg = SimpleNamespace(
-        optimizer="adamw_8bit" if "8bit" in option else "adamw",
-        learning_rate=1e-5,
-        weight_decay=0.01,
-        adam_beta1=0.9,
-        adam_beta2=0.999,
-        adam_epsilon=1e-8,
-    )
-    return build_optimizer(cfg, model)
-
-
 def run(name: str, build, make_step, option: str, steps: int, dev: torch.device) -> dict:
     cuda = dev.type == "cuda"
     torch.manual_seed(0)
@@ -108,7 +93,7 @@ def run(name: str, build, make_step, option: str, steps: int, dev: torch.device)
         enable_activation_checkpointing(model)
     if "frozen" in option:
         set_requires_grad(model.vision_encoder, False)
-    opt = optimizer_for(model, option)
+    opt = C.trainer_optimizer(model, "adamw_8bit" if "8bit" in option else "adamw")
     step = make_step(model, dev)
     dtype = torch.bfloat16 if "bf16" in option else None
     if cuda:
@@ -146,25 +131,6 @@ def run(name: str, build, make_step, option: str, steps: int, dev: torch.device)
     return res
 
 
-SAM2_LARGE = dict(
-    vision_config=dict(
-        model_type="sam2_vision_model",
-        backbone_config=dict(
-            model_type="sam2_hiera_det_model",
-            hidden_size=144,
-            num_attention_heads=2,
-            blocks_per_stage=[2, 6, 36, 4],
-            embed_dim_per_stage=[144, 288, 576, 1152],
-            num_attention_heads_per_stage=[2, 4, 8, 16],
-            window_size_per_stage=[8, 4, 16, 8],
-            global_attention_blocks=[23, 33, 43],
-            window_positional_embedding_background_size=[7, 7],
-        ),
-        backbone_channel_list=[1152, 576, 288, 144],
-    )
-)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=3)
@@ -197,7 +163,7 @@ def main() -> None:
         dev, steps = torch.device("cuda"), args.steps
         sam3_res, sam2_res = 1008, 1024
         build_sam3 = lambda: Sam3Model(Sam3Config())  # noqa: E731
-        build_sam2 = lambda: Sam2Model(Sam2Config(**SAM2_LARGE))  # noqa: E731
+        build_sam2 = lambda: Sam2Model(C.sam2_large_config(sam2_res))  # noqa: E731
         sam3_name, sam2_name = "sam3", "sam2.1-L"
         print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}")
     results = []

@@ -37,11 +37,9 @@ import argparse
 import gc
 import logging
 import resource
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import _common as C
 import torch
@@ -54,20 +52,6 @@ GPU_PEAK_SAM3_ADAMW_GIB = 17.83
 MIN_8BIT_SIZE = 4096
 #: The most elements materialised at once when SAM3 is measured in chunks.
 CHUNK_ELEMENTS = 64 * 2**20
-
-#: sam2.1-hiera-large, the configuration benchmarks/gpu_memory.py measures on the GPU.
-HIERA_LARGE = {
-    "model_type": "sam2_hiera_det_model",
-    "hidden_size": 144,
-    "num_attention_heads": 2,
-    "blocks_per_stage": [2, 6, 36, 4],
-    "embed_dim_per_stage": [144, 288, 576, 1152],
-    "num_attention_heads_per_stage": [2, 4, 8, 16],
-    "window_size_per_stage": [8, 4, 16, 8],
-    "global_attention_blocks": [23, 33, 43],
-    "window_positional_embedding_background_size": [7, 7],
-}
-LARGE_BACKBONE_CHANNELS = [1152, 576, 288, 144]
 
 ARMS = ("adamw", "adamw_8bit")
 
@@ -107,18 +91,8 @@ def state_tensors(optimizer: torch.optim.Optimizer) -> Iterator[torch.Tensor]:
         yield from (v for v in state.values() if torch.is_tensor(v))
 
 
-def optimizer_config(kind: str) -> Any:
-    """The trainer's config with ``optimizer: kind`` (defaults otherwise)."""
-    from sam_hf.configs import Sam2Config, parse_args
-
-    out = tempfile.gettempdir()
-    return parse_args(Sam2Config, ["--optimizer", kind, "--output_dir", f"{out}/optimizer_memory"])
-
-
 def measure_params(name: str, module: nn.Module, seed: int) -> Measured:
     """Random grads on every trainable parameter of ``module``, one step of each optimizer."""
-    from sam_hf.trainer import build_optimizer
-
     params = [p for p in module.parameters() if p.requires_grad]
     gen = torch.Generator().manual_seed(seed)
     for p in params:
@@ -131,7 +105,7 @@ def measure_params(name: str, module: nn.Module, seed: int) -> Measured:
         grad_bytes=unique_bytes(p.grad for p in params),
     )
     for kind in ARMS:
-        optimizer = build_optimizer(optimizer_config(kind), module)
+        optimizer = C.trainer_optimizer(module, kind)
         start = time.perf_counter()
         optimizer.step()
         setattr(m, f"{kind}_step_s", time.perf_counter() - start)
@@ -146,23 +120,9 @@ def measure_params(name: str, module: nn.Module, seed: int) -> Measured:
 def build_sam2(which: str) -> nn.Module:
     """A full-size ``Sam2Model`` at 1024 px with random weights (seeded)."""
     from cache_speedup import hiera_tiny_config
-    from transformers import Sam2Config, Sam2Model
+    from transformers import Sam2Model
 
-    from sam_hf.models.sam2 import set_sam2_resolution
-
-    if which == "tiny":
-        config = hiera_tiny_config(1024)
-    else:
-        config = set_sam2_resolution(
-            Sam2Config(
-                vision_config={
-                    "model_type": "sam2_vision_model",
-                    "backbone_config": HIERA_LARGE,
-                    "backbone_channel_list": LARGE_BACKBONE_CHANNELS,
-                }
-            ),
-            1024,
-        )
+    config = hiera_tiny_config(1024) if which == "tiny" else C.sam2_large_config(1024)
     torch.manual_seed(0)
     return Sam2Model(config).train()
 
