@@ -52,7 +52,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -469,26 +469,26 @@ class PhraseFeatureCache:
             rows, offsets = f.get_tensor("rows"), f.get_tensor("offsets").tolist()
         return {p: rows[offsets[i] : offsets[i + 1]] for i, p in enumerate(phrases)}
 
-    def fill(
+    def add(
         self,
-        phrases: Iterable[str],
+        known: dict[str, torch.Tensor],
+        phrases: Sequence[str],
         tokenize: Callable[[list[str]], dict[str, torch.Tensor]],
         encode: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         device: torch.device | str = "cpu",
         autocast: torch.dtype | None = None,
         chunk_size: int = 64,
-    ) -> int:
-        """Encode the phrases the folder lacks and store them with the rest; returns how many.
+    ) -> dict[str, torch.Tensor]:
+        """Encode ``phrases`` (not yet in ``known``, what :meth:`load` gave), store them with
+        the rest, and return the whole table.
 
         ``tokenize(list)`` gives ``input_ids`` / ``attention_mask`` (right-padded, as CLIP's
-        tokenizer pads); ``encode(input_ids, attention_mask)`` the ``(Q, L, D)`` features.
+        tokenizer pads); ``encode(input_ids, attention_mask)`` the ``(Q, L, D)`` features,
+        run under ``autocast`` (the run's mixed precision).
         """
-        known = self.load()
-        missing = sorted({p for p in phrases if p} - set(known))
-        if not missing:
-            return 0
-        for start in range(0, len(missing), chunk_size):
-            part = missing[start : start + chunk_size]
+        table = dict(known)
+        for start in range(0, len(phrases), chunk_size):
+            part = list(phrases[start : start + chunk_size])
             tok = tokenize(part)
             mask = tok["attention_mask"]
             lengths = mask.sum(1)
@@ -497,20 +497,20 @@ class PhraseFeatureCache:
             with torch.no_grad(), autocast_context(device, autocast):
                 feats = encode(tok["input_ids"].to(device), mask.to(device))
             for q, phrase in enumerate(part):
-                known[phrase] = feats[q, : int(lengths[q])].detach().to("cpu").clone()
-        order = sorted(known)
-        lengths = [known[p].shape[0] for p in order]
+                table[phrase] = feats[q, : int(lengths[q])].detach().to("cpu").clone()
+        order = sorted(table)
+        lengths = [table[p].shape[0] for p in order]
         offsets = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.long)
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "key.json").write_text(json.dumps(self.key, indent=2, sort_keys=True))
         path = self.dir / self.FILE
         tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-        rows = torch.cat([known[p] for p in order]).contiguous()
+        rows = torch.cat([table[p] for p in order]).contiguous()
         save_file(
             {"rows": rows, "offsets": offsets}, str(tmp), metadata={"phrases": json.dumps(order)}
         )
         os.replace(tmp, path)
-        return len(missing)
+        return table
 
 
 class PhraseFeatures:

@@ -529,25 +529,33 @@ class Sam3Task(_TransformersTask):
             autocast=autocast,
         )
         store = cache.PhraseFeatureCache(Path(cfg.dataset_path) / cache.CACHE_DIRNAME, key)
-        phrases: set[str] = set()
+        phrases: set[str] = set()  # every phrase the queries can draw (never empty ones)
         for split in splits:
             rows = split.select_columns(["objects", "negative_phrases"])
             phrases |= candidate_phrases(rows, self.vocab, cfg.hard_negatives)
         state = PartialState()
         with state.main_process_first():
-            with _moved_to(state.device, [model.text_encoder, model.text_projection]):
-                n = store.fill(
-                    sorted(phrases),
-                    lambda ps: tokenizer(ps),
-                    lambda ids, mask: (
-                        model.get_text_features(input_ids=ids, attention_mask=mask).pooler_output
-                    ),
-                    device=state.device,
-                    autocast=autocast,
-                )
             table = store.load()
+            todo = sorted(phrases - set(table))
+            if todo:  # the text encoder moves to the device only when it has work
+                with _moved_to(state.device, [model.text_encoder, model.text_projection]):
+                    table = store.add(
+                        table,
+                        todo,
+                        tokenizer,
+                        lambda ids, mask: (
+                            (
+                                model.get_text_features(input_ids=ids, attention_mask=mask)
+                            ).pooler_output
+                        ),
+                        device=state.device,
+                        autocast=autocast,
+                    )
         logger.info(
-            "Phrase feature cache %s: %d phrases (%d encoded now).", store.dir, len(table), n
+            "Phrase feature cache %s: %d phrases (%d encoded now).",
+            store.dir,
+            len(table),
+            len(todo),
         )
         return cache.PhraseFeatures(table)
 
