@@ -321,3 +321,18 @@ def test_two_ranks_fill_the_cache_once_and_train_like_uncached(tmp_path):
     images = [f for f in folders if (f / "key.json").is_file() and (f / "complete.json").is_file()]
     assert len(images) == 2  # train and eval images, each completed once
     assert not list(data.glob(f"{cache.CACHE_DIRNAME}/*/.tmp-*"))  # no half-written files
+
+
+def test_a_batch_without_queries_backpropagates_with_cached_encoders(tmp_path):
+    """An image with no phrase and no negative gives no query; with both encoders cached
+    nothing in the batch has autograd, yet the zero loss must still reach every trainable
+    parameter (DDP waits for all of them)."""
+    cfg, task, module, _, train, _ = build(tmp_path, cache_embeddings=True)
+    batch = task.collator(cfg, True)([train[0]])
+    batch["query_image"] = torch.zeros(0, dtype=torch.long)
+    module.train()
+    out = module(batch)
+    out["loss"].backward()
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    assert out["loss"].item() == 0.0 and out["num_queries"] == 0 and trainable
+    assert all(p.grad is not None and not p.grad.any() for p in trainable)
