@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sam_hf.data import minneapple, rle
+from sam_hf.data import convert, minneapple, rle
 from sam_hf.data.convert import ConversionError, Report, seeded_split
 from sam_hf.data.minneapple import convert_minneapple, prepare_minneapple
 from sam_hf.data.schema import FEATURES
@@ -160,13 +160,13 @@ def test_second_run_loads_from_cache_without_generating(
 ) -> None:
     write_split(tmp_path / "src", "train", 3)
     calls = []
-    real = minneapple._generate_split
+    real = convert.run_generator
 
     def spy(*args, **kwargs):
         calls.append(1)
         yield from real(*args, **kwargs)
 
-    monkeypatch.setattr(minneapple, "_generate_split", spy)
+    monkeypatch.setattr(convert, "run_generator", spy)
     r1, r2 = Report(), Report()
     first = convert_minneapple(tmp_path / "src", val_fraction=0.0, cache_dir=cache, report=r1)
     assert len(calls) == 1 and not r1.from_cache

@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import string
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -47,7 +46,6 @@ from sam_hf.data.convert import (
     polygons_outside,
     read_image,
     replace_dir,
-    run_generator,
 )
 from sam_hf.data.schema import attributes_dict, make_object
 
@@ -203,24 +201,6 @@ def convert_planned_image(item: dict[str, Any], policy: ErrorPolicy) -> dict[str
         "objects": objects,
         "negative_phrases": item.get("negative_phrases", []),
     }
-
-
-def _generate_split(
-    items: tuple[dict[str, Any], ...],
-    on_error: str,
-    plan_report: dict[str, Any],
-    report_path: str,
-    fingerprint: str,
-) -> Iterator[dict[str, Any]]:
-    """Top-level generator (closures would defeat the cache's fingerprinting)."""
-    yield from run_generator(
-        items,
-        convert_planned_image,
-        plan_report=plan_report,
-        on_error=on_error,
-        report_path=report_path,
-        fingerprint=fingerprint,
-    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -398,7 +378,7 @@ def convert_coco_text(
             skippable=False,
         )
     dataset, split_report = build_split(
-        _generate_split,
+        convert_planned_image,
         kind="coco",
         version=VERSION,
         split=split,

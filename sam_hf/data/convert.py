@@ -556,7 +556,7 @@ _GENERATOR_RUNS: Counter[str] = Counter()
 
 def run_generator(
     items: Iterable[dict[str, Any]],
-    convert_item: Callable[[dict[str, Any], ErrorPolicy], dict[str, Any] | None],
+    convert_item: ConvertItem,
     *,
     plan_report: dict[str, Any],
     on_error: str,
@@ -613,9 +613,13 @@ def _conversion_error_in(exc: BaseException) -> ConversionError | None:
     return None
 
 
+#: A converter's per-item function: planned item -> schema row, or None when skipped.
+ConvertItem = Callable[[dict[str, Any], ErrorPolicy], dict[str, Any] | None]
+
+
 def build_planned_splits(
     plans: dict[str, tuple[list[dict[str, Any]], Report]],
-    generator: Callable[..., Iterator[dict[str, Any]]],
+    convert_item: ConvertItem,
     *,
     source: str | os.PathLike[str],
     kind: str,
@@ -664,7 +668,7 @@ def build_planned_splits(
             continue
         items, plan_report = plans[name]
         built[name], split_report = build_split(
-            generator,
+            convert_item,
             kind=kind,
             version=version,
             split=name,
@@ -680,7 +684,7 @@ def build_planned_splits(
 
 
 def build_split(
-    generator: Callable[..., Iterator[dict[str, Any]]],
+    convert_item: ConvertItem,
     *,
     kind: str,
     version: str,
@@ -694,9 +698,10 @@ def build_split(
 ) -> tuple[datasets.Dataset | None, Report]:
     """Build (or load from the Arrow cache) one split; ``None`` if every item was skipped.
 
-    ``generator`` is a converter's top-level generator taking ``items, on_error, plan_report,
-    report_path, fingerprint``; it must call :func:`run_generator`. The fingerprint goes to
-    ``from_generator`` as the dataset id, so datasets does not hash the (possibly large) items.
+    ``convert_item`` (a converter's top-level function, see :func:`run_generator`) turns each
+    planned item into a row inside :func:`run_generator`. The fingerprint goes to
+    ``from_generator`` as the dataset id, so datasets hashes neither the (possibly large) items
+    nor the function.
     """
     check_on_error(on_error)
     if not items:  # nothing survived planning: no generator run, no empty cache entry
@@ -711,6 +716,7 @@ def build_split(
         # a tuple, not a list: datasets splits list-valued gen_kwargs into one shard (and one
         # generator call) per element, which would split the report too
         "items": tuple(items),
+        "convert_item": convert_item,
         "on_error": on_error,
         "plan_report": (plan_report or Report()).to_dict(),
         "report_path": str(report_path),
@@ -719,7 +725,7 @@ def build_split(
     dataset: datasets.Dataset | None
     try:
         dataset = datasets.Dataset.from_generator(
-            generator,
+            run_generator,
             features=FEATURES,
             gen_kwargs=gen_kwargs,
             cache_dir=str(cache),

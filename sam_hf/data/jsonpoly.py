@@ -18,7 +18,6 @@ A split without ``annotations/`` is images only (rows with no objects).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,6 @@ from sam_hf.data.convert import (
     finish,
     list_images,
     load_json,
-    run_generator,
 )
 
 #: Bump when the rows this converter writes change for the same files.
@@ -194,24 +192,6 @@ def _plan_annotation_file(ann_file: Path, image: Path, policy: ErrorPolicy) -> d
     }
 
 
-def _generate_split(
-    items: tuple[dict[str, Any], ...],
-    on_error: str,
-    plan_report: dict[str, Any],
-    report_path: str,
-    fingerprint: str,
-) -> Iterator[dict[str, Any]]:
-    """Top-level generator (closures would defeat the cache's fingerprinting)."""
-    yield from run_generator(
-        items,
-        convert_planned_image,
-        plan_report=plan_report,
-        on_error=on_error,
-        report_path=report_path,
-        fingerprint=fingerprint,
-    )
-
-
 def convert_json_polygons(
     source: str | os.PathLike[str],
     *,
@@ -238,7 +218,7 @@ def convert_json_polygons(
         )
     built = build_planned_splits(
         plans,
-        _generate_split,
+        convert_planned_image,
         source=source,
         kind="jsonpoly",
         version=VERSION,

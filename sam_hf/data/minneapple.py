@@ -22,7 +22,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,6 @@ from sam_hf.data.convert import (
     list_images,
     read_image,
     read_instance_mask,
-    run_generator,
 )
 from sam_hf.data.schema import make_object
 
@@ -207,24 +206,6 @@ def _convert_item(item: dict[str, Any], policy: ErrorPolicy) -> dict[str, Any]:
     }
 
 
-def _generate_split(
-    items: tuple[dict[str, Any], ...],
-    on_error: str,
-    plan_report: dict[str, Any],
-    report_path: str,
-    fingerprint: str,
-) -> Iterator[dict[str, Any]]:
-    """Top-level generator (closures would defeat the cache's fingerprinting)."""
-    yield from run_generator(
-        items,
-        _convert_item,
-        plan_report=plan_report,
-        on_error=on_error,
-        report_path=report_path,
-        fingerprint=fingerprint,
-    )
-
-
 def convert_minneapple(
     source: str | os.PathLike[str],
     *,
@@ -250,7 +231,7 @@ def convert_minneapple(
         plans[name] = (_plan_split(src, ErrorPolicy(on_error, plan_report)), plan_report)
     built = build_planned_splits(
         plans,
-        _generate_split,
+        _convert_item,
         source=source,
         kind="minneapple",
         version=VERSION,

@@ -15,7 +15,6 @@ annotations, and their negative phrases in ``negative_phrases``. ``image_id`` is
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,6 @@ from sam_hf.data.convert import (
     check_on_error,
     finish,
     load_json,
-    run_generator,
 )
 
 #: Bump when the rows this converter writes change for the same files.
@@ -203,24 +201,6 @@ def plan_saco(
     return list(items.values())
 
 
-def _generate_split(
-    items: tuple[dict[str, Any], ...],
-    on_error: str,
-    plan_report: dict[str, Any],
-    report_path: str,
-    fingerprint: str,
-) -> Iterator[dict[str, Any]]:
-    """Top-level generator (closures would defeat the cache's fingerprinting)."""
-    yield from run_generator(
-        items,
-        convert_planned_image,
-        plan_report=plan_report,
-        on_error=on_error,
-        report_path=report_path,
-        fingerprint=fingerprint,
-    )
-
-
 def convert_saco(
     images: str | os.PathLike[str],
     annotations: str | os.PathLike[str],
@@ -245,7 +225,7 @@ def convert_saco(
             skippable=False,
         )
     dataset, split_report = build_split(
-        _generate_split,
+        convert_planned_image,
         kind="saco",
         version=VERSION,
         split=split,
