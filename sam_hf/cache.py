@@ -197,6 +197,16 @@ def encoder_is_trainable(model: torch.nn.Module) -> bool:
     return any(p.requires_grad for p in [*encoder.parameters(), *extra])
 
 
+def check_encoder_frozen(model: torch.nn.Module) -> None:
+    """Raise when a batch carries cached image features but the encoder could train: the
+    cached features would stand in for it, and it would silently not train."""
+    if torch.is_grad_enabled() and encoder_is_trainable(model):
+        raise RuntimeError(
+            "The batch carries cached image embeddings, but the image encoder is trainable: it "
+            "would silently not train. Freeze it or turn the cache off."
+        )
+
+
 def text_encoder_is_trainable(model: torch.nn.Module) -> bool:
     """Whether SAM3's text encoder or its projection gets gradients (LoRA included)."""
     return any(

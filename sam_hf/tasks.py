@@ -164,8 +164,9 @@ def maybe_lora(model: torch.nn.Module, cfg: Any, family: str) -> torch.nn.Module
 @contextlib.contextmanager
 def _moved_to(device: torch.device, parts: list[Any]) -> Iterator[None]:
     """Temporarily move modules / parameters (e.g. a frozen encoder) to ``device``."""
-    homes = [p.device if isinstance(p, torch.Tensor) else None for p in parts]
-    homes = [h if h is not None else next(m.parameters()).device for h, m in zip(homes, parts)]
+    homes = [
+        p.device if isinstance(p, torch.Tensor) else next(p.parameters()).device for p in parts
+    ]
 
     def move(where: list[torch.device]) -> None:
         for part, dev in zip(parts, where):

@@ -336,3 +336,13 @@ def test_a_batch_without_queries_backpropagates_with_cached_encoders(tmp_path):
     trainable = [p for p in module.parameters() if p.requires_grad]
     assert out["loss"].item() == 0.0 and out["num_queries"] == 0 and trainable
     assert all(p.grad is not None and not p.grad.any() for p in trainable)
+
+
+def test_cached_features_with_a_trainable_encoder_are_refused(tmp_path):
+    """Unfreezing the encoder after the cache was built must fail loudly, not train nothing."""
+    cfg, task, module, _, train, _ = build(tmp_path, cache_embeddings=True)
+    batch = task.collator(cfg, True)([train[0], train[1]])
+    module.train()
+    module.model.vision_encoder.requires_grad_(True)
+    with pytest.raises(RuntimeError, match="image encoder is trainable: it would silently not"):
+        module(batch)

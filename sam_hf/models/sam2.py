@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import Sam2Config, Sam2ImageProcessor, Sam2Model, Sam2Processor
 
+from sam_hf.cache import check_encoder_frozen, encoder_is_trainable
 from sam_hf.data.prompts import make_generator, sample_correction_clicks
 from sam_hf.losses.sam2 import Sam2Loss
 from sam_hf.models.common import (
@@ -433,10 +434,7 @@ class Sam2ForTraining(nn.Module):
         added to the last. With a frozen encoder these are fixed per image, which is what the
         embedding cache (:mod:`sam_hf.cache`) stores. Run without autograd when frozen."""
         m = self.model
-        trainable = m.no_memory_embedding.requires_grad or any(
-            p.requires_grad for p in m.vision_encoder.parameters()
-        )
-        ctx = contextlib.nullcontext() if trainable else torch.no_grad()
+        ctx = contextlib.nullcontext() if encoder_is_trainable(m) else torch.no_grad()
         with ctx:
             feats = list(m.vision_encoder(pixel_values, return_dict=True).fpn_hidden_states)
             feats[-1] = feats[-1] + m.no_memory_embedding.reshape(1, -1, 1, 1)
@@ -462,15 +460,7 @@ class Sam2ForTraining(nn.Module):
         encoder is not run at all."""
         cached = batch.get("image_embeddings")
         if cached is not None:
-            m = self.model
-            if torch.is_grad_enabled() and (
-                m.no_memory_embedding.requires_grad
-                or any(p.requires_grad for p in m.vision_encoder.parameters())
-            ):
-                raise RuntimeError(
-                    "The batch carries cached image embeddings, but the image encoder is "
-                    "trainable: it would silently not train. Freeze it or turn the cache off."
-                )
+            check_encoder_frozen(self.model)
             return self.project_features(list(cached))
         return self.image_embeddings(batch["pixel_values"])
 

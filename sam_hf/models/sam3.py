@@ -29,6 +29,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.sam3.image_processing_sam3 import Sam3ImageProcessor
 from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
+from sam_hf.cache import check_encoder_frozen, encoder_is_trainable
 from sam_hf.losses.sam3 import Sam3Loss
 from sam_hf.models.clip_tokenizer import SAM3_CONTEXT_LENGTH, build_clip_tokenizer
 from sam_hf.models.common import (
@@ -289,14 +290,9 @@ class Sam3ForTraining(nn.Module):
         :mod:`sam_hf.cache`) when it carries them, else by running the ViT -- without autograd
         when it is frozen (a LoRA adapter inside makes it require grad again)."""
         m = self.model
-        trainable = _requires_grad(m.vision_encoder)
         cached = batch.get("image_embeddings")
         if cached is not None:
-            if trainable and torch.is_grad_enabled():
-                raise RuntimeError(
-                    "The batch carries cached image embeddings, but the vision encoder is "
-                    "trainable: it would silently not train. Freeze it or turn the cache off."
-                )
+            check_encoder_frozen(m)
             pe = m.vision_encoder.neck.position_encoding
             levels = tuple(cached)
             return Sam3VisionEncoderOutput(
@@ -304,7 +300,7 @@ class Sam3ForTraining(nn.Module):
                 fpn_hidden_states=levels,
                 fpn_position_encoding=tuple(pe(f.shape, f.device, f.dtype) for f in levels),
             )
-        with torch.set_grad_enabled(torch.is_grad_enabled() and trainable):
+        with torch.set_grad_enabled(torch.is_grad_enabled() and encoder_is_trainable(m)):
             return m.get_vision_features(pixel_values=batch["pixel_values"])
 
     def text_features(self, batch: dict[str, Any]) -> BaseModelOutputWithPooling:
