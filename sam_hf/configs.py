@@ -384,9 +384,23 @@ def load_config(
             if key not in hints:
                 raise _unknown_key_error(key, known, source)
             values[key] = _coerce(key, value, hints[key])
+    _synthetic_only_where_declared(sources, values)
     cfg = config_cls(**values)
     validate(cfg)
     return cfg
+
+
+def _synthetic_only_where_declared(sources: list[tuple[str, dict]], values: dict) -> None:
+    """Generate synthetic data only at the path declared together with ``synthetic_num_images``.
+
+    A demo YAML names both; a ``--dataset_path`` typed on the command line (``data/mineaple``)
+    must not silently become a freshly generated orchard. So when the last source that sets
+    ``dataset_path`` (and no later one) sets no ``synthetic_num_images``, generation is off
+    and a missing path fails with the prepare command to run.
+    """
+    setters = [i for i, (_, data) in enumerate(sources) if "dataset_path" in data]
+    if setters and not any("synthetic_num_images" in d for _, d in sources[setters[-1] :]):
+        values["synthetic_num_images"] = 0
 
 
 def _help(config_cls: type) -> str:

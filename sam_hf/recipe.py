@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,15 @@ def run_recipe(
 
 
 def cli(main: Any) -> None:
-    """Run a recipe's ``main``; a config mistake exits 2 with its message, not a traceback."""
+    """Run a recipe's ``main``; a config mistake exits 2 with its message, not a traceback.
+
+    Every rank finds the same mistake, so only the first prints it. ``accelerate launch``
+    itself adds a launcher traceback (and repeats the child's stderr) for any child that
+    exits non-zero, unless started with ``--quiet``/``-q``; the documented commands use it.
+    """
     try:
         main()
     except ConfigError as e:
-        print(f"Config error: {e}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":
+            print(f"Config error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)

@@ -148,6 +148,9 @@ def build_accelerator(cfg: Any) -> Accelerator:
         # SAM2's mask-prompt embedding and SAM3's geometry encoder get no gradient in steps
         # without such prompts; DDP must be told, or it waits for them forever.
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        # The schedule counts optimizer steps of this run; Accelerate's default would step
+        # it num_processes times per optimizer step (finishing a cosine early on N ranks).
+        step_scheduler_with_optimizer=False,
         cpu=not torch.cuda.is_available(),
     )
 
@@ -176,6 +179,15 @@ def run_logging(accelerator: Accelerator, output_dir: str) -> Iterator[None]:
         for h in handlers:
             logger.removeHandler(h)
             h.close()
+
+
+def tracker_config(cfg: Any) -> dict[str, int | float | str | bool]:
+    """The resolved config in a form every tracker accepts: TensorBoard's hparams take only
+    scalars and strings, so lists, dicts and None are written as their JSON text."""
+    return {
+        k: v if isinstance(v, int | float | str | bool) else json.dumps(v)
+        for k, v in to_dict(cfg).items()
+    }
 
 
 def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -249,6 +261,13 @@ def build_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def is_plateau(scheduler: Any) -> bool:
+    """Whether ``scheduler`` (bare or wrapped by ``accelerator.prepare``) is ReduceLROnPlateau,
+    which steps once per evaluation with the metric instead of once per optimizer step."""
+    inner = getattr(scheduler, "scheduler", scheduler)
+    return isinstance(inner, torch.optim.lr_scheduler.ReduceLROnPlateau)
+
+
 # ---------------------------------------------------------------------------- one step
 
 
@@ -302,7 +321,9 @@ def training_step(
             if cfg.max_grad_norm > 0:
                 grad_norm = accelerator.clip_grad_norm_(module.parameters(), cfg.max_grad_norm)
             optimizer.step()
-            if not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            # plateau steps on the eval metric instead; an fp16 step skipped by the grad
+            # scaler leaves the schedule where it is
+            if not is_plateau(scheduler) and not accelerator.optimizer_step_was_skipped:
                 scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             if grad_norm is not None:
@@ -404,6 +425,19 @@ def _is_better(cfg: Any, value: float, best: float | None) -> bool:
     return value > best if cfg.greater_is_better else value < best
 
 
+def stop_early(cfg: Any, state: TrainerState) -> bool:
+    """The one early-stopping rule: ``early_stopping_patience`` evaluations without a better
+    ``metric_for_best_model``."""
+    if cfg.early_stopping_patience and (
+        state.evals_without_improvement >= cfg.early_stopping_patience
+    ):
+        logger.info(
+            "Early stopping: %d evaluations without improvement.", state.evals_without_improvement
+        )
+        return True
+    return False
+
+
 def train(cfg: Any, task: Task) -> dict:
     """Run a whole fine-tune as configured; returns ``eval_results`` (also written to disk)."""
     check_output_dir(cfg.output_dir)
@@ -451,7 +485,8 @@ def _run(cfg: Any, task: Task, accelerator: Accelerator) -> dict:
 
     optimizer = build_optimizer(cfg, module)
     micro_per_epoch = math.ceil(len(train_ds) / (cfg.batch_size * accelerator.num_processes))
-    steps_per_epoch = max(1, micro_per_epoch // cfg.gradient_accumulation_steps)
+    # Accelerate also steps on the last, shorter accumulation window of an epoch.
+    steps_per_epoch = math.ceil(micro_per_epoch / cfg.gradient_accumulation_steps)
     if cfg.max_steps > 0:
         total_steps = cfg.max_steps
         num_epochs = math.ceil(total_steps / steps_per_epoch)
@@ -487,7 +522,7 @@ def _run(cfg: Any, task: Task, accelerator: Accelerator) -> dict:
     if trackers:
         accelerator.init_trackers(
             cfg.wandb_project,
-            config=to_dict(cfg),
+            config=tracker_config(cfg),
             init_kwargs={"wandb": {"name": cfg.run_name or out_dir.name, "dir": str(out_dir)}},
         )
 
@@ -509,10 +544,7 @@ def _run(cfg: Any, task: Task, accelerator: Accelerator) -> dict:
                 f"metric_for_best_model {cfg.metric_for_best_model!r} is not among the eval "
                 f"metrics {sorted(metrics)}."
             )
-        if isinstance(
-            scheduler.scheduler if hasattr(scheduler, "scheduler") else scheduler,
-            torch.optim.lr_scheduler.ReduceLROnPlateau,
-        ):
+        if is_plateau(scheduler):
             scheduler.step(value)
         if _is_better(cfg, value, state.best_metric):
             state.best_metric, state.best_step = float(value), state.global_step
@@ -533,6 +565,9 @@ def _run(cfg: Any, task: Task, accelerator: Accelerator) -> dict:
         return metrics
 
     def checkpoint() -> None:
+        if saved_at.get("step") == state.global_step:  # save_steps and an epoch end coincide
+            return
+        saved_at["step"] = state.global_step
         checkpointing.save_checkpoint(
             accelerator, cfg.output_dir, state.global_step, state.to_dict(), cfg.save_total_limit
         )
@@ -563,6 +598,7 @@ def _run(cfg: Any, task: Task, accelerator: Accelerator) -> dict:
         dynamic_ncols=True,
     )
     window: dict = {}
+    saved_at: dict = {}
     t_last, samples_since = time.perf_counter(), 0
     t_step = t_last
     stop = state.global_step >= total_steps
@@ -623,43 +659,27 @@ def _run(cfg: Any, task: Task, accelerator: Accelerator) -> dict:
             done = state.global_step >= total_steps
             if cfg.eval_steps and state.global_step % cfg.eval_steps == 0 and not done:
                 run_eval()
-                if (
-                    cfg.early_stopping_patience
-                    and state.evals_without_improvement >= cfg.early_stopping_patience
-                ):
-                    logger.info(
-                        "Early stopping: %d evaluations without improvement.",
-                        state.evals_without_improvement,
-                    )
-                    stop = True
+                stop = stop or stop_early(cfg, state)
             if cfg.save_steps and state.global_step % cfg.save_steps == 0:
                 checkpoint()
-            if done or stop:
+            # the last step on an epoch's last batch still gets the epoch-end eval/checkpoint
+            if stop or (done and not accelerator.gradient_state.end_of_dataloader):
                 stop = True
                 break
         else:
             # a full epoch: evaluate and checkpoint at its end
+            stop = state.global_step >= total_steps
             state.epoch, state.batches_in_epoch = epoch + 1, 0
             if cfg.eval_each_epoch:
                 run_eval()
                 checkpoint()
-            if (
-                cfg.early_stopping_patience
-                and state.evals_without_improvement >= cfg.early_stopping_patience
-            ):
-                logger.info(
-                    "Early stopping: %d evaluations without improvement.",
-                    state.evals_without_improvement,
-                )
-                stop = True
+            stop = stop or stop_early(cfg, state)
     bar.close()
 
-    final_metrics = evaluate(accelerator, module, eval_dl, task)
-    if (
-        state.best_metric is None
-        or not state.history
-        or state.history[-1]["step"] != state.global_step
-    ):
+    if state.history and state.history[-1]["step"] == state.global_step:
+        final_metrics = {k: v for k, v in state.history[-1].items() if k != "step"}
+    else:  # (an epoch-end evaluation of these same weights is not repeated)
+        final_metrics = evaluate(accelerator, module, eval_dl, task)
         state.history.append({"step": state.global_step, **final_metrics})
         save_best(final_metrics)
     results["final"] = final_metrics

@@ -133,6 +133,48 @@ def test_early_stopping_and_checkpoint_limit(tmp_path):
     assert (out / "checkpoints" / "latest").read_text().strip() == "step-18"
 
 
+def test_plateau_schedule_lowers_the_lr_when_the_metric_stalls(tmp_path):
+    """``lr_scheduler: plateau`` steps on the evaluation metric (never per optimizer step, which
+    crashed at the first step when Accelerate wrapped it) and multiplies the LR by its factor
+    once the metric stops improving for more than ``plateau_patience`` evaluations."""
+    out = tmp_path / "plateau"
+    # an LR so small the metric cannot move: eval 1 sets the best, eval 2 does not improve
+    cfg = cfg_for(out, "--num_epochs", "3", "--learning_rate", "1e-12", "--warmup_steps", "0")
+    cfg.lr_scheduler, cfg.plateau_patience, cfg.plateau_factor = "plateau", 0, 0.5
+    res = train(cfg, ToyTask())
+    assert res["train"]["global_step"] == 3 * 6
+    lrs = [
+        float(line.split("train/lr=")[1].split()[0])
+        for line in (out / "training.log").read_text().splitlines()
+        if "train/lr=" in line
+    ]
+    assert len(lrs) == 18
+    assert lrs[:12] == [1e-12] * 12  # epochs 1 and 2: the full LR (eval 1 set the best)
+    assert lrs[12:] == [pytest.approx(0.5e-12, rel=1e-3)] * 6  # eval 2 did not improve
+
+
+def test_guide_sam3_accumulation_runs_every_epoch_on_a_split_of_5(tmp_path):
+    """Batch 1 x accumulation 4 over 5 images: each epoch is 2 optimizer steps (4 micro-batches
+    and the last, shorter window that Accelerate also steps on), so 30 epochs are 60 steps,
+    30 evaluations and a final checkpoint; counting 1 step per epoch stopped after 15 epochs."""
+    out = tmp_path / "guide"
+    cfg = cfg_for(
+        out,
+        "--num_epochs",
+        "30",
+        "--batch_size",
+        "1",
+        "--gradient_accumulation_steps",
+        "4",
+        "--eval_on_start",
+        "false",
+    )
+    res = train(cfg, ToyTask(n_train=5))
+    assert res["train"]["global_step"] == 60
+    state = json.loads((out / "checkpoints" / "step-60" / "trainer_state.json").read_text())
+    assert state["epoch"] == 30 and len(state["history"]) == 30
+
+
 def test_resume_ignores_partial_checkpoint(tmp_path):
     out = tmp_path / "p"
     train(cfg_for(out, "--max_steps", "4", "--save_steps", "2"), ToyTask())
@@ -187,6 +229,7 @@ def _launch(out: Path, *extra: str) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow  # training subprocesses killed and restarted
 def test_sigkill_at_random_points_then_resume_is_bit_exact(tmp_path):
     ref = _launch(tmp_path / "ref")
     assert ref.wait(timeout=240) == 0, ref.stderr.read().decode()[-2000:]
@@ -260,6 +303,7 @@ def _launch_recipe(out: Path, data: Path, *extra: str) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow  # training subprocesses killed and restarted
 def test_sam2_recipe_killed_and_resumed_is_bit_exact(tmp_path):
     """SIGKILL the real recipe mid-run (twice), resume with --resume auto: final weights equal
     an uninterrupted run's, bit for bit."""

@@ -1,0 +1,176 @@
+"""Every choice of every config key with a fixed set of values either trains or is refused.
+
+The cases are generated from the config dataclasses themselves (every ``Literal`` value, both
+values of every ``bool``, plus the string keys with a fixed set of values), so a new choice is
+covered the day it is added: an option no test runs is assumed broken. Each runnable case
+trains a tiny model for 2 optimizer steps through the real recipe (data, model, loss, loop,
+final evaluation, export); each refused case must fail with a ``ConfigError`` before anything
+is built. The options that need companions (a frozen encoder for a cache, LoRA for a merge)
+get them from ``COMPANIONS``, and every refusal states why in ``REFUSED``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import pytest
+
+from sam_hf.configs import ConfigError, Sam2Config, Sam3Config, load_config
+from sam_hf.tasks import Sam2Task, Sam3Task
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "recipes"))
+
+import sam2_mineapple  # noqa: E402
+import sam3_coco_text  # noqa: E402
+from recipe_runs import recipe_argv, reset_accelerate_state  # noqa: E402
+
+FAMILIES = {
+    "sam2": (Sam2Config, sam2_mineapple, ROOT / "recipes" / "sam2_demo.yaml"),
+    "sam3": (Sam3Config, sam3_coco_text, ROOT / "recipes" / "sam3_demo.yaml"),
+}
+
+# Keys that are strings in the dataclass but accept a fixed set of values.
+STRING_CHOICES = {
+    "cache_embeddings": ["auto", "true", "false"],
+    "lora_target_groups": {
+        "sam2": ["vision_encoder", "mask_decoder"],
+        "sam3": ["vision_encoder", "text_encoder", "mask_decoder", "detr_decoder"],
+    },
+    "report_to": ["none", "tensorboard", "wandb", "tensorboard,wandb"],
+}
+
+# What a choice needs beside it to be meaningful (the demo YAMLs jitter colours, which a cache
+# refuses; a merge needs adapters; 'checkpoint' pushes are tested with a mocked Hub in
+# test_hub.py, here without a push).
+COMPANIONS: dict[tuple[str, Any], dict[str, Any]] = {
+    ("cache_embeddings", "true"): {"color_jitter": 0.0, "freeze_image_encoder": True},
+    ("merge_lora", True): {"use_lora": True},
+    ("lora_target_groups", None): {"use_lora": True},
+}
+SAM3_COMPANIONS: dict[tuple[str, Any], dict[str, Any]] = {
+    ("cache_embeddings", "true"): {"color_jitter": 0.0, "freeze_vision_encoder": True},
+}
+
+# Choices that must be refused before anything is built, and why.
+REFUSED = {
+    ("mixed_precision", "fp16"): "fp16 needs a CUDA GPU",
+    ("freeze_tracker", False): "freeze_tracker: false is not supported",
+    ("push_to_hub", True): "push_to_hub: true needs hub_model_id",
+}
+
+# Keys whose value does not matter to a 2-step offline run beyond being accepted.
+NOT_RUN = {"family"}
+
+
+def _bool_or_literal_choices(config_cls: type, yaml_path: Path) -> dict[str, list[Any]]:
+    hints = typing.get_type_hints(config_cls)
+    resolved = load_config(config_cls, yaml_path)
+    out: dict[str, list[Any]] = {}
+    for f in dataclasses.fields(config_cls):
+        tp = hints[f.name]
+        if f.name in NOT_RUN:
+            continue
+        if typing.get_origin(tp) is Literal:
+            out[f.name] = list(typing.get_args(tp))
+        elif tp is bool:
+            # the demo YAML's own value runs in every other case
+            out[f.name] = [not getattr(resolved, f.name)]
+    return out
+
+
+def cases() -> list[Any]:
+    params = []
+    for family, (config_cls, _, yaml) in FAMILIES.items():
+        choices = _bool_or_literal_choices(config_cls, yaml)
+        for key, values in STRING_CHOICES.items():
+            choices[key] = values[family] if isinstance(values, dict) else values
+        for key, values in sorted(choices.items()):
+            for value in values:
+                params.append(pytest.param(family, key, value, id=f"{family}-{key}={value}"))
+    return params
+
+
+def _companions(family: str, key: str, value: Any) -> dict[str, Any]:
+    table = {**COMPANIONS, **(SAM3_COMPANIONS if family == "sam3" else {})}
+    return dict(table.get((key, value), table.get((key, None), {})))
+
+
+def _base(family: str, data: Path, out: Path) -> dict[str, Any]:
+    common = {
+        "dataset_path": str(data),
+        "output_dir": str(out),
+        "max_steps": 2,
+        "batch_size": 2,
+        "eval_steps": 1,  # an evaluation after step 1 gives the plateau scheduler a metric
+        "save_steps": 1,
+        "logging_steps": 1,
+        "log_images": 1,
+        "max_eval_samples": 2,
+    }
+    if family == "sam2":
+        return {**common, "model_name_or_path": "sam2-tiny", "resolution": 64}
+    return {**common, "resolution": 112}
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> dict[str, Path]:
+    """One tiny synthetic dataset per family, generated once through the recipes' own path."""
+    root = tmp_path_factory.mktemp("choices")
+    paths = {}
+    for family, (config_cls, _, yaml) in FAMILIES.items():
+        data = root / f"data_{family}"
+        size = "[64, 64]" if family == "sam2" else "[96, 96]"
+        overrides = {
+            "dataset_path": str(data),
+            "synthetic_num_images": "8",
+            "synthetic_image_size": size,
+            "output_dir": str(root / "unused"),
+        }
+        task = Sam2Task() if family == "sam2" else Sam3Task()
+        task.prepare_data(load_config(config_cls, yaml, overrides))
+        paths[family] = data
+    return paths
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("family", "key", "value"), cases())
+def test_every_choice_trains_two_steps_or_is_refused(
+    family, key, value, prepared, tmp_path, monkeypatch
+):
+    config_cls, recipe, yaml = FAMILIES[family]
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    values = _base(family, prepared[family], tmp_path / "run")
+    values.update(_companions(family, key, value))
+    if key == "synthetic_kind":
+        # a different kind is generated into its own folder
+        values.update(
+            dataset_path=str(tmp_path / "gen"), synthetic_num_images=8, synthetic_kind=value
+        )
+        values["synthetic_image_size"] = "[64, 64]" if family == "sam2" else "[96, 96]"
+    else:
+        values[key] = value
+    argv = recipe_argv(yaml, values)
+    reason = REFUSED.get((key, value))
+    reset_accelerate_state()
+    try:
+        if reason:
+            with pytest.raises(ConfigError, match=reason.split(":")[0]):
+                recipe.main(argv)
+            return
+        results = recipe.main(argv)
+    finally:
+        reset_accelerate_state()
+    assert results["train"]["global_step"] == 2, results["train"]
+    assert results["train"]["nonfinite_steps"] == 0
+    assert all(math.isfinite(v) for v in results["final"].values() if isinstance(v, float))
+    final = tmp_path / "run" / "final"
+    saved = final / ("adapter/adapter_config.json" if values.get("use_lora") else "config.json")
+    assert saved.is_file()
+    if values.get("merge_lora"):
+        assert (final / "config.json").is_file()
