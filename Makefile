@@ -14,7 +14,7 @@ install-dev:
 	$(PIP) install -e ".[dev]"
 
 demo: install
-	accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+	accelerate launch -q --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
 		recipes/sam2_mineapple.py --config recipes/sam2_demo.yaml --output_dir $(DEMO_OUT)
 
 test: install-dev

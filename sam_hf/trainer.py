@@ -691,6 +691,7 @@ def _run(cfg: Any, task: Task, accelerator: Accelerator) -> dict:
         "num_processes": accelerator.num_processes,
     }
     logger.info("Final eval: %s", _fmt(final_metrics))
+    logger.info("Before and after fine-tuning:\n%s", before_after_table(results))
     _log_metrics(accelerator, "final", final_metrics, state.global_step)
     if accelerator.is_main_process:
         _export(task, accelerator, module, processor, cfg, out_dir / "final", final_metrics)
@@ -700,6 +701,29 @@ def _run(cfg: Any, task: Task, accelerator: Accelerator) -> dict:
         push(model_subdir="final")
     accelerator.end_training()
     return results
+
+
+def before_after_table(results: dict) -> str:
+    """The numeric metrics of ``initial`` (when evaluated), ``final`` and their difference, as
+    the aligned text table a run ends with (the README quotes the demos from it)."""
+    initial, final = results.get("initial", {}), results["final"]
+    keys = [k for k, v in final.items() if isinstance(v, float)]
+    rows = [("metric", "before", "after", "change")]
+    for k in keys:
+        before = initial.get(k)
+        rows.append(
+            (
+                k,
+                "-" if before is None else f"{before:.4f}",
+                f"{final[k]:.4f}",
+                "-" if before is None else f"{final[k] - before:+.4f}",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join(
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+        for r in rows
+    )
 
 
 def _export(

@@ -212,3 +212,27 @@ def test_sam3_recipe_outputs_load_with_plain_transformers(tmp_path):
     ids = processor.tokenizer("ripe red apple")["input_ids"]
     assert ids[0] == 49406 and ids[-1] == 49407 and len(ids) == 5  # CLIP BPE: BOS, 3 words, EOS
     assert os.path.isfile(out / "best" / "model.safetensors")
+
+
+@pytest.mark.parametrize("launcher", ["python", pytest.param("accelerate", marks=pytest.mark.slow)])
+def test_a_config_error_prints_once_without_a_traceback(launcher, tmp_path):
+    """What a user sees for a bad value: one line naming the key and the fix, no traceback,
+    from ``python recipes/...`` (exit 2) and from ``accelerate launch -q`` (Accelerate turns
+    every failed child into exit 1; without -q it adds its own launcher traceback)."""
+    import subprocess
+
+    recipe = [str(ROOT / "recipes" / "sam2_mineapple.py"), "--config"]
+    recipe += [str(ROOT / "recipes" / "sam2_demo.yaml"), "--batch_size", "0"]
+    recipe += ["--output_dir", str(tmp_path / "run")]
+    if launcher == "python":
+        cmd, code = [sys.executable, *recipe], 2
+    else:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "-q", "--num_processes", "1"]
+        cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+        cmd, code = [*cmd, *recipe], 1
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == code, proc.stderr[-2000:]
+    message = "Config error: batch_size must be >= 1, got 0."
+    assert proc.stderr.count(message) == 1, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert not (tmp_path / "run").exists()  # refused before anything was written

@@ -40,7 +40,12 @@ def test_training_improves_and_writes_results(tmp_path):
     assert res["final"]["mean_iou"] > res["initial"]["mean_iou"]
     on_disk = json.loads((tmp_path / "run" / "eval_results.json").read_text())
     assert on_disk["final"]["mean_iou"] == pytest.approx(res["final"]["mean_iou"])
-    assert (tmp_path / "run" / "training.log").read_text().count("step ") >= 6
+    log = (tmp_path / "run" / "training.log").read_text()
+    assert log.count("step ") >= 6
+    # the run ends with the before/after table the README quotes
+    row = log.split("Before and after fine-tuning:")[1].splitlines()[2].split()
+    before, after = res["initial"]["mean_iou"], res["final"]["mean_iou"]
+    assert row == ["mean_iou", f"{before:.4f}", f"{after:.4f}", f"{after - before:+.4f}"]
     assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
     # every eval image scored exactly once
     assert res["final"]["image_ids"] == sorted(f"img{i}" for i in range(5))
