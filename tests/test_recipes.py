@@ -236,3 +236,24 @@ def test_a_config_error_prints_once_without_a_traceback(launcher, tmp_path):
     assert proc.stderr.count(message) == 1, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr + proc.stdout
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_a_mistyped_dataset_path_is_an_error_not_a_new_synthetic_orchard(tmp_path):
+    """The demo YAML generates its data at its own dataset_path; the same YAML with another
+    --dataset_path (a typo of a real dataset) must fail, naming the path and the prepare
+    command, and generate nothing. Asking for generation explicitly still works."""
+    typo = tmp_path / "data" / "mineaple"
+    argv = ["--config", str(ROOT / "recipes" / "sam2_demo.yaml"), "--dataset_path", str(typo)]
+    argv += ["--output_dir", str(tmp_path / "run")]
+    with pytest.raises(ConfigError, match=f"dataset_path {typo} does not exist") as err:
+        sam2_mineapple.main(argv)
+    assert f"python scripts/prepare_mineapple.py --source DIR --out {typo}" in str(err.value)
+    assert not typo.exists() and not (tmp_path / "run" / "final").exists()
+    from sam_hf.configs import Sam2Config, load_config
+
+    explicit = {"dataset_path": str(typo), "synthetic_num_images": "4"}
+    assert (
+        load_config(Sam2Config, ROOT / "recipes" / "sam2_demo.yaml", explicit).synthetic_num_images
+        == 4
+    )
+    assert load_config(Sam2Config, ROOT / "recipes" / "sam2_demo.yaml").synthetic_num_images == 60
