@@ -24,9 +24,13 @@ SAM2 (prompts from the ground truth, seeded by the sample seed, never stored)
     after ``k`` clicks.
 
 SAM3 (text only)
-    Every phrase of each image plus known-absent negatives (:class:`sam_hf.data.queries.
-    Sam3Collator` in evaluation mode; vocabulary negatives from the ``train`` split when the
-    dataset has one, as in training), scored with :meth:`sam_hf.tasks.Sam3Task.compute_metrics`
+    Every phrase of each image plus known-absent negatives: the (image, phrase) pairs of
+    :func:`sam_hf.tasks.sam3_eval_pairs`, the function the trainer's evaluation builds its pairs
+    with. Seed, ``negative_ratio``, ``hard_negatives`` and the training images the vocabulary
+    negatives come from are read from the training config saved with the fine-tuned model
+    (:func:`resolve_settings`; the recipes' defaults without one), so ``evaluate.py sam3`` on a
+    run's ``final/`` scores the pairs of the run's final evaluation. Scored with
+    :meth:`sam_hf.tasks.Sam3Task.compute_metrics`
     (cgF1, pmF1, IL_MCC, concept recall, grounding and attribute accuracy, COCO mask AP,
     Hungarian-matched instance IoU). The metric contract keeps predictions scoring >= 0.5; a
     different ``score_threshold`` is applied by remapping scores monotonically so that the
@@ -402,10 +406,16 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 @dataclass
 class EvalSettings:
-    """Everything that decides the numbers besides the model and the data (saved in the report)."""
+    """Everything that decides the numbers besides the model and the data (saved in the report).
 
-    seed: int = 42
-    max_images: int = 0
+    The fields that may be ``None`` are left open to :func:`resolve_settings`, which reads them
+    from the training config saved with the evaluated model (``training_config.yaml`` beside
+    ``final/``, see :data:`RUN_KEYS`), else takes the recipes' defaults -- so a fine-tune is
+    scored on the very (image, phrase) pairs and prompts its trainer scored.
+    """
+
+    seed: int | None = None
+    max_images: int | None = None
     batch_size: int = 4
     num_workers: int = 0
     sam2_prompts: tuple[str, ...] = SAM2_PROMPTS
@@ -413,7 +423,12 @@ class EvalSettings:
     max_clicks: int = 10
     noc_thresholds: tuple[float, ...] = NOC_THRESHOLDS
     score_threshold: float = 0.5
-    negative_ratio: float = 0.2
+    #: SAM3 pairs (:func:`sam_hf.tasks.sam3_eval_pairs`): negatives per positive phrase,
+    #: attribute-swapped negatives, and the training images vocabulary negatives come from
+    negative_ratio: float | None = None
+    hard_negatives: bool | None = None
+    train_split: str | None = None
+    max_train_samples: int | None = None
     device: str = "cpu"
 
     def prompt_name(self, prompt: str) -> str:
@@ -430,6 +445,73 @@ class EvalSettings:
         if prompt == "clicks":
             return f"up to {self.max_clicks} corrective clicks per instance"
         return "text only (noun phrases + negatives)"
+
+
+#: EvalSettings fields that :func:`resolve_settings` reads from a fine-tune's training config:
+#: field -> (training config key, families it applies to, command-line flag).
+RUN_KEYS: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "seed": ("seed", FAMILIES, "--seed"),
+    "max_images": ("max_eval_samples", FAMILIES, "--max-images"),
+    "negative_ratio": ("negative_ratio", ("sam3",), "--negative-ratio"),
+    "hard_negatives": ("hard_negatives", ("sam3",), "--hard-negatives / --no-hard-negatives"),
+    "train_split": ("train_split", ("sam3",), ""),
+    "max_train_samples": ("max_train_samples", ("sam3",), ""),
+}
+
+
+def _recipe_default(key: str) -> Any:
+    from sam_hf.configs import Sam3Config
+
+    return {f.name: f.default for f in dataclasses.fields(Sam3Config)}[key]
+
+
+def resolve_settings(
+    settings: EvalSettings, runs: Sequence[tuple[str, str, dict]] = ()
+) -> tuple[EvalSettings, list[str]]:
+    """``settings`` with every open (``None``) field filled, and notes saying where from.
+
+    ``runs`` are ``(label, family, training config)`` of the evaluated fine-tunes (not the
+    baselines): an open field takes the value of the config key :data:`RUN_KEYS` names, from
+    the runs of the families it applies to (the seed of SAM2's prompts and SAM3's pairs, the
+    trainer's ``max_eval_samples`` images, SAM3's ``negative_ratio``, ``hard_negatives`` and
+    the training images its vocabulary negatives come from), else the recipes' default
+    (``Sam3Config``'s; ``max_images`` 0: all). The trainer's evaluation and this one then
+    score the same pairs and prompts. Runs that disagree on a shared field (two seeds) stop
+    with a message naming the flag that settles it.
+    """
+    from sam_hf.tasks import SAM3_PAIR_KEYS
+
+    assert set(SAM3_PAIR_KEYS) <= set(RUN_KEYS), "every SAM3 pair key must be resolvable"
+    values: dict[str, Any] = {}
+    taken: dict[str, list[str]] = defaultdict(list)
+    for name, (key, families, flag) in RUN_KEYS.items():
+        if getattr(settings, name) is not None:
+            continue
+        found = {
+            label: cfg[key]
+            for label, family, cfg in runs
+            if family in families and cfg.get(key) is not None
+        }
+        if len(set(found.values())) > 1:
+            raise EvaluationError(
+                f"the evaluated models were trained with different {key} ({found}); pass "
+                f"{flag} to choose one for all of them."
+            )
+        if found:
+            values[name] = next(iter(found.values()))
+            for label in found:
+                taken[label].append(f"{key} {values[name]}")
+        else:
+            values[name] = 0 if name == "max_images" else _recipe_default(key)
+    types = {"seed": int, "max_images": int, "negative_ratio": float, "hard_negatives": bool}
+    types.update(train_split=str, max_train_samples=int)
+    resolved = dataclasses.replace(settings, **{k: types[k](v) for k, v in values.items()})
+    notes = [
+        f"{label}: {', '.join(items)} read from the training config saved with it (the "
+        "values its trainer evaluated with; the command-line options override them)."
+        for label, items in taken.items()
+    ]
+    return resolved, notes
 
 
 def _collator_cfg(prompt: str, num_points: int) -> SimpleNamespace:
@@ -692,6 +774,7 @@ def evaluate_sam2(
     from sam_hf.data.collate import Sam2Collator
     from sam_hf.tasks import Sam2Task
 
+    settings, _ = resolve_settings(settings)
     task = Sam2Task()
     module = loaded.module
     device = next(module.parameters()).device
@@ -804,9 +887,10 @@ def matched_instance_ious(pair: dict[str, Any]) -> np.ndarray:
     return out
 
 
-def sam3_vocab_split(dd: Any, split: str) -> str:
-    """Where SAM3's vocabulary negatives come from: the train split, as in training."""
-    return "train" if "train" in dd and split != "train" else split
+def sam3_vocab_split(dd: Any, split: str, train_split: str = "train") -> str:
+    """Where SAM3's vocabulary negatives come from: the training split, as in training (the
+    evaluated split itself when the data has no such split)."""
+    return train_split if train_split in dd else split
 
 
 def evaluate_sam3(
@@ -818,24 +902,23 @@ def evaluate_sam3(
     role: str = "model",
     progress: bool = True,
 ) -> ModelEvaluation:
-    """The SAM3 protocol on ``ds``: every phrase plus negatives, all SAM3 metrics."""
-    from sam_hf.data.queries import PhraseVocab, Sam3Collator
-    from sam_hf.tasks import Sam3Task
+    """The SAM3 protocol on ``ds``: the (image, phrase) pairs of
+    :func:`sam_hf.tasks.sam3_eval_pairs` -- the function the trainer's evaluation builds its
+    pairs with -- under ``settings``' seed, negative ratio and hard negatives, with negatives
+    drawn from ``vocab_ds`` (the training images); all SAM3 metrics."""
+    from sam_hf.tasks import Sam3Task, sam3_eval_pairs
 
+    settings, _ = resolve_settings(settings)
     task = Sam3Task()
     module = loaded.module
     device = next(module.parameters()).device
-    eval_ds = SegmentationDataset.with_processor(
-        ds, loaded.processor, loaded.resolution, settings.seed, train=False, keep_orig_masks=True
-    )
-    qcfg = SimpleNamespace(
+    pair_cfg = dataclasses.replace(
+        loaded.config,
+        seed=settings.seed,
         negative_ratio=settings.negative_ratio,
-        max_phrases_per_image=0,
-        hard_negatives=True,
+        hard_negatives=settings.hard_negatives,
     )
-    collator = Sam3Collator(
-        qcfg, PhraseVocab.from_dataset(vocab_ds), loaded.processor.tokenizer, train=False
-    )
+    eval_ds, collator = sam3_eval_pairs(pair_cfg, loaded.processor, ds, vocab_ds)
     result = ModelEvaluation(label, role, loaded.source, loaded.resolution, loaded.num_parameters)
     records: list[dict] = []
     instance_ious: list[float] = []
@@ -1023,9 +1106,14 @@ def run_evaluation(
     baseline, a fine-tune and the other family never holds more than one model in memory.
     """
     ds_full, dd = load_split(data_dir, split)
+    runs = [
+        (s.label, s.family, resolve_source(s.source, s.family, 0, s.resolution).run_config)
+        for s in specs
+        if s.role != "baseline"
+    ]
+    settings, notes = resolve_settings(settings, runs)
     ds = select_images(ds_full, settings.max_images)
     cover = phrase_coverage(ds)
-    notes: list[str] = []
     families = {s.family for s in specs}
     if "sam2" in families and cover["objects"] == 0:
         raise EvaluationError(
@@ -1041,8 +1129,13 @@ def run_evaluation(
         "image_ids": list(ds["image_id"]),
     }
     if "sam3" in families:
-        vocab_split = sam3_vocab_split(dd, split)
+        from sam_hf.tasks import sam3_training_split
+
+        vocab_split = sam3_vocab_split(dd, split, settings.train_split)
+        # the training images, as the trainer reads them (the first max_train_samples)
+        vocab_ds = sam3_training_split(dd, settings) if vocab_split in dd else ds_full
         data["negative_vocabulary_split"] = vocab_split
+        data["negative_vocabulary_images"] = len(vocab_ds)
         if cover["category"]:
             notes.append(
                 f"{cover['category']} of {cover['objects']} objects have no noun phrase; SAM3 "
@@ -1063,7 +1156,7 @@ def run_evaluation(
             res = evaluate_sam3(
                 loaded,
                 ds,
-                dd[data["negative_vocabulary_split"]],
+                vocab_ds,
                 settings,
                 spec.label,
                 spec.role,

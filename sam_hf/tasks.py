@@ -51,12 +51,10 @@ def _subset(ds: datasets.Dataset, n: int) -> datasets.Dataset:
     return ds.select(range(min(n, len(ds)))) if n > 0 else ds
 
 
-def train_eval_datasets(
-    cfg: Any, processor: Any, train_split: datasets.Dataset, eval_split: datasets.Dataset
-) -> tuple[SegmentationDataset, SegmentationDataset]:
-    """The augmented training view and the full-resolution evaluation view of two splits."""
-    train = SegmentationDataset.with_processor(
-        train_split,
+def train_view(cfg: Any, processor: Any, split: datasets.Dataset) -> SegmentationDataset:
+    """The augmented training view of a split (flips / jitter seeded per sample and epoch)."""
+    return SegmentationDataset.with_processor(
+        split,
         processor,
         cfg.resolution,
         cfg.seed,
@@ -64,10 +62,21 @@ def train_eval_datasets(
         hflip_prob=cfg.hflip_prob,
         color_jitter=cfg.color_jitter,
     )
-    evals = SegmentationDataset.with_processor(
-        eval_split, processor, cfg.resolution, cfg.seed, train=False, keep_orig_masks=True
+
+
+def eval_view(cfg: Any, processor: Any, split: datasets.Dataset) -> SegmentationDataset:
+    """The evaluation view of a split: no augmentation, original masks kept (scored at full
+    resolution), per-sample seeds from ``cfg.seed``, images at ``cfg.resolution``."""
+    return SegmentationDataset.with_processor(
+        split, processor, cfg.resolution, cfg.seed, train=False, keep_orig_masks=True
     )
-    return train, evals
+
+
+def train_eval_datasets(
+    cfg: Any, processor: Any, train_split: datasets.Dataset, eval_split: datasets.Dataset
+) -> tuple[SegmentationDataset, SegmentationDataset]:
+    """The augmented training view and the full-resolution evaluation view of two splits."""
+    return train_view(cfg, processor, train_split), eval_view(cfg, processor, eval_split)
 
 
 def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -443,6 +452,43 @@ def matched_instance_iou(pairs: list[dict]) -> float:
     return total / count if count else 0.0
 
 
+#: The config keys that decide SAM3's evaluation (image, phrase) pairs, besides the evaluated
+#: split: per-sample seeds, how many negatives and which kinds, and the training images the
+#: vocabulary negatives come from. ``scripts/evaluate.py sam3`` reads them from the training
+#: config saved with the model, so it scores the pairs the trainer scored.
+SAM3_PAIR_KEYS = ("seed", "negative_ratio", "hard_negatives", "train_split", "max_train_samples")
+
+
+def sam3_training_split(dd: datasets.DatasetDict, cfg: Any) -> datasets.Dataset:
+    """The images SAM3 trains on, which are also where its vocabulary negatives come from:
+    the first ``cfg.max_train_samples`` images of ``cfg.train_split`` (all when 0)."""
+    return _subset(dd[cfg.train_split], cfg.max_train_samples)
+
+
+def sam3_eval_pairs(
+    cfg: Any, processor: Any, eval_split: datasets.Dataset, vocab_split: datasets.Dataset
+) -> tuple[SegmentationDataset, Any]:
+    """SAM3's evaluation (image, phrase) pairs: the one definition that the trainer's
+    evaluation (:class:`Sam3Task`) and ``scripts/evaluate.py sam3``
+    (:func:`sam_hf.evaluation.evaluate_sam3`) both call, so on the same model, data and
+    config they score the same pairs.
+
+    Returns the evaluation view of ``eval_split`` (:func:`eval_view`: no augmentation,
+    per-sample seeds from ``cfg.seed``) and the evaluation collator that turns its samples into
+    pairs (:func:`sam_hf.data.queries.sample_queries` with ``train=False``): per image every
+    positive phrase, every annotated negative, and ``max(1, ceil(cfg.negative_ratio x
+    positives))`` negatives drawn, seeded per sample, from the phrases of ``vocab_split`` (the
+    training split, :func:`sam3_training_split`) and, with ``cfg.hard_negatives``, from
+    attribute swaps. ``max_phrases_per_image`` limits training queries only.
+    """
+    from sam_hf.data.queries import PhraseVocab, Sam3Collator
+
+    collator = Sam3Collator(
+        cfg, PhraseVocab.from_dataset(vocab_split), processor.tokenizer, train=False
+    )
+    return eval_view(cfg, processor, eval_split), collator
+
+
 class Sam3Task(_TransformersTask):
     """SAM3 concept segmentation: every instance of a noun phrase, negatives included."""
 
@@ -451,6 +497,8 @@ class Sam3Task(_TransformersTask):
     def __init__(self) -> None:
         super().__init__()
         self.vocab: Any = None
+        #: The evaluation collator of :func:`sam3_eval_pairs` (set by ``build_datasets``).
+        self.eval_collator: Any = None
 
     def prepare_data(self, cfg: Any) -> None:
         prepare_synthetic(cfg, view="coco_text")
@@ -483,17 +531,18 @@ class Sam3Task(_TransformersTask):
     def build_datasets(
         self, cfg: Any, processor: Any
     ) -> tuple[SegmentationDataset, SegmentationDataset]:
-        from sam_hf.data.queries import PhraseVocab
-
         dd = load_splits(cfg)
-        train_split = _subset(dd[cfg.train_split], cfg.max_train_samples)
+        train_split = sam3_training_split(dd, cfg)
         eval_split = _subset(dd[cfg.eval_split], cfg.max_eval_samples)
         self.check_noun_phrases(train_split, cfg.train_split, cfg.noun_phrase_from_category)
         self.check_noun_phrases(eval_split, cfg.eval_split, cfg.noun_phrase_from_category)
-        # negatives for an image are drawn from the phrases of the other training images
-        self.vocab = PhraseVocab.from_dataset(train_split)
+        # the evaluation pairs, exactly as scripts/evaluate.py sam3 builds them
+        evals, self.eval_collator = sam3_eval_pairs(cfg, processor, eval_split, train_split)
+        # negatives for an image are drawn from the phrases of the other training images (the
+        # vocabulary the evaluation pairs drew from)
+        self.vocab = self.eval_collator.vocab
         self.tokenizer = processor.tokenizer
-        train, evals = train_eval_datasets(cfg, processor, train_split, eval_split)
+        train = train_view(cfg, processor, train_split)
         if self.module is None:
             return train, evals
         model = self.module.model
@@ -561,9 +610,16 @@ class Sam3Task(_TransformersTask):
         return cache.PhraseFeatures(table)
 
     def collator(self, cfg: Any, train: bool) -> Any:
+        """Training queries, or the evaluation pairs of :func:`sam3_eval_pairs` (made by
+        :meth:`build_datasets`, which must run first)."""
         from sam_hf.data.queries import Sam3Collator
 
-        inner = Sam3Collator(cfg, self.vocab, self.tokenizer, train=train)
+        if train:
+            inner = Sam3Collator(cfg, self.vocab, self.tokenizer, train=True)
+        elif self.eval_collator is None:
+            raise RuntimeError("Sam3Task.collator(train=False) needs build_datasets first.")
+        else:
+            inner = self.eval_collator
         return cache.CachedEmbeddingCollator(inner) if self.cache_on else inner
 
     def eval_records(self, predictions: list[dict]) -> list[dict]:

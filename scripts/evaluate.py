@@ -1,12 +1,12 @@
 """Evaluate SAM2 / SAM3 on a prepared split, or compare them (and their baselines) in one report.
 
     # SAM2 with prompts from the ground truth (1 point, 3 points, box) + clicks-to-IoU / NoC
-    python scripts/evaluate.py sam2 --model outputs/sam2_demo/final --data DIR --out OUT
+    python scripts/evaluate.py sam2 --model outputs/sam2_demo/final --data DIR   # -> outputs/eval_sam2
     # SAM3 from text: every phrase of the split plus negatives, all SAM3 metrics
-    python scripts/evaluate.py sam3 --model outputs/sam3_demo/final --data DIR --out OUT
+    python scripts/evaluate.py sam3 --model outputs/sam3_demo/final --data DIR   # -> outputs/eval_sam3
     # baseline vs fine-tuned and SAM2 vs SAM3 on the same images
     python scripts/evaluate.py compare --sam2 outputs/sam2_demo/final --sam3 outputs/sam3_demo/final \
-        --sam2-baseline sam2-tiny --sam3-baseline sam3-tiny --data DIR --split validation --out OUT
+        --sam2-baseline sam2-tiny --sam3-baseline sam3-tiny --data DIR --split validation  # -> outputs/compare
 
 A model SRC is a Hub id, a fine-tuned folder (a run's ``final/`` or ``best/``), a run directory
 (its ``final/`` is used), a peft adapter folder (the base it names is built and the adapter
@@ -16,7 +16,14 @@ is the one saved with the model unless ``--sam2-resolution`` / ``--sam3-resoluti
 ``scripts/prepare_*`` (SAM2 needs instance masks; SAM3 noun phrases, else the category is used
 and the report says so).
 
-Writes OUT/report.md, OUT/report.json, OUT/report.csv, PNG plots, an overlay grid of the best
+Options left unset (``--seed``, ``--max-images``, ``--negative-ratio``, ``--hard-negatives``) are
+read from the training config saved with the fine-tuned model (``final/training_config.yaml``),
+else the recipes' defaults apply: on a run's ``final/`` and the run's evaluation split, SAM3 is
+scored on the very (image, phrase) pairs -- built by the same function,
+``sam_hf.tasks.sam3_eval_pairs`` -- and with the same metrics as the run's final evaluation.
+
+Writes (``--out``, default ``outputs/eval_sam2``, ``outputs/eval_sam3`` or ``outputs/compare``)
+OUT/report.md, OUT/report.json, OUT/report.csv, PNG plots, an overlay grid of the best
 and worst images, and OUT/records/<model>.json (the predictions as RLE behind every number).
 """
 
@@ -43,14 +50,24 @@ from sam_hf.report import write_report
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="Prepared DatasetDict folder.")
     p.add_argument("--split", default="validation", help="Split to evaluate (default validation).")
-    p.add_argument("--out", required=True, help="Output folder for the report.")
-    p.add_argument("--max-images", type=int, default=0, help="First N images only (0: all).")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="Output folder for the report (default: outputs/eval_sam2, outputs/eval_sam3 or "
+        "outputs/compare, after the mode).",
+    )
+    p.add_argument(
+        "--max-images",
+        type=int,
+        default=None,
+        help="First N images only (0: all; default: the fine-tune's max_eval_samples, else all).",
+    )
     p.add_argument(
         "--seed",
         type=int,
-        default=42,
-        help="Seeds prompts, negatives and tiny models (42 = the recipes' default, so 1-point "
-        "numbers match the trainer's eval).",
+        default=None,
+        help="Seeds prompts, negatives and tiny models (default: the fine-tune's training seed, "
+        "so the numbers match its trainer's eval; 42 without a training config).",
     )
     p.add_argument("--batch-size", type=int, default=4, help="Images per forward pass.")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers.")
@@ -82,7 +99,18 @@ def _sam3_opts(p: argparse.ArgumentParser) -> None:
         help="SAM3 score at which a prediction counts (SA-Co uses 0.5).",
     )
     p.add_argument(
-        "--negative-ratio", type=float, default=0.2, help="Sampled negatives per positive phrase."
+        "--negative-ratio",
+        type=float,
+        default=None,
+        help="Sampled negatives per positive phrase (default: the fine-tune's negative_ratio, "
+        "else 0.2).",
+    )
+    p.add_argument(
+        "--hard-negatives",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Attribute-swapped negatives among the drawn ones (default: the fine-tune's "
+        "hard_negatives, else on).",
     )
 
 
@@ -159,8 +187,15 @@ def settings_from(args: argparse.Namespace) -> EvalSettings:
     threshold = float(getattr(args, "score_threshold", 0.5))
     if not 0.0 < threshold < 1.0:
         raise EvaluationError(f"--score-threshold must be within (0, 1), got {threshold}.")
-    if args.batch_size < 1 or args.max_images < 0 or getattr(args, "max_clicks", 0) < 0:
-        raise EvaluationError("--batch-size must be >= 1; --max-images and --max-clicks >= 0.")
+    if (
+        args.batch_size < 1
+        or (args.max_images or 0) < 0
+        or getattr(args, "max_clicks", 0) < 0
+        or (getattr(args, "negative_ratio", None) or 0) < 0
+    ):
+        raise EvaluationError(
+            "--batch-size must be >= 1; --max-images, --max-clicks and --negative-ratio >= 0."
+        )
     return EvalSettings(
         seed=args.seed,
         max_images=args.max_images,
@@ -170,13 +205,23 @@ def settings_from(args: argparse.Namespace) -> EvalSettings:
         num_points=num_points,
         max_clicks=int(getattr(args, "max_clicks", 10)),
         score_threshold=threshold,
-        negative_ratio=float(getattr(args, "negative_ratio", 0.2)),
+        negative_ratio=getattr(args, "negative_ratio", None),
+        hard_negatives=getattr(args, "hard_negatives", None),
         device=str(args.device),
     )
 
 
+#: Where each mode writes its report when --out is not given (outputs/ is not tracked by git).
+DEFAULT_OUT = {
+    "sam2": "outputs/eval_sam2",
+    "sam3": "outputs/eval_sam3",
+    "compare": "outputs/compare",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.out = args.out or DEFAULT_OUT[args.mode]
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         # 1. What to evaluate, and how.
@@ -194,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
 
     dd = datasets.load_from_disk(args.data)
     ds = select_images(
-        dd[args.split] if isinstance(dd, datasets.DatasetDict) else dd, settings.max_images
+        dd[args.split] if isinstance(dd, datasets.DatasetDict) else dd, ev.settings.max_images
     )
     written = write_report(ev, ds, args.out)
     print(f"wrote {len(written)} files to {args.out}:")

@@ -459,6 +459,31 @@ def test_cli_errors_are_messages_not_tracebacks(workdir, tmp_path, capsys):
     assert rc == 2 and "splits ['train', 'validation']" in capsys.readouterr().err
 
 
+def test_default_outputs_are_untracked_and_readme_commands_name_the_demo_data():
+    """Reports go under outputs/ (ignored by git), and the README's evaluate commands read the
+    folders the demos really write (their YAML's dataset_path, as is)."""
+    import shlex
+
+    assert all(v.startswith("outputs/") for v in evaluate_cli.DEFAULT_OUT.values())
+    assert set(evaluate_cli.DEFAULT_OUT) == {"sam2", "sam3", "compare"}
+    ignored = (ROOT / ".gitignore").read_text().split()
+    assert "/outputs/" in ignored and "/data/" in ignored
+    demo_data = {
+        fam: yaml.safe_load((ROOT / "recipes" / f"{fam}_demo.yaml").read_text())["dataset_path"]
+        for fam in ("sam2", "sam3")
+    }
+    commands = [
+        shlex.split(line)
+        for line in (ROOT / "README.md").read_text().splitlines()
+        if line.startswith("python scripts/evaluate.py ")
+    ]
+    assert {c[2] for c in commands} == {"sam2", "sam3", "compare"}
+    for argv in commands:
+        args = evaluate_cli.build_parser().parse_args(argv[2:])  # parses as printed
+        assert args.data == demo_data["sam2" if args.mode == "sam2" else "sam3"], argv
+        assert args.out is None or args.out.startswith("outputs/"), argv
+
+
 # ------------------------------------------------------------------------------- run curves
 
 LOG = """\
