@@ -31,9 +31,15 @@ def load_splits(cfg: Any) -> datasets.DatasetDict:
     """The prepared DatasetDict, with a message that says how to make one when it is missing."""
     path = Path(cfg.dataset_path)
     if not path.exists():
+        prepare = (
+            f"python scripts/prepare_coco_text.py --images DIR --annotations FILE.json --out {path}"
+            if cfg.family == "sam3"
+            else f"python scripts/prepare_mineapple.py --source DIR --out {path}"
+        )
         raise ConfigError(
-            f"dataset_path {path} does not exist. Prepare it with scripts/prepare_mineapple.py "
-            "or scripts/prepare_coco_text.py, or set synthetic_num_images > 0 for the demo."
+            f"dataset_path {path} does not exist. Check the path, or prepare it: `{prepare}` "
+            "(scripts/ has a converter per format). To generate the synthetic demo data "
+            f"there instead, pass --synthetic_num_images N together with --dataset_path {path}."
         )
     dd = datasets.load_from_disk(str(path))
     if not isinstance(dd, datasets.DatasetDict):
@@ -323,6 +329,7 @@ class Sam2Task(_TransformersTask):
 
     def prepare_data(self, cfg: Any) -> None:
         prepare_synthetic(cfg, view="minneapple")
+        load_splits(cfg)  # a wrong path or split fails here, before the model is built
 
     def build_base(self, cfg: Any) -> tuple[torch.nn.Module, Any]:
         from sam_hf.models.sam2 import build_sam2
@@ -502,6 +509,7 @@ class Sam3Task(_TransformersTask):
 
     def prepare_data(self, cfg: Any) -> None:
         prepare_synthetic(cfg, view="coco_text")
+        load_splits(cfg)  # a wrong path or split fails here, before the model is built
 
     def build_base(self, cfg: Any) -> tuple[torch.nn.Module, Any]:
         from sam_hf.models.sam3 import build_sam3
