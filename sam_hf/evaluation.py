@@ -75,6 +75,7 @@ from sam_hf.data import rle
 from sam_hf.data.prompts import make_generator, sample_correction_clicks
 from sam_hf.data.queries import normalize_phrase
 from sam_hf.data.transforms import SegmentationDataset
+from sam_hf.metrics import remap_scores
 
 logger = logging.getLogger("sam_hf")
 
@@ -422,7 +423,7 @@ class EvalSettings:
     num_points: int = 3
     max_clicks: int = 10
     noc_thresholds: tuple[float, ...] = NOC_THRESHOLDS
-    score_threshold: float = 0.5
+    score_threshold: float | None = None  # None: the run's, else 0.5 (resolve_settings)
     #: SAM3 pairs (:func:`sam_hf.tasks.sam3_eval_pairs`): negatives per positive phrase,
     #: attribute-swapped negatives, and the training images vocabulary negatives come from
     negative_ratio: float | None = None
@@ -456,6 +457,7 @@ RUN_KEYS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "hard_negatives": ("hard_negatives", ("sam3",), "--hard-negatives / --no-hard-negatives"),
     "train_split": ("train_split", ("sam3",), ""),
     "max_train_samples": ("max_train_samples", ("sam3",), ""),
+    "score_threshold": ("score_threshold", ("sam3",), "--score-threshold"),
 }
 
 
@@ -504,7 +506,7 @@ def resolve_settings(
         else:
             values[name] = 0 if name == "max_images" else _recipe_default(key)
     types = {"seed": int, "max_images": int, "negative_ratio": float, "hard_negatives": bool}
-    types.update(train_split=str, max_train_samples=int)
+    types.update(train_split=str, max_train_samples=int, score_threshold=float)
     resolved = dataclasses.replace(settings, **{k: types[k](v) for k, v in values.items()})
     notes = [
         f"{label}: {', '.join(items)} read from the training config saved with it (the "
@@ -846,24 +848,6 @@ def evaluate_sam2(
 # =============================================================================================
 # SAM3 protocol
 # =============================================================================================
-
-
-def remap_scores(scores: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Monotone map of [0, 1] scores that sends ``threshold`` to exactly 0.5.
-
-    The metric functions keep predictions with score >= 0.5 (the SA-Co contract). Mapping
-    ``[0, t) -> [0, 0.5)`` and ``[t, 1] -> [0.5, 1]`` linearly makes that rule "score >= t"
-    while keeping every ranking (so mask AP is unchanged). ``t = 0.5`` is the identity.
-    """
-    if not 0.0 < threshold < 1.0:
-        raise ValueError(f"score threshold must be within (0, 1), got {threshold}.")
-    s = scores.double()
-    if threshold == 0.5:
-        return scores
-    kept = s >= threshold
-    high = 0.5 + 0.5 * (s - threshold) / (1.0 - threshold)
-    low = torch.clamp(0.5 * s / threshold, max=math.nextafter(0.5, 0.0))
-    return torch.where(kept, high.clamp(min=0.5), low).to(scores.dtype)
 
 
 def matched_instance_ious(pair: dict[str, Any]) -> np.ndarray:

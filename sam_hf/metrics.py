@@ -918,3 +918,21 @@ def coco_mask_ap(images: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         "mask_AR_medium": _coco_stat(ev, False, area="medium"),
         "mask_AR_large": _coco_stat(ev, False, area="large"),
     }
+
+
+def remap_scores(scores: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Monotone map of [0, 1] scores that sends ``threshold`` to exactly 0.5.
+
+    The metric functions keep predictions with score >= 0.5 (the SA-Co contract). Mapping
+    ``[0, t) -> [0, 0.5)`` and ``[t, 1] -> [0.5, 1]`` linearly makes that rule "score >= t"
+    while keeping every ranking (so mask AP is unchanged). ``t = 0.5`` is the identity.
+    """
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"score threshold must be within (0, 1), got {threshold}.")
+    s = scores.double()
+    if threshold == 0.5:
+        return scores
+    kept = s >= threshold
+    high = 0.5 + 0.5 * (s - threshold) / (1.0 - threshold)
+    low = torch.clamp(0.5 * s / threshold, max=math.nextafter(0.5, 0.0))
+    return torch.where(kept, high.clamp(min=0.5), low).to(scores.dtype)

@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 from sam_hf import cache
 from sam_hf.configs import ConfigError
 from sam_hf.data.transforms import SegmentationDataset
+from sam_hf.metrics import remap_scores
 
 logger = logging.getLogger("sam_hf")
 
@@ -504,6 +505,7 @@ class Sam3Task(_TransformersTask):
     def __init__(self) -> None:
         super().__init__()
         self.vocab: Any = None
+        self.score_threshold = 0.5  # cfg.score_threshold, set by ``build_datasets``
         #: The evaluation collator of :func:`sam3_eval_pairs` (set by ``build_datasets``).
         self.eval_collator: Any = None
 
@@ -550,6 +552,7 @@ class Sam3Task(_TransformersTask):
         # vocabulary the evaluation pairs drew from)
         self.vocab = self.eval_collator.vocab
         self.tokenizer = processor.tokenizer
+        self.score_threshold = cfg.score_threshold
         train = train_view(cfg, processor, train_split)
         if self.module is None:
             return train, evals
@@ -646,7 +649,10 @@ class Sam3Task(_TransformersTask):
                     "size": size,
                     "gt": _rles(pair["gt"]),
                     "pred": _rles(pair["pred"]),
-                    "scores": pair["scores"].float().cpu().tolist(),
+                    # the metrics keep scores >= 0.5: move score_threshold there (rank-safe)
+                    "scores": remap_scores(pair["scores"].float(), self.score_threshold)
+                    .cpu()
+                    .tolist(),
                 }
                 if pair.get("candidates") is not None:
                     rec["candidates"] = _rles(pair["candidates"])

@@ -95,8 +95,9 @@ def _sam3_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--score-threshold",
         type=float,
-        default=0.5,
-        help="SAM3 score at which a prediction counts (SA-Co uses 0.5).",
+        default=None,
+        help="SAM3 score at which a prediction counts (default: the fine-tune's "
+        "score_threshold, else 0.5 as in SA-Co).",
     )
     p.add_argument(
         "--negative-ratio",
@@ -184,8 +185,8 @@ def settings_from(args: argparse.Namespace) -> EvalSettings:
         raise EvaluationError(
             f"--num-points must be 3-5 (SAM2's multi-point range), got {num_points}."
         )
-    threshold = float(getattr(args, "score_threshold", 0.5))
-    if not 0.0 < threshold < 1.0:
+    threshold = getattr(args, "score_threshold", None)
+    if threshold is not None and not 0.0 < threshold < 1.0:
         raise EvaluationError(f"--score-threshold must be within (0, 1), got {threshold}.")
     if (
         args.batch_size < 1

@@ -50,6 +50,7 @@ def test_trainer_final_eval_equals_evaluate_sam3_on_final(tmp_path, monkeypatch)
             "--eval_steps", "0",
             "--save_steps", "0",
             "--log_images", "0",
+            "--score_threshold", "0.3",  # not the metrics' 0.5: both sides must apply it
         ]
     )  # fmt: skip
     trainer = results["final"]
@@ -73,6 +74,7 @@ def test_trainer_final_eval_equals_evaluate_sam3_on_final(tmp_path, monkeypatch)
         0.5,
         False,
     )
+    assert settings["score_threshold"] == 0.3  # read from the run's training config
 
     # the same (image, phrase) pairs, in the same order
     def pairs(records):
@@ -111,3 +113,4 @@ def test_pair_settings_come_from_the_training_config_unless_given(tmp_path, flag
         True,
         0,
     )
+    assert plain.score_threshold == 0.5

@@ -31,10 +31,10 @@ from sam_hf.evaluation import (
     from_model_coords,
     load_model,
     number_of_clicks,
-    remap_scores,
     resolve_source,
     to_model_coords,
 )
+from sam_hf.metrics import remap_scores
 from sam_hf.report import parse_training_log, plot_run
 
 ROOT = Path(__file__).resolve().parents[1]
