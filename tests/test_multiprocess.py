@@ -42,6 +42,7 @@ def _run(out: Path, nproc: int) -> dict:
     return json.loads((out / "eval_results.json").read_text())
 
 
+@pytest.mark.slow  # two accelerate launches, one of them with two ranks
 def test_two_ranks_gather_each_eval_image_once(tmp_path):
     one = _run(tmp_path / "one", 1)
     two = _run(tmp_path / "two", 2)
