@@ -16,7 +16,7 @@ import sys
 import time
 
 from sam_hf.data.coco import convert_to_coco_text, default_templates_path
-from sam_hf.data.convert import ON_ERROR_CHOICES, ConversionError
+from sam_hf.data.convert import ON_ERROR_CHOICES, OVERWRITE_HELP, ConversionError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--cache-dir", default=None, help="datasets cache folder (default: HF_DATASETS_CACHE)"
     )
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     args = parser.parse_args(argv)
     if not 0.0 <= args.val_fraction < 1.0:
         parser.error("--val-fraction must be in [0, 1)")
@@ -56,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             on_error=args.on_error,
             cache_dir=args.cache_dir,
+            overwrite=args.overwrite,
         )
     except ConversionError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sam_hf.data.convert import ConversionError
+from sam_hf.data.convert import OVERWRITE_HELP, ConversionError
 from sam_hf.data.minneapple import (
     ARCHIVES,
     LANDING_PAGE,
@@ -58,6 +58,12 @@ def main(argv: list[str] | None = None) -> int:
         "--restart", action="store_true", help="discard partial downloads instead of resuming"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress output")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="extract over a folder (OUT/detection...) that an earlier run did not extract: "
+        + OVERWRITE_HELP.split(": ", 1)[1],
+    )
     args = parser.parse_args(argv)
     md5 = {}
     for spec in args.md5:
@@ -76,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             md5=md5,
             extract=not args.no_extract,
             progress=None if args.quiet else _progress,
+            overwrite=args.overwrite,
         )
     except (DownloadError, ConversionError) as e:
         print(f"\nerror: {e}", file=sys.stderr)

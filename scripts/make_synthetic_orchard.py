@@ -47,7 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace existing OUT/minneapple and OUT/coco_text folders",
+        help="replace existing OUT/minneapple and OUT/coco_text folders: only the files this"
+        " command writes (orchard_*.png, annotations/{train,val}.json) are replaced or deleted;"
+        " other files there are kept",
     )
     return parser.parse_args(argv)
 

@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             noun_phrase_from_category=args.noun_phrase_from_category,
             on_error=args.on_error,
             cache_dir=args.cache_dir,
+            overwrite=args.overwrite,
             card=args.card,
         )
     )

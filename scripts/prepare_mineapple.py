@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             on_error=args.on_error,
             cache_dir=args.cache_dir,
+            overwrite=args.overwrite,
             card=args.card,
         )
     )

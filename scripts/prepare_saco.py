@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
             split=args.split,
             on_error=args.on_error,
             cache_dir=args.cache_dir,
+            overwrite=args.overwrite,
         )
     )
 

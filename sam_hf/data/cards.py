@@ -15,7 +15,7 @@ from pathlib import Path
 import datasets
 from huggingface_hub import DatasetCard, DatasetCardData
 
-from sam_hf.data.convert import Report, save_atomically
+from sam_hf.data.convert import Report, check_output, save_atomically
 
 SCHEMA_SECTION = """\
 Every row follows sam_hf's one sample schema (`sam_hf.data.schema.FEATURES`):
@@ -464,9 +464,32 @@ def write_card(name: str, folder: str | os.PathLike[str], report: Report | None 
     return path
 
 
-def save_prepared(
-    dataset: datasets.DatasetDict, out: str | os.PathLike[str], card: str, report: Report
+#: Files every prepared folder holds at its top (checked before converting, see below).
+PREPARED_FILES = ("README.md", "dataset_dict.json")
+
+
+def check_prepared_output(
+    out: str | os.PathLike[str], command: str, *, overwrite: bool = False
 ) -> Path:
-    """Save a converted dataset atomically with its card as ``README.md`` beside the data."""
+    """Fail before converting when ``out`` may not be written (see ``convert.check_output``)."""
+    return check_output(out, command, overwrite=overwrite, writes=PREPARED_FILES)
+
+
+def save_prepared(
+    dataset: datasets.DatasetDict,
+    out: str | os.PathLike[str],
+    card: str,
+    report: Report,
+    *,
+    command: str,
+    overwrite: bool = False,
+) -> Path:
+    """Save a converted dataset atomically with its card as ``README.md`` beside the data.
+
+    ``command`` (the script's name) goes into the folder's ``.sam_hf_output.json`` marker; an
+    existing ``out`` is replaced only as :func:`sam_hf.data.convert.install_output` allows.
+    """
     text = str(render_card(card, report))
-    return save_atomically(dataset, out, extra_files={"README.md": text})
+    return save_atomically(
+        dataset, out, extra_files={"README.md": text}, command=command, overwrite=overwrite
+    )

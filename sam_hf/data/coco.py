@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import string
 from dataclasses import dataclass, field
 from importlib import resources
@@ -27,27 +26,32 @@ import datasets
 import yaml
 
 from sam_hf.data import rle
-from sam_hf.data.cards import save_prepared
+from sam_hf.data.cards import check_prepared_output, save_prepared
 from sam_hf.data.convert import (
     ConversionError,
     ErrorPolicy,
     Report,
+    atomic_output,
     build_split,
     check_attributes,
     check_bbox,
     check_on_error,
+    check_output,
     check_polygons,
     clip_bbox,
     finish,
     image_format_suffix,
     image_value,
     load_json,
-    make_temp_beside,
     polygons_outside,
     read_image,
-    replace_dir,
+    resolve_output,
 )
 from sam_hf.data.schema import attributes_dict, make_object
+
+#: Name the writers in the ``.sam_hf_output.json`` marker of their output folders.
+PREPARE_COMMAND = "prepare_coco_text"
+EXPORT_COMMAND = "convert_mineapple_to_coco_text"
 
 #: Bump when the rows this converter writes change for the same files.
 VERSION = "coco-1"
@@ -407,8 +411,14 @@ def prepare_coco_text(
     on_error: str = "raise",
     cache_dir: str | os.PathLike[str] | None = None,
     card: str = "coco_text",
+    overwrite: bool = False,
 ) -> tuple[Report, Path]:
-    """Convert a COCO-text file and save it (``save_to_disk``) with its card as README.md."""
+    """Convert a COCO-text file and save it (``save_to_disk``) with its card as README.md.
+
+    ``out`` is checked before converting; ``overwrite`` as in
+    :func:`sam_hf.data.minneapple.prepare_minneapple`.
+    """
+    check_prepared_output(out, PREPARE_COMMAND, overwrite=overwrite)
     report = Report()
     dataset = convert_coco_text(
         images,
@@ -419,7 +429,9 @@ def prepare_coco_text(
         cache_dir=cache_dir,
         report=report,
     )
-    return report, save_prepared(dataset, out, card, report)
+    return report, save_prepared(
+        dataset, out, card, report, command=PREPARE_COMMAND, overwrite=overwrite
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -531,25 +543,21 @@ def export_coco_text(
     dataset: datasets.DatasetDict,
     out: str | os.PathLike[str],
     templates: PhraseTemplates,
+    *,
+    overwrite: bool = False,
 ) -> dict[str, Path]:
     """Write ``out/images/<split>/<image_id><ext>`` and ``out/annotations/<split>.json``.
 
     Each annotation carries a compressed RLE (bit-identical to the stored mask), the box, the
     area, ``attributes`` and a ``noun_phrase`` composed by ``templates``; images carry their
     ``negative_phrases`` when they have any. Written to a temporary folder beside ``out`` and
-    renamed into place. Returns the annotation file of each split.
+    renamed into place (:func:`sam_hf.data.convert.atomic_output`: a folder this command did
+    not write is refused unless ``overwrite``, which still keeps files sam_hf did not write).
+    Returns the annotation file of each split.
     """
-    out = Path(out).absolute()
-    if out.exists() and any(out.iterdir()) and not (out / "annotations").is_dir():
-        raise ConversionError(
-            "output exists and is not an exported COCO-text folder; refusing to replace it",
-            file=out,
-            reason="output_exists",
-            skippable=False,
-        )
-    tmp = make_temp_beside(out)
     written: dict[str, Path] = {}
-    try:
+    out = resolve_output(out)
+    with atomic_output(out, EXPORT_COMMAND, overwrite=overwrite, flag="--output") as tmp:
         (tmp / "annotations").mkdir()
         for split, ds in dataset.items():
             name = EXPORT_SPLIT_NAMES.get(split, split)
@@ -559,10 +567,6 @@ def export_coco_text(
             path = tmp / "annotations" / f"{name}.json"
             path.write_text(json.dumps(coco), encoding="utf-8")
             written[split] = out / "annotations" / f"{name}.json"
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return written
 
 
@@ -634,13 +638,16 @@ def convert_to_coco_text(
     seed: int = 0,
     on_error: str = "raise",
     cache_dir: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
 ) -> tuple[Report, dict[str, Path]]:
     """MinneApple or per-image JSON tree -> COCO-text (``out/annotations/<split>.json`` + images).
 
     The tree is read by the matching converter (same checks, same Arrow cache), then exported
     with noun phrases composed by ``templates`` (default: the shipped YAML). Objects without
-    attributes, all of MinneApple's, get their category ("apple").
+    attributes, all of MinneApple's, get their category ("apple"). ``out`` is checked before
+    reading anything; ``overwrite`` as in :func:`export_coco_text`.
     """
+    check_output(out, EXPORT_COMMAND, overwrite=overwrite, flag="--output")
     # Imported here: both readers import this module (they share its COCO geometry code).
     from sam_hf.data.jsonpoly import convert_json_polygons
     from sam_hf.data.minneapple import convert_minneapple
@@ -658,4 +665,4 @@ def convert_to_coco_text(
         cache_dir=cache_dir,
         report=report,
     )
-    return report, export_coco_text(dataset, out, phrase_templates)
+    return report, export_coco_text(dataset, out, phrase_templates, overwrite=overwrite)

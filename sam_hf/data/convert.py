@@ -22,10 +22,12 @@ cache prints the same summary as the run that built it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -794,16 +796,35 @@ def finish(
 
 
 # ---------------------------------------------------------------------------------------------
-# Atomic save
+# Output folders: ownership marker, atomic replace, leftovers of killed runs
 # ---------------------------------------------------------------------------------------------
 
+#: Written into every folder a command creates: the command, the sam_hf version, the time and
+#: each file and folder it wrote (files with size and mtime, so later edits are noticed). A
+#: folder is replaced without ``--overwrite`` only when this marker shows it is the same
+#: command's output, untouched and with nothing added.
+OUTPUT_MARKER = ".sam_hf_output.json"
 
-def _is_replaceable(out: Path) -> bool:
-    """An existing OUT may be replaced only if it is empty or a dataset saved by save_to_disk."""
-    if not out.is_dir():
-        return False
-    entries = [p.name for p in out.iterdir()]
-    return not entries or "dataset_dict.json" in entries or "dataset_info.json" in entries
+#: ``--overwrite`` of every command that writes a folder.
+OVERWRITE_HELP = (
+    "replace an existing output folder that this command did not write (or that holds files it"
+    " did not write): only sam_hf's own outputs in it are replaced or deleted, every other file"
+    " is kept, and a file in the way of an output is refused. Without it, only an empty folder"
+    f" or this command's own untouched earlier output (see its {OUTPUT_MARKER}) is replaced"
+)
+_OVERWRITE_HINT = "pass --overwrite to replace only sam_hf's outputs in it (other files are kept)"
+
+#: What follows ``.<name>.`` in the name of a leftover beside output ``<name>``.
+_LEFTOVER = re.compile(r"(tmp|old)-(?:(\d+)-)?[A-Za-z0-9_]+")
+
+
+def _note(message: str) -> None:
+    print(f"note: {message}", file=sys.stderr)
+
+
+def _show(items: list[str], limit: int = 3) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
 def _default_dir_mode() -> int:
@@ -814,53 +835,450 @@ def _default_dir_mode() -> int:
 
 
 def make_temp_beside(out: Path) -> Path:
-    """An empty folder next to ``out`` (same file system, so the final rename is atomic)."""
+    """An empty folder ``.<name>.tmp-<pid>-<random>`` next to ``out`` (same file system, so the
+    final rename is atomic; the pid tells :func:`clean_leftovers` whether its writer is alive)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     os.chmod(tmp, _default_dir_mode())
     return tmp
 
 
 def replace_dir(tmp: Path, out: Path) -> None:
-    """Move the finished ``tmp`` to ``out``, replacing a previous ``out`` (renames only)."""
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+    """Move the finished ``tmp`` to ``out`` by renames only.
+
+    A previous ``out`` is first renamed to ``.<name>.old-<pid>-<random>`` and deleted only once
+    ``tmp`` is in place; a run killed between the two renames leaves that folder, which the
+    next run renames back (:func:`clean_leftovers`). Callers decide whether ``out`` may go.
+    """
+    if out.exists() or out.is_symlink():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         os.rename(out, old)
-        os.rename(tmp, out)
+        try:
+            os.rename(tmp, out)
+        except BaseException:
+            os.rename(old, out)
+            raise
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(tmp, out)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (leftovers name the pid that wrote them)."""
+    if os.name == "nt":  # os.kill(pid, 0) would terminate it there: assume it runs
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    except (OSError, OverflowError, ValueError):
+        return False
+    return True
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def clean_leftovers(
+    out: str | os.PathLike[str], notify: Callable[[str], None] = _note
+) -> list[str]:
+    """Tidy what killed runs left beside ``out``; return the notes (also passed to ``notify``).
+
+    Only names this module makes are touched: ``.<name>.tmp-*`` folders (an unfinished write:
+    deleted), ``.<name>.old-*`` folders (a previous output moved aside: renamed back when
+    ``out`` is missing, else deleted) and ``<out>/.sam_hf_output.json.tmp-*`` files. Names
+    carrying the pid of a process that is still running are left alone and reported.
+    """
+    out = Path(out)
+    notes: list[str] = []
+
+    def tell(message: str) -> None:
+        notes.append(message)
+        notify(message)
+
+    def stale(pid: str | None, name: str) -> bool:
+        if pid is None:  # written before pids were part of the name
+            return True
+        if int(pid) == os.getpid():  # our own write in progress
+            return False
+        if pid_alive(int(pid)):
+            tell(f"left {out.parent / name} alone: process {pid} may still be writing it")
+            return False
+        return True
+
+    prefix = f".{out.name}."
+    tmps: list[Path] = []
+    olds: list[Path] = []
+    if out.parent.is_dir():
+        for path in sorted(out.parent.iterdir()):
+            if not path.name.startswith(prefix):
+                continue
+            m = _LEFTOVER.fullmatch(path.name[len(prefix) :])
+            if m and stale(m[2], path.name):
+                (tmps if m[1] == "tmp" else olds).append(path)
+    if olds and not (out.exists() or out.is_symlink()):
+        newest = max(olds, key=lambda p: p.stat().st_mtime_ns)
+        os.rename(newest, out)
+        olds.remove(newest)
+        tell(f"restored {out} from {newest.name}, left by an interrupted run")
+    for path in tmps + olds:
+        _remove(path)
+        tell(f"removed {path}, left by an interrupted run")
+    if out.is_dir() and not out.is_symlink():
+        for path in out.glob(f"{OUTPUT_MARKER}.tmp-*"):
+            m = re.fullmatch(r"(\d+)-\w+", path.name[len(OUTPUT_MARKER) + 5 :])
+            if m and stale(m[1], path.name):
+                path.unlink(missing_ok=True)
+    return notes
+
+
+def _walk(root: Path) -> tuple[dict[str, os.stat_result], set[str]]:
+    """Everything under ``root``: files (any non-folder; links are not followed) and folders,
+    as posix paths relative to ``root``."""
+    files: dict[str, os.stat_result] = {}
+    dirs: set[str] = set()
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        with os.scandir(root / rel) as entries:
+            for entry in entries:
+                path = f"{rel}/{entry.name}" if rel else entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    dirs.add(path)
+                    stack.append(path)
+                else:
+                    files[path] = entry.stat(follow_symlinks=False)
+    return files, dirs
+
+
+def _ancestors(rel: str) -> Iterator[str]:
+    parts = rel.split("/")
+    for i in range(1, len(parts)):
+        yield "/".join(parts[:i])
+
+
+def _write_marker(folder: Path, command: str, files: dict[str, Any], dirs: Iterable[str]) -> None:
+    doc = {
+        "written_by": "sam_hf",
+        "command": command,
+        "sam_hf_version": sam_hf.__version__,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "complete": all(v is not None for v in files.values()),
+        "files": dict(sorted(files.items())),
+        "dirs": sorted(dirs),
+    }
+    tmp = folder / f"{OUTPUT_MARKER}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.write_text(json.dumps(doc, indent=1), encoding="utf-8")
+    os.replace(tmp, folder / OUTPUT_MARKER)
+
+
+def _file_records(files: dict[str, os.stat_result]) -> dict[str, Any]:
+    return {
+        rel: {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        for rel, st in files.items()
+        if rel != OUTPUT_MARKER
+    }
+
+
+def read_marker(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The marker of a folder sam_hf wrote, or None (absent or unreadable: not ours)."""
+    try:
+        doc = json.loads((Path(folder) / OUTPUT_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if (
+        not isinstance(doc, dict)
+        or doc.get("written_by") != "sam_hf"
+        or not isinstance(doc.get("command"), str)
+        or not isinstance(doc.get("files"), dict)
+        or not isinstance(doc.get("dirs", []), list)
+    ):
+        return None
+    return doc
+
+
+@dataclass
+class _Found:
+    """What is at an output path, seen from the command about to write it."""
+
+    kind: str  # absent | not_dir | empty | marked | unmarked
+    writer: str | None = None
+    complete: bool = True
+    ours: set[str] = field(default_factory=set)  # files we may replace or delete
+    our_dirs: set[str] = field(default_factory=set)
+    extras: list[str] | None = None  # files/folders we did not write (None: not listed)
+    changed: list[str] = field(default_factory=list)
+
+
+def _inspect(out: Path, owned: Callable[[str], bool] | None) -> _Found:
+    if not (out.exists() or out.is_symlink()):
+        return _Found("absent")
+    if not out.is_dir() or out.is_symlink():
+        return _Found("not_dir")
+    with os.scandir(out) as entries:
+        if next(entries, None) is None:
+            return _Found("empty")
+    marker = read_marker(out)
+    if marker is None and owned is None:
+        return _Found("unmarked")  # not listed: a folder that is not ours may be huge
+    files, dirs = _walk(out)
+    listed = marker["files"] if marker else {}
+    found = _Found("marked" if marker else "unmarked")
+    if marker:
+        found.writer = marker["command"]
+        found.complete = bool(marker.get("complete", True))
+        found.our_dirs = {d for d in marker.get("dirs", []) if isinstance(d, str)}
+    for rel, st in files.items():
+        if rel == OUTPUT_MARKER and marker:
+            continue
+        if rel in listed:
+            found.ours.add(rel)
+            rec = listed[rel]
+            if not isinstance(rec, dict) or (rec.get("size"), rec.get("mtime_ns")) != (
+                st.st_size,
+                st.st_mtime_ns,
+            ):
+                found.changed.append(rel)
+        elif owned is not None and owned(rel):
+            found.ours.add(rel)
+    for rel in found.ours | set(listed):
+        found.our_dirs.update(_ancestors(rel))
+    extra_files = sorted(set(files) - found.ours - ({OUTPUT_MARKER} if marker else set()))
+    extra_dirs = sorted(
+        d + "/"
+        for d in dirs - found.our_dirs
+        if not any(f.startswith(d + "/") for f in extra_files)
+    )
+    found.extras = extra_files + extra_dirs
+    found.changed.sort()
+    return found
+
+
+def _reasons(found: _Found, command: str) -> list[str]:
+    """Why ``command`` may not simply replace the folder; empty when it may."""
+    if found.kind in ("absent", "empty"):
+        return []
+    if found.kind == "unmarked":
+        if found.extras == []:  # every file matches what ``command`` writes (``owned``)
+            return []
+        return [f"it was not written by {command} (no {OUTPUT_MARKER} in it)"]
+    reasons = []
+    if found.writer != command:
+        reasons.append(f"it was written by {found.writer}, not {command}")
+    if not found.complete:
+        reasons.append("an earlier run into it was interrupted")
+    if found.extras:
+        reasons.append(f"it holds files {found.writer} did not write ({_show(found.extras)})")
+    if found.changed and found.complete:
+        reasons.append(f"files changed since {found.writer} wrote them ({_show(found.changed)})")
+    return reasons
+
+
+def _blocked(out: Path, found: _Found, files: Iterable[str], dirs: Iterable[str]) -> list[str]:
+    """Entries that are not ours and sit where this command writes (even --overwrite keeps them)."""
+    blocked = set()
+    for rel in files:
+        if rel == OUTPUT_MARKER and found.kind == "marked":
+            continue  # our own marker: rewritten last
+        path = out / rel
+        if rel not in found.ours and (path.exists() or path.is_symlink()):
+            blocked.add(rel)
+        for anc in _ancestors(rel):
+            p = out / anc
+            if p.is_symlink() or (p.exists() and not p.is_dir()):
+                blocked.add(anc)
+    for rel in dirs:
+        p = out / rel
+        if p.is_symlink() or (p.exists() and not p.is_dir()):
+            blocked.add(rel)
+    return sorted(blocked)
+
+
+def _refuse(out: Path, detail: str) -> ConversionError:
+    return ConversionError(detail, file=out, reason="output_exists", skippable=False)
+
+
+def _check(
+    out: Path,
+    found: _Found,
+    command: str,
+    overwrite: bool,
+    flag: str,
+    files: Iterable[str],
+    dirs: Iterable[str] = (),
+) -> None:
+    if found.kind == "not_dir":
+        raise _refuse(out, f"exists and is not a folder; choose another {flag}")
+    reasons = _reasons(found, command)
+    if reasons and not overwrite:
+        raise _refuse(
+            out,
+            f"refusing to replace it: {'; '.join(reasons)}; {_OVERWRITE_HINT}, or choose"
+            f" another {flag}",
+        )
+    blocked = _blocked(out, found, files, dirs) if reasons else []
+    if blocked:
+        raise _refuse(
+            out,
+            f"refusing to overwrite {_show(blocked)}: not written by sam_hf, and --overwrite"
+            f" never replaces such files; move {'it' if len(blocked) == 1 else 'them'} away or"
+            f" choose another {flag}",
+        )
+
+
+def resolve_output(out: str | os.PathLike[str]) -> Path:
+    """The absolute output path; a symlink is followed (its target is written, the link kept)."""
+    out = Path(out).absolute()
+    return out.resolve() if out.is_symlink() else out
+
+
+def check_output(
+    out: str | os.PathLike[str],
+    command: str,
+    *,
+    overwrite: bool = False,
+    flag: str = "--out",
+    writes: Iterable[str] = (),
+    owned: Callable[[str], bool] | None = None,
+    notify: Callable[[str], None] = _note,
+) -> Path:
+    """Before any work: may ``command`` write ``out``? Returns the absolute path or raises.
+
+    Cleans the leftovers of killed runs first (:func:`clean_leftovers`). Without ``overwrite``
+    an existing folder must be empty or this command's untouched output (its marker lists
+    every file, with unchanged size and mtime); anything else raises :class:`ConversionError`
+    (one line naming the folder, the reason and ``--overwrite``). With ``overwrite`` only
+    files that would have to be replaced although sam_hf did not write them still raise;
+    ``writes`` names files known in advance (``README.md``) so that happens before the work.
+    ``owned(rel)`` marks files of a folder without marker as this command's (the synthetic
+    orchard, whose trees must stay byte-identical, recognises its files by name).
+    """
+    path = resolve_output(out)
+    clean_leftovers(path, notify)
+    _check(path, _inspect(path, owned), command, overwrite, flag, writes)
+    return path
+
+
+def install_output(
+    tmp: Path,
+    out: Path,
+    command: str,
+    *,
+    overwrite: bool = False,
+    flag: str = "--out",
+    owned: Callable[[str], bool] | None = None,
+    marker: bool = True,
+    notify: Callable[[str], None] = _note,
+) -> None:
+    """Put the finished folder ``tmp`` (same file system) at ``out``, checked as in
+    :func:`check_output` against what ``out`` holds now.
+
+    ``out`` absent, empty or ours: one atomic rename (:func:`replace_dir`). With
+    ``overwrite``, a folder that also holds files sam_hf did not write is never moved or
+    deleted: each of our files is renamed into it (atomic per file, not as a whole), our
+    files that this run no longer writes are deleted, everything else stays, and a note
+    says so. The marker (``marker=True``) lists exactly the files this run wrote.
+    """
+    out = resolve_output(out)
+    clean_leftovers(out, notify)
+    if marker:
+        files, dirs = _walk(tmp)
+        _write_marker(tmp, command, _file_records(files), dirs)
+    files, dirs = _walk(tmp)
+    found = _inspect(out, owned)
+    _check(out, found, command, overwrite, flag, files, dirs)
+    if found.kind in ("absent", "empty") or found.extras == []:
+        replace_dir(tmp, out)  # nothing in ``out`` but our own outputs: swap it whole
+        return
+    # --overwrite into a folder holding files we did not write: merge, never move the folder.
+    new = sorted(f for f in files if f != OUTPUT_MARKER)
+    if marker:  # first claim what we are about to write, so a killed merge can be finished
+        _write_marker(out, command, dict.fromkeys(sorted(found.ours | set(new))), dirs)
+    for rel in new:
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp / rel, out / rel)
+    for rel in sorted(found.ours - set(new)):
+        (out / rel).unlink(missing_ok=True)
+        for anc in reversed(list(_ancestors(rel))):  # prune folders that only held it
+            if anc not in found.our_dirs or anc in dirs:
+                break
+            try:
+                (out / anc).rmdir()
+            except OSError:
+                break
+    if marker:
+        _write_marker(out, command, _file_records({r: (out / r).stat() for r in new}), dirs)
+    shutil.rmtree(tmp, ignore_errors=True)
+    kept = found.extras if found.extras is not None else ["the files that were there"]
+    notify(f"--overwrite: wrote {command}'s outputs into {out} and kept {_show(kept)}")
+
+
+@contextlib.contextmanager
+def atomic_output(
+    out: str | os.PathLike[str],
+    command: str,
+    *,
+    overwrite: bool = False,
+    flag: str = "--out",
+    writes: Iterable[str] = (),
+    owned: Callable[[str], bool] | None = None,
+    marker: bool = True,
+    notify: Callable[[str], None] = _note,
+) -> Iterator[Path]:
+    """Write a folder atomically: check ``out`` now, yield an empty temporary folder beside it,
+    and on success install it with :func:`install_output`; on failure remove it.
+
+    The one place output folders are written (converters, COCO-text export, synthetic orchard,
+    archive extraction).
+    """
+    path = check_output(
+        out, command, overwrite=overwrite, flag=flag, writes=writes, owned=owned, notify=notify
+    )
+    tmp = make_temp_beside(path)
+    try:
+        yield tmp
+        install_output(
+            tmp,
+            path,
+            command,
+            overwrite=overwrite,
+            flag=flag,
+            owned=owned,
+            marker=marker,
+            notify=notify,
+        )
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def save_atomically(
     dataset: datasets.DatasetDict | datasets.Dataset,
     out: str | os.PathLike[str],
     extra_files: dict[str, str] | None = None,
+    *,
+    command: str = "save_atomically",
+    overwrite: bool = False,
 ) -> Path:
     """``save_to_disk`` into a temporary folder beside ``out``, then rename it into place.
 
     ``extra_files`` maps file names to text written next to the dataset (the data card). An
-    existing ``out`` is replaced only when it holds a previously saved dataset (or nothing), so
-    a typo in ``--out`` cannot delete unrelated files.
+    existing ``out`` is replaced only as :func:`install_output` allows, so a typo in ``--out``
+    cannot delete unrelated files.
     """
-    out = Path(out).absolute()
-    if out.exists() and not _is_replaceable(out):
-        raise ConversionError(
-            "output exists and is not a saved dataset; refusing to replace it (choose another --out)",
-            file=out,
-            reason="output_exists",
-            skippable=False,
-        )
-    tmp = make_temp_beside(out)
-    try:
+    with atomic_output(
+        out, command, overwrite=overwrite, writes=[*(extra_files or {}), "dataset_dict.json"]
+    ) as tmp:
         dataset.save_to_disk(str(tmp))
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text, encoding="utf-8")
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return resolve_output(out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -869,7 +1287,7 @@ def save_atomically(
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--on-error`` and ``--cache-dir``, spelled the same in every prepare script."""
+    """``--on-error``, ``--cache-dir`` and ``--overwrite``, spelled the same in every prepare script."""
     parser.add_argument(
         "--on-error",
         choices=ON_ERROR_CHOICES,
@@ -882,6 +1300,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="datasets cache folder for the Arrow files (default: HF_DATASETS_CACHE)",
     )
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
 
 
 def run_cli(run: Callable[[], tuple[Report, Path]]) -> int:

@@ -23,7 +23,7 @@ from typing import Any
 
 import datasets
 
-from sam_hf.data.cards import save_prepared
+from sam_hf.data.cards import check_prepared_output, save_prepared
 from sam_hf.data.coco import convert_planned_image
 from sam_hf.data.convert import (
     ConversionError,
@@ -37,6 +37,9 @@ from sam_hf.data.convert import (
     list_images,
     load_json,
 )
+
+#: Names the writer in the ``.sam_hf_output.json`` marker of a prepared folder.
+PREPARE_COMMAND = "prepare_json_polygons"
 
 #: Bump when the rows this converter writes change for the same files.
 VERSION = "jsonpoly-1"
@@ -242,8 +245,13 @@ def prepare_json_polygons(
     seed: int = 0,
     on_error: str = "raise",
     cache_dir: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
 ) -> tuple[Report, Path]:
-    """Convert a per-image JSON tree and save it (``save_to_disk``) with its card as README.md."""
+    """Convert a per-image JSON tree and save it (``save_to_disk``) with its card as README.md.
+
+    ``out`` is checked before converting; ``overwrite`` as in :func:`prepare_minneapple`.
+    """
+    check_prepared_output(out, PREPARE_COMMAND, overwrite=overwrite)
     report = Report()
     dataset = convert_json_polygons(
         source,
@@ -253,4 +261,6 @@ def prepare_json_polygons(
         cache_dir=cache_dir,
         report=report,
     )
-    return report, save_prepared(dataset, out, "json_polygons", report)
+    return report, save_prepared(
+        dataset, out, "json_polygons", report, command=PREPARE_COMMAND, overwrite=overwrite
+    )

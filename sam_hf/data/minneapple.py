@@ -15,8 +15,10 @@ present becomes exactly one object (ascending id order) whose RLE decodes to ``m
 
 from __future__ import annotations
 
+import filecmp
 import hashlib
 import os
+import shutil
 import tarfile
 import urllib.error
 import urllib.parse
@@ -32,20 +34,28 @@ import numpy as np
 from scipy import ndimage
 
 from sam_hf.data import rle
-from sam_hf.data.cards import save_prepared
+from sam_hf.data.cards import check_prepared_output, save_prepared
 from sam_hf.data.convert import (
     ConversionError,
     ErrorPolicy,
     Report,
     build_planned_splits,
     check_on_error,
+    check_output,
+    clean_leftovers,
     finish,
     image_value,
+    install_output,
     list_images,
+    make_temp_beside,
     read_image,
     read_instance_mask,
 )
 from sam_hf.data.schema import make_object
+
+#: Names the writer in the ``.sam_hf_output.json`` marker of a prepared folder.
+PREPARE_COMMAND = "prepare_mineapple"
+DOWNLOAD_COMMAND = "download_mineapple"
 
 #: Bump when the rows this converter writes change for the same files.
 VERSION = "minneapple-2"
@@ -254,11 +264,15 @@ def prepare_minneapple(
     on_error: str = "raise",
     cache_dir: str | os.PathLike[str] | None = None,
     card: str = "minneapple",
+    overwrite: bool = False,
 ) -> tuple[Report, Path]:
     """Convert a MinneApple tree and save it (``save_to_disk``) with its card as README.md.
 
     ``card="synthetic_orchard"`` for the synthetic orchard written in the MinneApple layout.
+    An existing ``out`` that this command did not write is refused before converting, unless
+    ``overwrite`` (which still never deletes files sam_hf did not write).
     """
+    check_prepared_output(out, PREPARE_COMMAND, overwrite=overwrite)
     report = Report()
     dataset = convert_minneapple(
         source,
@@ -268,7 +282,9 @@ def prepare_minneapple(
         cache_dir=cache_dir,
         report=report,
     )
-    return report, save_prepared(dataset, out, card, report)
+    return report, save_prepared(
+        dataset, out, card, report, command=PREPARE_COMMAND, overwrite=overwrite
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -412,10 +428,48 @@ def _verify(path: Path, md5: str | None) -> Path:
     return path
 
 
-def extract_archive(archive: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:
-    """Extract a .tar.gz or .zip into ``dest``, refusing members that would escape it."""
+def extract_archive(
+    archive: str | os.PathLike[str], dest: str | os.PathLike[str], *, overwrite: bool = False
+) -> Path:
+    """Extract a .tar.gz or .zip into ``dest``, refusing members that would escape it.
+
+    The archive is unpacked into a temporary folder inside ``dest``; each top-level folder it
+    holds (``detection/``...) is then renamed into place with
+    :func:`sam_hf.data.convert.install_output`: one that an earlier extraction wrote is
+    replaced, any other is refused unless ``overwrite`` (which keeps files sam_hf did not
+    write). A top-level file is moved in only where ``dest`` has none or the same bytes.
+    Every target is checked before anything in ``dest`` changes.
+    """
     archive, dest = Path(archive), Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
+    clean_leftovers(dest / archive.name)
+    staging = make_temp_beside(dest / archive.name)
+    try:
+        _unpack(archive, staging)
+        entries = sorted(staging.iterdir())
+        for entry in entries:
+            target = dest / entry.name
+            if entry.is_dir():
+                check_output(target, DOWNLOAD_COMMAND, overwrite=overwrite)
+            elif target.exists() and not (
+                target.is_file() and filecmp.cmp(entry, target, shallow=False)
+            ):
+                raise DownloadError(
+                    f"{target} exists and differs from {entry.name} in {archive.name}; move it"
+                    " away and run again"
+                )
+        for entry in entries:
+            target = dest / entry.name
+            if entry.is_dir():
+                install_output(entry, target, DOWNLOAD_COMMAND, overwrite=overwrite)
+            elif not target.exists():
+                os.replace(entry, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return dest
+
+
+def _unpack(archive: Path, dest: Path) -> None:
     root = dest.resolve()
 
     def _inside(name: str) -> bool:
@@ -440,7 +494,6 @@ def extract_archive(archive: str | os.PathLike[str], dest: str | os.PathLike[str
                 tf.extractall(dest, members=members)
     else:
         raise DownloadError(f"{archive}: not a tar or zip archive")
-    return dest
 
 
 def download_minneapple(
@@ -451,12 +504,13 @@ def download_minneapple(
     extract: bool = True,
     opener: Callable[..., Any] | None = None,
     progress: Callable[[str, int, int | None], None] | None = None,
+    overwrite: bool = False,
 ) -> list[Path]:
     """Download (resumably), verify and extract MinneApple archives into ``out``.
 
     ``md5`` maps archive names to expected sums (overriding the built-in table). Extraction of
     ``detection.tar.gz`` gives ``out/detection/{train,test}/...``, which
-    :func:`convert_minneapple` reads directly.
+    :func:`convert_minneapple` reads directly; ``overwrite`` as in :func:`extract_archive`.
     """
     out = Path(out)
     paths = []
@@ -468,7 +522,7 @@ def download_minneapple(
         cb = None if progress is None else (lambda d, t, _n=name: progress(_n, d, t))
         path = download_file(arc.url, out / arc.filename, md5=expected, opener=opener, progress=cb)
         if extract:
-            extract_archive(path, out)
+            extract_archive(path, out, overwrite=overwrite)
         paths.append(path)
     return paths
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import datasets
 
-from sam_hf.data.cards import save_prepared
+from sam_hf.data.cards import check_prepared_output, save_prepared
 from sam_hf.data.coco import check_segmentation, convert_planned_image
 from sam_hf.data.convert import (
     ConversionError,
@@ -33,6 +33,9 @@ from sam_hf.data.convert import (
     finish,
     load_json,
 )
+
+#: Names the writer in the ``.sam_hf_output.json`` marker of a prepared folder.
+PREPARE_COMMAND = "prepare_saco"
 
 #: Bump when the rows this converter writes change for the same files.
 VERSION = "saco-1"
@@ -251,10 +254,18 @@ def prepare_saco(
     split: str = "test",
     on_error: str = "raise",
     cache_dir: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
 ) -> tuple[Report, Path]:
-    """Convert an SA-Co file and save it (``save_to_disk``) with its card as README.md."""
+    """Convert an SA-Co file and save it (``save_to_disk``) with its card as README.md.
+
+    ``out`` is checked before converting; ``overwrite`` as in
+    :func:`sam_hf.data.minneapple.prepare_minneapple`.
+    """
+    check_prepared_output(out, PREPARE_COMMAND, overwrite=overwrite)
     report = Report()
     dataset = convert_saco(
         images, annotations, split=split, on_error=on_error, cache_dir=cache_dir, report=report
     )
-    return report, save_prepared(dataset, out, "saco", report)
+    return report, save_prepared(
+        dataset, out, "saco", report, command=PREPARE_COMMAND, overwrite=overwrite
+    )

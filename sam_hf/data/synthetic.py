@@ -30,9 +30,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,7 @@ from PIL import Image
 from scipy.special import ndtri
 
 from sam_hf.data import rle
+from sam_hf.data.convert import atomic_output, clean_leftovers, pid_alive
 from sam_hf.data.schema import FEATURES, make_object
 
 #: Attribute values, in the canonical order used for phrases and summaries.
@@ -985,9 +988,12 @@ def make_synthetic_orchard(
 
     COCO annotations of an image follow its instance ids (annotation k <-> mask id k) and
     carry ``noun_phrase`` and ``attributes``; ``images[]`` entries carry ``negative_phrases``.
-    Everything is built in a temporary folder inside ``out_dir`` and moved into place at the
-    end, so a failure leaves no partial data set. Existing ``minneapple``/``coco_text``
-    folders are an error unless ``overwrite``.
+    Each folder is built in a temporary folder beside it and renamed into place at the end
+    (:func:`sam_hf.data.convert.atomic_output`), so a failure leaves no partial data set.
+    Existing ``minneapple``/``coco_text`` folders are an error unless ``overwrite``, which
+    replaces only files with the names this function writes (:data:`SYNTHETIC_FILES`); other
+    files there are kept and named in a note. No ``.sam_hf_output.json`` marker is written:
+    the same seed gives byte-identical trees, file list included.
     """
     if num_images < 1:
         raise ValueError(f"num_images must be >= 1, got {num_images}")
@@ -997,30 +1003,58 @@ def make_synthetic_orchard(
     train_idx, test_idx = split_indices(num_images, seed, test_fraction)
     out = Path(out_dir)
     targets = [out / "minneapple", out / "coco_text"]
+    for p in targets:
+        clean_leftovers(p)
     existing = [p for p in targets if p.exists()]
     if existing and not overwrite:
         raise FileExistsError(
-            f"{existing[0]} already exists; pass overwrite=True (--overwrite) to replace it"
+            f"{existing[0]} already exists; pass --overwrite (overwrite=True) to replace what"
+            " make_synthetic_orchard wrote there (other files are kept), or choose another --out"
         )
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".synthetic-orchard-tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    try:
-        summary = _write_all(tmp, num_images, seed, (height, width), train_idx, test_idx, zoom)
-        for p in existing:
-            shutil.rmtree(p)
-        for p in targets:
-            os.replace(tmp / p.name, p)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    _remove_legacy_tmp(out)
+
+    def folder(name: str) -> AbstractContextManager[Path]:
+        return atomic_output(
+            out / name,
+            SYNTHETIC_COMMAND,
+            overwrite=overwrite,
+            owned=SYNTHETIC_FILES[name].fullmatch,
+            marker=False,
+        )
+
+    with folder("minneapple") as mtmp, folder("coco_text") as ctmp:
+        summary = _write_all(
+            mtmp, ctmp, num_images, seed, (height, width), train_idx, test_idx, zoom
+        )
     summary["out_dir"] = str(out)
     return summary
 
 
+#: Names the writer in notes and refusals.
+SYNTHETIC_COMMAND = "make_synthetic_orchard"
+
+#: The files :func:`make_synthetic_orchard` writes, per folder (``--overwrite`` replaces or
+#: deletes only these; anything else in the folders is kept).
+SYNTHETIC_FILES = {
+    "minneapple": re.compile(r"(train|test)/(images|masks)/orchard_\d{5,}\.png"),
+    "coco_text": re.compile(r"images/orchard_\d{5,}\.png|annotations/(train|val)\.json"),
+}
+
+
+def _remove_legacy_tmp(out: Path) -> None:
+    """Remove ``.synthetic-orchard-tmp-<pid>`` folders of killed runs of earlier versions."""
+    if not out.is_dir():
+        return
+    for path in out.glob(".synthetic-orchard-tmp-*"):
+        pid = path.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and (int(pid) == os.getpid() or pid_alive(int(pid))):
+            continue  # still being written
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def _write_all(
-    root: Path,
+    mroot: Path,
+    croot: Path,
     num_images: int,
     seed: int,
     image_size: tuple[int, int],
@@ -1028,11 +1062,12 @@ def _write_all(
     test_idx: list[int],
     zoom: float = 1.0,
 ) -> dict[str, Any]:
+    """Write the MinneApple layout into ``mroot`` and the COCO-text one into ``croot``."""
     for split in ("train", "test"):
         for sub in ("images", "masks"):
-            (root / "minneapple" / split / sub).mkdir(parents=True)
-    (root / "coco_text" / "images").mkdir(parents=True)
-    (root / "coco_text" / "annotations").mkdir(parents=True)
+            (mroot / split / sub).mkdir(parents=True)
+    (croot / "images").mkdir(parents=True)
+    (croot / "annotations").mkdir(parents=True)
 
     split_of = {i: "train" for i in train_idx} | {i: "test" for i in test_idx}
     coco: dict[str, dict[str, list]] = {
@@ -1051,11 +1086,9 @@ def _write_all(
         split = split_of[index]
         stem = sample.image_id
         png = encode_png(sample.image)
-        (root / "minneapple" / split / "images" / f"{stem}.png").write_bytes(png)
-        (root / "minneapple" / split / "masks" / f"{stem}.png").write_bytes(
-            mask_png(sample.label_map)
-        )
-        (root / "coco_text" / "images" / f"{stem}.png").write_bytes(png)
+        (mroot / split / "images" / f"{stem}.png").write_bytes(png)
+        (mroot / split / "masks" / f"{stem}.png").write_bytes(mask_png(sample.label_map))
+        (croot / "images" / f"{stem}.png").write_bytes(png)
 
         entry = coco["train" if split == "train" else "val"]
         image_id = index + 1
@@ -1102,7 +1135,7 @@ def _write_all(
             "images": data["images"],
             "annotations": data["annotations"],
         }
-        path = root / "coco_text" / "annotations" / f"{name}.json"
+        path = croot / "annotations" / f"{name}.json"
         path.write_text(json.dumps(doc), encoding="utf-8")
 
     values = {"color": COLORS, "ripeness": RIPENESS, "health": HEALTH}
