@@ -26,7 +26,16 @@ Category ids: with a COCO json, a phrase equal to a category name gets its id, a
 one as a word ("ripe red apple" -> "apple") gets that id, other phrases new ids; without one,
 1, 2, ... per distinct phrase. Either way ``images.json`` lists them.
 
-SAM2 prompts file (coordinates in pixels of the original image; keys: path relative to
+Images are read by ``sam_hf.data.images.load_image`` (the reader of training and evaluation):
+EXIF orientation applied (masks, sizes and prompt coordinates are those of the image as
+displayed), 16-bit and float images scaled to 8 bits by their own value range, alpha composited
+over black. An image that cannot be read (truncated, corrupt, unsupported) is reported by name
+and skipped, and the run exits 0 with the count skipped; ``--strict`` stops at the first one
+(exit 2). Outputs are written to a temporary folder beside ``--out`` and moved into it at the
+end, so a run that predicts nothing (every image unreadable, or an error) creates no ``--out``
+and leaves an existing one as it was.
+
+SAM2 prompts file (coordinates in pixels of the image as displayed; keys: path relative to
 ``--images`` or base name; images without a key are skipped)::
 
     {"img1.png": [{"points": [[x, y], ...], "labels": [1, 0, ...]},   # labels default to 1
@@ -41,8 +50,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
+import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -53,6 +65,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from sam_hf.data import rle
+from sam_hf.data.images import ImageReadError, load_image
 from sam_hf.data.queries import normalize_phrase
 from sam_hf.evaluation import (
     EvaluationError,
@@ -178,7 +191,8 @@ def preprocess(
     image: Image.Image, resolution: int, mean: Sequence[float], std: Sequence[float]
 ) -> torch.Tensor:
     """The evaluation transform: RGB, squash-resize to R x R (bilinear), scale, normalise."""
-    img = image.convert("RGB").resize((resolution, resolution), Image.BILINEAR)
+    img = image if image.mode == "RGB" else load_image(image, orient=False)[0]
+    img = img.resize((resolution, resolution), Image.BILINEAR)
     x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
     m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
@@ -345,13 +359,71 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-overlays", action="store_true", help="Skip the overlay PNGs.")
     p.add_argument("--no-progress", action="store_true", help="No progress bar.")
     p.add_argument(
+        "--strict",
+        action="store_true",
+        help="Stop (exit 2, nothing written) at the first unreadable image instead of skipping it.",
+    )
+    p.add_argument(
         "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu."
     )
     return p
 
 
+def resolve_model(model: str, family: str, seed: int, resolution: int | None) -> Any:
+    """The model source, with a family mismatch told in this script's own flags."""
+    try:
+        return resolve_source(model, family, seed, resolution)
+    except EvaluationError:
+        try:
+            found = resolve_source(model, None, seed, resolution).family
+        except EvaluationError:
+            found = None
+        if found is None or found == family:
+            raise
+        given = "--text" if family == "sam3" else "--prompts"
+        use = "--text PHRASE ..." if found == "sam3" else "--prompts FILE.json"
+        raise EvaluationError(
+            f"{model!r} holds a {found.upper()} model, but {given} is for {family.upper()}"
+            f" models; segment with {use} instead, or give a {family.upper()} --model."
+        ) from None
+
+
+def read_images(
+    chunk: Sequence[tuple[Path, Any]], root: Path, strict: bool, skipped: list[str]
+) -> list[tuple[Path, Any, Image.Image]]:
+    """The readable images of a batch; unreadable ones are named in a warning and appended to
+    ``skipped`` (``strict``: the first one is an error naming it)."""
+    out = []
+    for f, iid in chunk:
+        rel = f.relative_to(root).as_posix()
+        try:
+            image, _ = load_image(f, name=rel)
+        except ImageReadError as e:
+            if strict:
+                raise EvaluationError(
+                    f"{e} (--strict stops at the first unreadable image)"
+                ) from None
+            logger.warning("skipping unreadable image %s", e)
+            skipped.append(rel)
+            continue
+        out.append((f, iid, image))
+    return out
+
+
+def move_into(tmp: Path, out: Path) -> None:
+    """Move every file under ``tmp`` to the same place under ``out`` (created if missing)."""
+    for src in sorted(p for p in tmp.rglob("*") if p.is_file()):
+        dst = out / src.relative_to(tmp)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dst)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Predict and write every output; returns a summary (counts and paths)."""
+    """Predict and write every output; returns a summary (counts and paths).
+
+    Everything is written to a temporary folder beside ``--out`` and moved in at the end, so
+    an error, or a folder where no image could be read, leaves no ``--out`` behind.
+    """
     family = "sam3" if args.text else "sam2"
     if args.batch_size < 1:
         raise EvaluationError("--batch-size must be >= 1.")
@@ -378,28 +450,69 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         pairs = [(f, i) for f, i in pairs if key_of(f) is not None]
         if not pairs:
             raise EvaluationError(f"no image under {root} has an entry in {args.prompts}.")
-    src = resolve_source(args.model, family, args.seed, args.resolution)
+    src = resolve_model(args.model, family, args.seed, args.resolution)
     loaded = load_model(src, device=args.device)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    parent = out.absolute().parent
+    created = [p for p in (parent, *parent.parents) if not p.exists()]
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
+    try:
+        summary = _predict_into(args, loaded, family, root, pairs, prompts, coco, how, tmp)
+        if summary["images"] == 0:
+            shown = ", ".join(summary["skipped"][:5])
+            raise EvaluationError(
+                f"no image could be read: {len(summary['skipped'])} unreadable ({shown}"
+                f"{', ...' if len(summary['skipped']) > 5 else ''}); nothing written to {out}."
+            )
+        move_into(tmp, out)
+        created = []
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for p in created:  # folders made for --out, innermost first: left only if used
+            try:
+                p.rmdir()
+            except OSError:
+                break
+    summary["out"] = str(out)
+    return summary
+
+
+def _predict_into(
+    args: argparse.Namespace,
+    loaded: LoadedModel,
+    family: str,
+    root: Path,
+    pairs: list[tuple[Path, Any]],
+    prompts: dict[str, list[dict]],
+    coco: dict | None,
+    how: str,
+    out: Path,
+) -> dict[str, Any]:
     phrases = list(dict.fromkeys(args.text or []))
     results: list[dict[str, Any]] = []
     images_meta: list[dict[str, Any]] = []
     all_phrases: list[str] = list(phrases)
     found_per_image = []
+    skipped: list[str] = []
+
+    def key_of(f: Path) -> str:
+        rel = f.relative_to(root).as_posix()
+        return rel if rel in prompts else f.name
+
     for start in tqdm(
         range(0, len(pairs), args.batch_size), desc="predict", disable=args.no_progress
     ):
-        chunk = pairs[start : start + args.batch_size]
-        ims = [Image.open(f) for f, _ in chunk]
-        for im in ims:
-            im.load()
+        chunk = read_images(pairs[start : start + args.batch_size], root, args.strict, skipped)
+        if not chunk:
+            continue
+        ims = [im for _, _, im in chunk]
         if family == "sam3":
             found = predict_text(loaded, ims, phrases, args.threshold)
         else:
-            plist = [prompts[key_of(f)] for f, _ in chunk]
-            found = predict_prompts(loaded, ims, plist, [f.name for f, _ in chunk])
-        for (f, iid), im, items in zip(chunk, ims, found):
+            plist = [prompts[key_of(f)] for f, _, _ in chunk]
+            found = predict_prompts(loaded, ims, plist, [f.name for f, _, _ in chunk])
+        for (f, iid, im), items in zip(chunk, found):
             rel = f.relative_to(root).as_posix()
             images_meta.append(
                 {"id": iid, "file_name": rel, "width": im.width, "height": im.height}
@@ -421,6 +534,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 )
             if not args.no_overlays:
                 overlay_png(im, items, out / "overlays" / Path(rel).with_suffix(".png"))
+    summary = {
+        "images": len(images_meta),
+        "predictions": len(results),
+        "image_ids": how,
+        "per_image": found_per_image,
+        "skipped": skipped,
+    }
+    if not images_meta:
+        return summary
     cats, categories = category_ids(all_phrases, coco)
     (out / "predictions.json").write_text(json.dumps(results))
     (out / "images.json").write_text(
@@ -438,13 +560,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "No prediction passed the threshold: predictions.json is an empty list (which "
             "pycocotools' loadRes cannot load). Lower --threshold or check the model."
         )
-    return {
-        "images": len(pairs),
-        "predictions": len(results),
-        "image_ids": how,
-        "out": str(out),
-        "per_image": found_per_image,
-    }
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -459,6 +575,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{summary['predictions']} masks on {summary['images']} images "
         f"(image ids: {summary['image_ids']}) -> {summary['out']}/predictions.json"
     )
+    if summary["skipped"]:
+        print(
+            f"{len(summary['skipped'])} unreadable image(s) skipped (named in the warnings above;"
+            " --strict stops at the first): " + ", ".join(summary["skipped"])
+        )
     return 0
 
 

@@ -44,9 +44,9 @@ from sam_hf.data.convert import (
     image_value,
     load_json,
     polygons_outside,
-    read_image,
     resolve_output,
 )
+from sam_hf.data.images import ImageInfo, orient_object, read_for_conversion
 from sam_hf.data.schema import attributes_dict, make_object
 
 #: Name the writers in the ``.sam_hf_output.json`` marker of their output folders.
@@ -177,17 +177,39 @@ def build_object(
     )
 
 
-def convert_planned_image(item: dict[str, Any], policy: ErrorPolicy) -> dict[str, Any] | None:
-    """Planned image (its annotations attached) -> schema row. Shared with the SA-Co reader."""
-    data, width, height = read_image(item["image"], item["record"])
+def _mask_size(item: dict[str, Any], info: ImageInfo) -> tuple[int | None, int | None] | None:
+    """(width, height) the annotations were made on: the declared size, else the first RLE
+    size that is the image's stored or displayed size (others fail on their own), else None."""
     declared = item.get("size")
-    if declared and (declared[0] not in (None, width) or declared[1] not in (None, height)):
-        raise ConversionError(
-            f"annotations declare {declared[0]}x{declared[1]} (WxH) but the image is {width}x{height}",
+    if declared and any(v is not None for v in declared):
+        return declared[0], declared[1]
+    for ann in item["annotations"]:
+        if "rle" in ann["segmentation"]:
+            h, w = ann["segmentation"]["rle"]["size"]
+            if (w, h) in (info.raw_size, info.displayed_size):
+                return w, h
+    return None
+
+
+def convert_planned_image(item: dict[str, Any], policy: ErrorPolicy) -> dict[str, Any] | None:
+    """Planned image (its annotations attached) -> schema row. Shared with the SA-Co reader.
+
+    The annotations' size says which grid they were drawn on (the EXIF rule of
+    :mod:`sam_hf.data.images`); objects on the stored grid are rotated with the image, which is
+    stored upright.
+    """
+    stored = read_for_conversion(item["image"], item["record"])
+    frame = "displayed"
+    size = _mask_size(item, stored.info)
+    if size is not None or item["annotations"]:
+        declared = item.get("size") or [None, None]
+        frame = stored.masks_follow(
+            size,
             file=item["file"],
             record=item["record"],
-            reason="mask_size_mismatch",
+            lead=f"annotations declare {declared[0]}x{declared[1]} (WxH) but the image is",
         )
+    width, height = stored.info.raw_size if frame == "raw" else stored.info.displayed_size
     objects = []
     for ann in item["annotations"]:
         try:
@@ -196,12 +218,13 @@ def convert_planned_image(item: dict[str, Any], policy: ErrorPolicy) -> dict[str
             policy.fail(e)
             continue
         if obj is not None:
-            objects.append(obj)
+            objects.append(orient_object(obj, stored, frame))
+    stored.count(policy.report)
     return {
-        "image": image_value(data),
+        "image": image_value(stored.data),
         "image_id": item["image_id"],
-        "width": width,
-        "height": height,
+        "width": stored.width,
+        "height": stored.height,
         "objects": objects,
         "negative_phrases": item.get("negative_phrases", []),
     }

@@ -48,7 +48,7 @@ import sam_hf
 from sam_hf.data.schema import FEATURES
 
 #: Bump when the rows any converter writes change for the same input (invalidates every cache).
-CONVERT_VERSION = "1"
+CONVERT_VERSION = "2"
 
 ON_ERROR_CHOICES = ("raise", "skip")
 
@@ -187,7 +187,7 @@ class Report:
         else:
             lines.append("  skipped by reason: none")
         if self.fixed:
-            lines.append("  repaired (clipped or dropped, in every mode):")
+            lines.append("  repaired or normalised (in every mode):")
             lines.extend(self._reason_lines(self.fixed))
         lines.extend(f"  note: {n}" for n in self.notes)
         return "\n".join(lines)
@@ -248,43 +248,26 @@ def check_on_error(on_error: str) -> None:
 
 
 def read_image(path: str | os.PathLike[str], record: str) -> tuple[bytes, int, int]:
-    """Encoded bytes and (width, height) of an image, fully decoded once to prove it is intact.
+    """Encoded bytes to store and the upright (width, height) of an image.
 
-    The bytes are stored as they are (no re-encoding), so the Arrow data is self-contained and
-    bit-identical to the source file.
+    Read by :func:`sam_hf.data.images.read_for_conversion`, the one image reader: the file's own
+    bytes when it is 8-bit RGB/L with no EXIF orientation to apply, else a PNG of the upright
+    8-bit RGB pixels (see that module for the rules).
     """
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ConversionError(
-            "image file not found", file=path, record=record, reason="missing_image"
-        ) from None
-    except OSError as e:
-        raise ConversionError(
-            f"cannot read image: {e}", file=path, record=record, reason="corrupt_image"
-        ) from None
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            width, height = im.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ConversionError(
-            f"corrupt or unreadable image ({type(e).__name__}: {e})",
-            file=path,
-            record=record,
-            reason="corrupt_image",
-        ) from None
-    return data, int(width), int(height)
+    from sam_hf.data.images import read_for_conversion
+
+    stored = read_for_conversion(path, record)
+    return stored.data, stored.width, stored.height
 
 
 def read_instance_mask(
-    path: str | os.PathLike[str], record: str, image_size: tuple[int, int]
+    path: str | os.PathLike[str], record: str, image_size: tuple[int, int] | None
 ) -> np.ndarray:
     """Instance-id mask (H, W) uint8/uint16 from a single-channel 8- or 16-bit image.
 
     ``image_size`` is the (width, height) of the image the mask belongs to; a different size is
     an error rather than a resize, because resizing an id map silently corrupts the instances.
+    ``None`` leaves the size check to the caller (the EXIF rule of :mod:`sam_hf.data.images`).
     """
     path = Path(path)
     try:
@@ -314,7 +297,7 @@ def read_instance_mask(
             record=record,
             reason="corrupt_mask",
         ) from None
-    if tuple(size) != tuple(image_size):
+    if image_size is not None and tuple(size) != tuple(image_size):
         raise ConversionError(
             f"mask is {size[0]}x{size[1]} (WxH) but its image is {image_size[0]}x{image_size[1]}",
             file=path,

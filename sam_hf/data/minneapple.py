@@ -48,9 +48,9 @@ from sam_hf.data.convert import (
     install_output,
     list_images,
     make_temp_beside,
-    read_image,
     read_instance_mask,
 )
+from sam_hf.data.images import orient_label_map, read_for_conversion
 from sam_hf.data.schema import make_object
 
 #: Names the writer in the ``.sam_hf_output.json`` marker of a prepared folder.
@@ -201,16 +201,21 @@ def masks_to_objects(label_map: np.ndarray) -> list[dict[str, Any]]:
 
 
 def _convert_item(item: dict[str, Any], policy: ErrorPolicy) -> dict[str, Any]:
-    data, width, height = read_image(item["image"], item["record"])
+    stored = read_for_conversion(item["image"], item["record"])
     objects: list[dict[str, Any]] = []
     if item["mask"] is not None:
-        label_map = read_instance_mask(item["mask"], item["record"], (width, height))
-        objects = masks_to_objects(label_map)
+        # the mask's size says which grid it was drawn on (sam_hf.data.images: EXIF rule)
+        label_map = read_instance_mask(item["mask"], item["record"], None)
+        frame = stored.masks_follow(
+            (label_map.shape[1], label_map.shape[0]), file=item["mask"], record=item["record"]
+        )
+        objects = masks_to_objects(orient_label_map(label_map, stored, frame))
+    stored.count(policy.report)
     return {
-        "image": image_value(data),
+        "image": image_value(stored.data),
         "image_id": item["image_id"],
-        "width": width,
-        "height": height,
+        "width": stored.width,
+        "height": stored.height,
         "objects": objects,
         "negative_phrases": [],
     }

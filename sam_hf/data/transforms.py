@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import datasets
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
 from sam_hf.data import rle
+from sam_hf.data.images import load_image, mask_frame, orient_array, warn_once
 from sam_hf.data.schema import attributes_dict
 
 
@@ -43,6 +45,47 @@ def masks_to_boxes_xyxy(masks: torch.Tensor) -> torch.Tensor:
     return torch.stack([x1, y1, x2, y2], dim=1).float()
 
 
+def _undecoded(hf_dataset: Any) -> Any:
+    """``hf_dataset`` with its ``image`` column left encoded, so :func:`read_row_image` (the one
+    image reader) decodes it rather than ``datasets``, whose decoding applies EXIF orientation."""
+    features = getattr(hf_dataset, "features", None)
+    feature = features.get("image") if features is not None else None
+    if isinstance(hf_dataset, datasets.Dataset) and isinstance(feature, datasets.Image):
+        if feature.decode:
+            return hf_dataset.cast_column("image", datasets.Image(decode=False))
+    return hf_dataset
+
+
+def read_row_image(row: dict[str, Any]) -> Image.Image:
+    """A schema row's image as 8-bit RGB, on the grid of the row's masks.
+
+    Converted rows are stored upright without EXIF orientation, so this is the stored image.
+    Rows written otherwise (an older sam_hf stored EXIF-rotated files as they were) follow the
+    rule of :mod:`sam_hf.data.images`: the row's ``width``/``height`` (the masks' size) decide
+    whether the orientation is applied; a size that fits neither grid is an error naming the
+    image, and an ambiguous one is warned about once.
+    """
+    name = f"image {row.get('image_id')!r}"
+    image, info = load_image(row["image"], name=name, orient=False)
+    if not info.moves_pixels:
+        return image
+    size = (row.get("width"), row.get("height"))
+    try:
+        frame, ambiguous = mask_frame(info, size)
+    except ValueError as e:
+        raise ValueError(f"{name}: {e}; convert the dataset again with this sam_hf") from None
+    if ambiguous:
+        warn_once(
+            name,
+            f"{name}: EXIF orientation {info.orientation} with stored and displayed sizes both"
+            f" {size[0]}x{size[1]}: its masks are taken to follow the stored pixels (convert the"
+            " dataset again with this sam_hf to store it upright)",
+        )
+    if frame == "displayed":
+        image = Image.fromarray(orient_array(np.asarray(image), info.orientation))
+    return image
+
+
 class SegmentationDataset(Dataset):
     """Map-style dataset over a schema ``datasets.Dataset`` for both SAM2 and SAM3.
 
@@ -63,6 +106,7 @@ class SegmentationDataset(Dataset):
         keep_orig_masks: bool = False,
     ) -> None:
         self.ds = hf_dataset
+        self._rows = _undecoded(hf_dataset)
         self.resolution = int(resolution)
         self.mean = torch.tensor(image_mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(image_std, dtype=torch.float32).view(3, 1, 1)
@@ -97,14 +141,12 @@ class SegmentationDataset(Dataset):
         return len(self.ds)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        row = self.ds[int(index)]
+        row = self._rows[int(index)]
         seed = sample_seed(self.seed, self.epoch if self.train else 0, index)
         gen = torch.Generator().manual_seed(seed)
         r = self.resolution
 
-        image: Image.Image = row["image"]
-        if image.mode != "RGB":
-            image = image.convert("RGB")
+        image = read_row_image(row)
         w0, h0 = image.size
         pixels = TF.pil_to_tensor(image.resize((r, r), Image.BILINEAR)).float() / 255.0
 
