@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from safetensors.torch import load_file
 
 from sam_hf import cache
 from sam_hf.configs import ConfigError
+from sam_hf.data.convert import save_atomically
 from sam_hf.data.transforms import SegmentationDataset
 from sam_hf.metrics import remap_scores
 
@@ -111,8 +111,8 @@ def prepare_synthetic(cfg: Any, view: str) -> None:
 
     ``view`` picks how the orchard is read: ``minneapple`` (instance masks, for SAM2) or
     ``coco_text`` (noun phrases and negatives, for SAM3). Shapes are written directly. The
-    DatasetDict is saved into a temporary folder and renamed, so an interrupted preparation
-    never looks like a prepared dataset.
+    DatasetDict is saved into a temporary folder and renamed (``save_atomically``, with the
+    output marker), so an interrupted preparation never looks like a prepared dataset.
     """
     path = Path(cfg.dataset_path)
     if path.exists() or cfg.synthetic_num_images <= 0:
@@ -134,14 +134,13 @@ def prepare_synthetic(cfg: Any, view: str) -> None:
         from sam_hf.data.synthetic import make_synthetic_orchard
 
         raw = path.with_name(path.name + "_raw")
-        if raw.exists():
-            shutil.rmtree(raw)
-        make_synthetic_orchard(
+        make_synthetic_orchard(  # replaces only orchard files of an earlier, interrupted run
             raw,
             num_images=cfg.synthetic_num_images,
             seed=cfg.seed,
             image_size=size,
             zoom=cfg.synthetic_zoom,
+            overwrite=True,
         )
         if view == "minneapple":
             from sam_hf.data.minneapple import convert_minneapple
@@ -161,11 +160,7 @@ def prepare_synthetic(cfg: Any, view: str) -> None:
                     )["validation"],
                 }
             )
-    tmp = path.with_name(f".tmp-{path.name}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    dd.save_to_disk(str(tmp))
-    tmp.rename(path)
+    save_atomically(dd, path, command="prepare_synthetic")
 
 
 def maybe_lora(model: torch.nn.Module, cfg: Any, family: str) -> torch.nn.Module:
