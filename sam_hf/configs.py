@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
+import math
 import os
+import re
 import sys
 import types
 import typing
@@ -283,6 +286,35 @@ _SECTIONS: dict[type, tuple[type, ...]] = {
 }
 
 
+_CONFIG_CLASSES: dict[str, type] = {"sam2": Sam2Config, "sam3": Sam3Config}
+#: The recipe that trains each family (named in messages about the wrong family).
+RECIPES = {"sam2": "recipes/sam2_mineapple.py", "sam3": "recipes/sam3_coco_text.py"}
+#: What ``model_name_or_path`` accepts, per family (said in every "not found" message).
+MODEL_SOURCES = {
+    "sam2": (
+        "a Hub id (e.g. facebook/sam2.1-hiera-large), a local folder with config.json "
+        "(save_pretrained output), an official SAM2 .pt checkpoint, or sam2-tiny"
+    ),
+    "sam3": (
+        "a Hub id (e.g. facebook/sam3), a local folder with config.json (save_pretrained "
+        "output), or sam3-tiny"
+    ),
+}
+#: config.json ``model_type`` values whose weights each recipe's model class loads
+#: (Sam3Model reads the detector out of a sam3_video config, Sam2Model a sam2_video one).
+CHECKPOINT_MODEL_TYPES = {"sam2": ("sam2", "sam2_video"), "sam3": ("sam3", "sam3_video")}
+_TINY_NAMES = {"sam2": "sam2-tiny", "sam3": "sam3-tiny"}
+
+
+def _family_of_class(config_cls: type | None) -> str | None:
+    if config_cls is None or not dataclasses.is_dataclass(config_cls):
+        return None
+    for f in dataclasses.fields(config_cls):
+        if f.name == "family" and f.default in RECIPES:
+            return str(f.default)
+    return None
+
+
 def register_config(config_cls: type, sections: tuple[type, ...]) -> None:
     """Let another family (SAM3) declare its config class and the sections shown in --help."""
     _SECTIONS[config_cls] = sections
@@ -342,25 +374,79 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         return str(value)
     if origin is list:
         if isinstance(value, str):
-            value = yaml.safe_load(value) if value.strip().startswith("[") else value.split(",")
+            value = _yaml_value(key, value) if value.strip().startswith("[") else value.split(",")
         if not isinstance(value, list | tuple):
             value = [value]
         return [_coerce(f"{key}[]", v, args[0]) for v in value]
     if origin is dict:
         if isinstance(value, str):
-            value = yaml.safe_load(value)
+            value = _yaml_value(key, value)
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping like {{name: 1.0}}, got {value!r}.")
         return {str(k): _coerce(f"{key}.{k}", v, args[1]) for k, v in value.items()}
     return value
 
 
-def _unknown_key_error(key: str, known: list[str], source: str) -> ConfigError:
+def _yaml_value(key: str, text: str) -> Any:
+    """A YAML flow value typed on the command line (``[a, b]``, ``{name: 1.0}``)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{key}: {text!r} does not parse as YAML ({problem}).") from None
+
+
+def _yaml_error(path: str | os.PathLike, e: yaml.YAMLError) -> ConfigError:
+    """One line naming the file, line and column of a YAML syntax error."""
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    problem = getattr(e, "problem", None) or " ".join(str(e).split())
+    context = getattr(e, "context", None)
+    cmark = getattr(e, "context_mark", None)
+    if context and cmark is not None and mark is not None and cmark.line != mark.line:
+        context += f" that starts at line {cmark.line + 1}, column {cmark.column + 1}"
+    detail = f"{problem} ({context})" if context else problem
+    return ConfigError(f"{where}: not valid YAML: {detail}.")
+
+
+def _unknown_key_error(
+    key: str, known: list[str], source: str, config_cls: type | None = None
+) -> ConfigError:
     close = difflib.get_close_matches(key, known, n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
+    family = _family_of_class(config_cls)
+    other = {"sam2": "sam3", "sam3": "sam2"}.get(family or "")
+    other_keys = {f.name for f in dataclasses.fields(_CONFIG_CLASSES[other])} if other else set()
+    if other and key in other_keys:
+        hint += (
+            f" '{key}' is a key of the {other.upper()} recipe ({RECIPES[other]}), not of the "
+            f"{family.upper()} recipe ({RECIPES[family]})."
+        )
+        if key == "model_type":
+            hint += (
+                f" The {family.upper()} recipe has no model_type: it takes its checkpoint from "
+                f"model_name_or_path, which accepts {MODEL_SOURCES[family]}."
+            )
     return ConfigError(
         f"Unknown config key '{key}' (from {source}).{hint} Run with --help for all keys."
     )
+
+
+def _read_yaml(yaml_path: str | os.PathLike) -> dict:
+    path = Path(yaml_path)
+    if not path.is_file():
+        raise ConfigError(f"Config file {yaml_path} does not exist.")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise _yaml_error(yaml_path, e) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{yaml_path} is not UTF-8 text ({e.reason} at byte {e.start})."
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{yaml_path} must hold a mapping of key: value.")
+    return data
 
 
 def load_config(
@@ -372,17 +458,12 @@ def load_config(
     values: dict[str, Any] = {}
     sources: list[tuple[str, dict]] = []
     if yaml_path is not None:
-        if not Path(yaml_path).is_file():
-            raise ConfigError(f"Config file {yaml_path} does not exist.")
-        data = yaml.safe_load(Path(yaml_path).read_text()) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{yaml_path} must hold a mapping of key: value.")
-        sources.append((str(yaml_path), data))
+        sources.append((str(yaml_path), _read_yaml(yaml_path)))
     sources.append(("the command line", overrides or {}))
     for source, data in sources:
         for key, value in data.items():
             if key not in hints:
-                raise _unknown_key_error(key, known, source)
+                raise _unknown_key_error(str(key), known, source, config_cls)
             values[key] = _coerce(key, value, hints[key])
     _synthetic_only_where_declared(sources, values)
     cfg = config_cls(**values)
@@ -459,8 +540,125 @@ def _check(cond: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
+def _floats(key: str, value: Any) -> typing.Iterator[tuple[str, float]]:
+    """Every float in a config value, with the key path that names it (``a.b``, ``a[0]``)."""
+    if isinstance(value, float):
+        yield key, value
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            yield from _floats(f"{key}[{i}]", v)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _floats(f"{key}.{k}", v)
+
+
+def _check_finite(cfg: Any) -> None:
+    """No key takes inf or nan: every float field, and floats inside lists and mappings.
+
+    (``nan`` compares false with everything, so it slips through every range check below:
+    ``max_grad_norm: nan`` would silently turn clipping off, ``learning_rate: inf`` would
+    train on nan weights.)
+    """
+    fields = dataclasses.fields(cfg) if dataclasses.is_dataclass(cfg) else ()
+    for f in fields:
+        for where, v in _floats(f.name, getattr(cfg, f.name)):
+            _check(math.isfinite(v), f"{where} must be a finite number, got {v}.")
+
+
+def _check_resume_path(cfg: Any) -> None:
+    """``--resume PATH``: the path must exist (what it holds is the trainer's business)."""
+    if cfg.resume is None or cfg.resume == "auto" or Path(cfg.resume).expanduser().exists():
+        return
+    root = Path(cfg.output_dir) / "checkpoints"
+    found = []
+    if root.is_dir():
+        for p in root.iterdir():
+            m = re.fullmatch(r"step-(\d+)", p.name)
+            if m and p.is_dir():
+                found.append((int(m.group(1)), str(p)))
+    have = (
+        f"checkpoints in {root}: {', '.join(p for _, p in sorted(found))}"
+        if found
+        else f"there are no checkpoints in {root}"
+    )
+    raise ConfigError(
+        f"resume: {cfg.resume} does not exist; {have}. Use --resume auto for the newest one "
+        "of output_dir (or a fresh start when there is none)."
+    )
+
+
+def check_model_name(name: Any, family: str) -> None:
+    """Names that can only belong to the other family (its tiny config, its Hub ids, a sam2.1
+    model type), and a local folder whose config.json says another family: refused without
+    loading anything."""
+    other = "sam3" if family == "sam2" else "sam2"
+    text = str(name or "").strip()
+    low = text.lower()
+    if (
+        low == _TINY_NAMES[other]
+        or low.startswith(f"facebook/{other}")
+        or (other == "sam2" and low.startswith(("sam2.1-hiera", "sam2.1_hiera")))
+    ):
+        raise ConfigError(
+            f"model_name_or_path {text!r} is a {other.upper()} checkpoint; the {family.upper()} "
+            f"recipe ({RECIPES[family]}) accepts {MODEL_SOURCES[family]}. Train it with the "
+            f"{other.upper()} recipe ({RECIPES[other]})."
+        )
+    path = Path(text).expanduser() if text else None
+    if path is not None and (path / "config.json").is_file():
+        try:
+            raw = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{path / 'config.json'} does not parse as JSON ({e}).") from None
+        check_checkpoint_family(raw, str(path), family)
+
+
+def check_checkpoint_family(raw: Any, source: str, family: str) -> None:
+    """``raw`` (a config.json) must hold a model of ``family``, else a ConfigError naming the
+    model_type found and the recipe that trains it."""
+    wanted = CHECKPOINT_MODEL_TYPES[family]
+    model_type = raw.get("model_type") if isinstance(raw, dict) else None
+    if model_type in wanted:
+        return
+    fam = family.upper()
+    if model_type is None:
+        raise ConfigError(
+            f"{source}: its config.json has no model_type, so it is not a transformers {fam} "
+            f"model; the {fam} recipe accepts {MODEL_SOURCES[family]}."
+        )
+    other = "sam3" if family == "sam2" else "sam2"
+    if model_type in CHECKPOINT_MODEL_TYPES[other]:
+        hint = (
+            f" Use the {other.upper()} recipe ({RECIPES[other]}) for {other.upper()} checkpoints."
+        )
+    elif model_type in ("sam", "sam_hq"):
+        hint = (
+            " That is SAM1 (ViT); sam_hf fine-tunes SAM2 (Hiera, recipes/sam2_mineapple.py, e.g. "
+            "facebook/sam2.1-hiera-large) and SAM3 (recipes/sam3_coco_text.py)."
+        )
+    elif str(model_type).startswith("sam3_tracker"):
+        hint = (
+            " That is SAM3's video tracker, which sam_hf does not train; the SAM3 recipe "
+            f"({RECIPES['sam3']}) trains the detector of a sam3 / sam3_video checkpoint."
+        )
+    else:
+        hint = (
+            f" sam_hf trains SAM2 ({RECIPES['sam2']}) and SAM3 ({RECIPES['sam3']}) "
+            "checkpoints only."
+        )
+    raise ConfigError(
+        f"{source} holds a {model_type!r} model, not {fam} (config.json model_type must be one "
+        f"of {list(wanted)}).{hint}"
+    )
+
+
 def validate(cfg: Any) -> None:
     """Reject impossible values and combinations before anything heavy starts."""
+    _check_finite(cfg)
+    _check(
+        cfg.max_grad_norm >= 0,
+        f"max_grad_norm must be >= 0 (0 disables clipping), got {cfg.max_grad_norm}.",
+    )
     _check(cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}.")
     _check(cfg.eval_batch_size >= 0, "eval_batch_size must be >= 0 (0 means batch_size).")
     _check(
@@ -494,6 +692,7 @@ def validate(cfg: Any) -> None:
             "resume and init_from exclude each other: resume continues a run (optimizer, "
             "schedule, data position); init_from starts a new run from finished weights."
         )
+    _check_resume_path(cfg)
     groups = {"vision_encoder", "text_encoder", "mask_decoder", "detr_decoder"}
     for g in cfg.lora_target_groups:
         _check(g in groups, f"lora_target_groups: {g!r} is unknown; choose from {sorted(groups)}.")
@@ -512,6 +711,8 @@ def validate(cfg: Any) -> None:
     _check(cfg.synthetic_zoom >= 1.0, "synthetic_zoom must be >= 1 (1 = the MinneApple scale).")
     if len(cfg.synthetic_image_size) != 2:
         raise ConfigError("synthetic_image_size must be [H, W].")
+    if cfg.family in RECIPES:
+        check_model_name(cfg.model_name_or_path, cfg.family)
     if cfg.family == "sam2":
         _validate_sam2(cfg)
     elif cfg.family == "sam3":
@@ -576,6 +777,22 @@ def _validate_sam3(cfg: Sam3Config) -> None:
     _check(0.0 <= cfg.negative_ratio <= 10.0, "negative_ratio must be within [0, 10].")
     _check(cfg.max_phrases_per_image >= 1, "max_phrases_per_image must be >= 1.")
     _check(0.0 < cfg.score_threshold < 1.0, "score_threshold must be within (0, 1).")
+    for name in (
+        "loss_segmentation",
+        "loss_grounding",
+        "loss_attribute",
+        "cost_class",
+        "cost_bbox",
+        "cost_giou",
+        "cost_mask",
+        "weight_class",
+        "weight_presence",
+        "weight_bbox",
+        "weight_giou",
+        "weight_mask_focal",
+        "weight_mask_dice",
+    ):
+        _check(getattr(cfg, name) >= 0, f"{name} must be >= 0, got {getattr(cfg, name)}.")
     from sam_hf.cache import check_config
 
     check_config(cfg)

@@ -23,17 +23,23 @@ model directly get transformers' usual behaviour.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from huggingface_hub import constants as hf_constants
+from huggingface_hub import errors as hf_errors
+from huggingface_hub import hf_hub_download
 from torch import nn
 from transformers import Sam2Config, Sam2ImageProcessor, Sam2Model, Sam2Processor
 
 from sam_hf.cache import check_encoder_frozen, encoder_is_trainable
+from sam_hf.configs import MODEL_SOURCES, ConfigError, check_checkpoint_family, check_model_name
 from sam_hf.data.prompts import make_generator, sample_correction_clicks
 from sam_hf.losses.sam2 import Sam2Loss
 from sam_hf.models.common import (
@@ -70,8 +76,6 @@ _SAM1_HUB_IDS = {
 }
 #: Named tiny configs (random weights, for tests and the CPU demo).
 TINY_NAMES = ("sam2-tiny",)
-#: ``model_type`` values of config.json that hold a Sam2Model's weights.
-_SAM2_CONFIG_TYPES = ("sam2", "sam2_video")
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
 #: Objects decoded at once by ``predict`` (bounds memory on images with 100+ objects).
 PREDICT_CHUNK = 32
@@ -82,9 +86,9 @@ PREDICT_CHUNK = 32
 # --------------------------------------------------------------------------------------------
 
 
-def _sam1_error(name: str, sam1: str) -> ValueError:
+def _sam1_error(name: str, sam1: str) -> ConfigError:
     options = ", ".join(f"{k} ({v} params)" for k, v in _SIZES.items())
-    return ValueError(
+    return ConfigError(
         f"{name!r} is a SAM1 (ViT) model; sam_hf fine-tunes SAM2, whose backbones are Hiera. "
         f"The nearest SAM2 checkpoint is model_type: {SAM1_TO_SAM2[sam1]} "
         f"({SAM2_HUB_IDS[SAM1_TO_SAM2[sam1]]}); vit_h -> sam2.1-hiera-large, vit_l -> "
@@ -111,7 +115,7 @@ def canonical_model_type(name: str) -> str:
             cand = f"sam2.1-hiera-{rest}"
             if cand in SAM2_HUB_IDS:
                 return cand
-    raise ValueError(f"model_type {raw!r} is unknown; choose one of {sorted(SAM2_HUB_IDS)}.")
+    raise ConfigError(f"model_type {raw!r} is unknown; choose one of {sorted(SAM2_HUB_IDS)}.")
 
 
 def tiny_sam2_config(resolution: int = 256) -> Sam2Config:
@@ -242,9 +246,9 @@ def _looks_like_path(name: str) -> bool:
     )
 
 
-def _conversion_error(path: Path, model_type: str | None) -> ValueError:
+def _conversion_error(path: Path, model_type: str | None) -> ConfigError:
     name = (model_type or "sam2.1-hiera-large").replace("-", "_")
-    return ValueError(
+    return ConfigError(
         f"{path} is an original SAM2 checkpoint, and the installed transformers does not ship "
         "SAM2's conversion code (it is not in the pip package). Convert it once with the "
         "script from the transformers source repository, "
@@ -257,33 +261,153 @@ def _conversion_error(path: Path, model_type: str | None) -> ValueError:
     )
 
 
-def _check_model_type(model_type: Any, source: str) -> None:
-    if model_type not in _SAM2_CONFIG_TYPES:
-        hint = (
-            " Use the SAM3 recipe for SAM3 checkpoints."
-            if str(model_type).startswith("sam3")
-            else ""
+# --------------------------------------------------------------------------------------------
+# Where a checkpoint comes from (shared with sam_hf.models.sam3)
+# --------------------------------------------------------------------------------------------
+
+
+class ModelNotFoundError(ConfigError, FileNotFoundError):
+    """The model a config names is neither on this machine nor obtainable from the Hub."""
+
+
+def hub_offline() -> bool:
+    """Whether huggingface_hub refuses the network (``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE``)."""
+    return bool(hf_constants.HF_HUB_OFFLINE)
+
+
+def offline_flag() -> str:
+    """The variable that switched the Hub off, as a user would unset it."""
+    if os.environ.get("HF_HUB_OFFLINE") is None and os.environ.get("TRANSFORMERS_OFFLINE"):
+        return "TRANSFORMERS_OFFLINE"
+    return "HF_HUB_OFFLINE"
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
+def missing_model_error(source: str, family: str, why: str) -> ModelNotFoundError:
+    """One line: the path or id, why it cannot be had, and what model_name_or_path accepts."""
+    return ModelNotFoundError(
+        f"model_name_or_path {source!r}: {why}. It accepts {MODEL_SOURCES[family]}."
+    )
+
+
+def _hub_error(source: str, revision: str | None, family: str, e: Exception) -> ConfigError:
+    """A huggingface_hub failure to fetch ``source``'s config.json as one actionable line."""
+    status = getattr(getattr(e, "response", None), "status_code", None)
+    if isinstance(e, hf_errors.LocalEntryNotFoundError | hf_errors.OfflineModeIsEnabled):
+        if hub_offline():
+            flag = offline_flag()
+            return missing_model_error(
+                source,
+                family,
+                f"not found locally and the Hub is offline ({flag}=1): unset {flag}, or "
+                f"download it where there is network (hf download {source}) and give the "
+                "local folder",
+            )
+        cause = e.__cause__ or e.__context__
+        return missing_model_error(
+            source,
+            family,
+            "not found locally and the Hub could not be reached"
+            + (f" ({_first_line(cause)})" if cause is not None else "")
+            + ": check the network or proxy, or give a local folder",
         )
-        raise ValueError(
-            f"{source} holds a {model_type!r} model, not SAM2 (config.json model_type must be "
-            f"one of {list(_SAM2_CONFIG_TYPES)}).{hint}"
+    if isinstance(e, hf_errors.GatedRepoError):
+        return ConfigError(
+            f"model_name_or_path {source!r} is gated on the Hub: accept its license at "
+            f"https://huggingface.co/{source} and log in with `hf auth login` (formerly "
+            "`huggingface-cli login`) or set HF_TOKEN."
         )
+    if isinstance(e, hf_errors.RevisionNotFoundError):
+        return ConfigError(
+            f"model_name_or_path {source!r}: revision {revision!r} not found on the Hub; set "
+            "revision to an existing branch, tag or commit (main by default)."
+        )
+    if isinstance(e, hf_errors.RepositoryNotFoundError):
+        return missing_model_error(
+            source,
+            family,
+            "not found locally and not found on the Hub (a private repo also needs "
+            "`hf auth login`)",
+        )
+    if isinstance(e, hf_errors.EntryNotFoundError | hf_errors.RemoteEntryNotFoundError):
+        return missing_model_error(
+            source, family, "this Hub repo has no config.json (it is no transformers model)"
+        )
+    if isinstance(e, hf_errors.HFValidationError):
+        return missing_model_error(
+            source, family, "not found locally, and it is not a valid Hub id either"
+        )
+    if status in (401, 403):
+        return ConfigError(
+            f"model_name_or_path {source!r}: the Hub refused access (HTTP {status}); log in "
+            "with `hf auth login` (formerly `huggingface-cli login`) or set HF_TOKEN to a "
+            "token that can read it."
+        )
+    if isinstance(e, hf_errors.HfHubHTTPError):
+        return ConfigError(
+            f"model_name_or_path {source!r}: the Hub answered HTTP {status} "
+            f"({_first_line(e)}); try again later or give a local folder."
+        )
+    return missing_model_error(
+        source,
+        family,
+        f"not found locally and the Hub could not be reached ({_first_line(e)}): check the "
+        "network or proxy, or give a local folder",
+    )
+
+
+def read_model_config(source: str, revision: str | None, family: str) -> dict[str, Any]:
+    """``source``'s config.json (a local folder, or a Hub id: that one small file is fetched),
+    checked to hold a model of ``family`` -- before any weights are read.
+
+    Everything that can go wrong is a :class:`ConfigError` of one line: a folder without
+    config.json, an id that is not cached and cannot be fetched (offline, no network, not on
+    the Hub, gated, refused), and a checkpoint of another family (naming the recipe to use).
+    """
+    check_model_name(source, family)
+    path = Path(source).expanduser()
+    if path.is_dir():
+        file = path / "config.json"
+        if not file.is_file():
+            raise ConfigError(
+                f"{path} is not a saved {family.upper()} model folder: it has no config.json. "
+                "Point model_name_or_path at the folder save_pretrained wrote (or a Hub id)."
+            )
+    else:
+        kwargs = {} if revision in (None, "", "main") else {"revision": revision}
+        try:
+            file = Path(hf_hub_download(source, "config.json", **kwargs))
+        except Exception as e:  # noqa: BLE001 - every Hub/network failure becomes one line
+            raise _hub_error(source, revision, family, e) from e
+    try:
+        raw = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{source}: its config.json does not parse ({_first_line(e)}).") from e
+    check_checkpoint_family(raw, source, family)
+    return raw
+
+
+def load_error(source: str, family: str, e: Exception) -> ConfigError:
+    """A transformers failure to load ``source`` (after its config.json was read) in one line."""
+    return ConfigError(
+        f"could not load the {family.upper()} model {source!r}: {_first_line(e)}. If this "
+        "machine is offline, download it elsewhere (hf download) and give the local folder."
+    )
 
 
 def _load_pretrained(
     source: str, cfg: Any, revision: str | None
 ) -> tuple[Sam2Model, Sam2Processor]:
     kwargs = {} if revision in (None, "", "main") else {"revision": revision}
+    read_model_config(source, revision, "sam2")  # the family, before any weights are read
     try:
-        raw, _ = Sam2Config.get_config_dict(source, **kwargs)
-        _check_model_type(raw.get("model_type"), source)
         config = Sam2Config.from_pretrained(source, **kwargs)
     except OSError as e:
-        raise OSError(
-            f"could not load a SAM2 config from {source!r}: {e}\nIf this machine is offline, "
-            "download the checkpoint elsewhere (huggingface-cli download) and point "
-            "model_name_or_path at the local folder."
-        ) from e
+        raise load_error(source, "sam2", e) from e
     native = sam2_resolution(config)
     res = int(getattr(cfg, "resolution", None) or native)
     if res != native:
@@ -294,7 +418,10 @@ def _load_pretrained(
             res,
         )
         set_sam2_resolution(config, res)
-    model = Sam2Model.from_pretrained(source, config=config, **kwargs)
+    try:
+        model = Sam2Model.from_pretrained(source, config=config, **kwargs)
+    except OSError as e:
+        raise load_error(source, "sam2", e) from e
     try:
         processor = Sam2Processor.from_pretrained(source, **kwargs)
         if res != native:
@@ -344,26 +471,18 @@ def build_sam2(cfg: Any) -> tuple[Sam2Model, Sam2Processor]:
     elif is_local:
         path = Path(name).expanduser()
         if not path.exists():
-            raise FileNotFoundError(
-                f"model_name_or_path {name!r}: no such file or folder. Give a saved model "
-                f"folder, an original SAM2 .pt checkpoint, a Hub id or one of {list(TINY_NAMES)}."
-            )
+            raise missing_model_error(name, "sam2", "no such file or folder (not found locally)")
         if path.is_file():
             if path.suffix.lower() in (".pt", ".pth", ".ckpt"):
                 raise _conversion_error(path, model_type and canonical_model_type(model_type))
-            raise ValueError(
+            raise ConfigError(
                 f"{path} is a single file; give the folder that holds config.json and the weights."
-            )
-        if not (path / "config.json").is_file():
-            raise ValueError(
-                f"{path} is not a saved SAM2 model folder: it has no config.json. Point "
-                "model_name_or_path at the folder save_pretrained wrote (or a Hub id)."
             )
         model, processor = _load_pretrained(str(path), cfg, None)
     else:
         source = hub_from_type or name
         if not source:
-            raise ValueError("set model_name_or_path (or model_type) to choose a SAM2 checkpoint.")
+            raise ConfigError("set model_name_or_path (or model_type) to choose a SAM2 checkpoint.")
         if hub_from_type and name and name != hub_from_type:
             logger.info(
                 "model_type %s selects %s (model_name_or_path %s is not used).",

@@ -18,7 +18,7 @@ so ``freeze_tracker`` exists only to say so and must stay true.
 from __future__ import annotations
 
 import logging
-import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,12 +30,19 @@ from transformers.models.sam3.image_processing_sam3 import Sam3ImageProcessor
 from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
 from sam_hf.cache import check_encoder_frozen, encoder_is_trainable
+from sam_hf.configs import ConfigError
 from sam_hf.losses.sam3 import Sam3Loss
 from sam_hf.models.clip_tokenizer import SAM3_CONTEXT_LENGTH, build_clip_tokenizer
 from sam_hf.models.common import (
     enable_activation_checkpointing,
     reinit_for_small_widths,
     set_requires_grad,
+)
+from sam_hf.models.sam2 import (
+    _looks_like_path,
+    load_error,
+    missing_model_error,
+    read_model_config,
 )
 
 logger = logging.getLogger(__name__)
@@ -210,20 +217,33 @@ def build_sam3(cfg: Any) -> tuple[Sam3Model, Sam3Processor]:
             reinit_for_small_widths(model)
         processor = build_sam3_processor(resolution)
     else:
-        is_local = os.path.isdir(name)
+        path = Path(name).expanduser()
+        is_local = path.exists() or _looks_like_path(name)
+        if is_local:
+            if not path.exists():
+                raise missing_model_error(
+                    name, "sam3", "no such file or folder (not found locally)"
+                )
+            if path.is_file():
+                raise ConfigError(
+                    f"{path} is a single file; SAM3 loads from the folder that holds config.json "
+                    "and the weights (save_pretrained output), a Hub id, or sam3-tiny."
+                )
+            name = str(path)
         kw = {} if is_local else {"revision": revision}
+        # config.json first (one small file): a missing model, an offline Hub or a SAM2
+        # checkpoint fails here in one line, before any weights are read.
+        read_model_config(name, None if is_local else revision, "sam3")
         try:
             model = Sam3Model.from_pretrained(name, **kw)
         except OSError as e:
-            raise OSError(
-                f"Could not load Sam3Model from {name!r}: {e}\nfacebook/sam3 is gated on the Hub: "
-                "accept its license and log in (`hf auth login`), point model_name_or_path at a "
-                "local folder saved with save_pretrained, or use 'sam3-tiny' to test offline."
-            ) from e
+            raise load_error(name, "sam3", e) from e
         try:
             processor = Sam3Processor.from_pretrained(name, **kw)
         except (OSError, ValueError, TypeError) as e:
             if not is_local:
+                if isinstance(e, OSError):
+                    raise load_error(name, "sam3", e) from e
                 raise
             logger.warning(
                 "No loadable Sam3Processor in %s (%s); building one with the offline CLIP "
