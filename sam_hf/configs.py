@@ -74,6 +74,11 @@ class TrainingArgs:
     greater_is_better: bool = _f(True, "Whether a larger metric_for_best_model is better.")
     early_stopping_patience: int = _f(0, "Stop after N evaluations without improvement (0: off).")
     resume: str | None = _f(None, "'auto' (newest complete checkpoint in output_dir) or a path.")
+    resume_ignore_config_mismatch: bool = _f(
+        False,
+        "Resume even if the checkpoint was trained with other result-changing settings (seed, "
+        "model, data, prompts, loss, optimizer...); by default --resume refuses, listing them.",
+    )
     init_from: str | None = _f(
         None, "Start from the weights of an earlier fine-tune (fresh optimizer and schedule)."
     )

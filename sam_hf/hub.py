@@ -428,6 +428,32 @@ def _make_api(api: HfApi | None, token: str | None) -> HfApi:
     return HfApi(token=token)
 
 
+def push_error_kind(e: BaseException) -> str:
+    """What kind of failure a push hit, for a one-line report: ``offline`` (HF_HUB_OFFLINE),
+    ``auth`` (no or a refused token), ``network`` (unreachable, timeout, 5xx), or ``error``
+    (anything else: a bad repo id, a card the Hub rejects...). Offline and auth failures do
+    not heal by retrying within the run; network failures may."""
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    if isinstance(e, OfflineModeIsEnabled):
+        return "offline"
+    if isinstance(e, RuntimeError) and str(e) == _NO_TOKEN:
+        return "auth"
+    if isinstance(e, HfHubHTTPError):
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        if status in (401, 403):
+            return "auth"
+        if status is None or status >= 500 or status == 429:
+            return "network"
+        return "error"
+    if isinstance(e, ConnectionError | TimeoutError):
+        return "network"
+    name = type(e).__module__ + "." + type(e).__name__
+    if name.startswith(("httpx", "requests", "urllib3")) or "Timeout" in name:
+        return "network"
+    return "error"
+
+
 def _repo_id_of(url: Any, fallback: str) -> str:
     rid = getattr(url, "repo_id", None)
     return rid if isinstance(rid, str) and rid else fallback

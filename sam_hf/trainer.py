@@ -9,36 +9,101 @@ Exact resume: the data order of epoch ``e`` is a permutation seeded by ``(seed, 
 sample's augmentation/prompts by ``(seed, e, index)`` (see ``sam_hf.data.transforms``), so a
 checkpoint only needs the model, optimizer, scheduler, RNG states (``save_state``) and how many
 micro-batches of the current epoch were consumed; resuming skips exactly those.
+
+Faults (see ``sam_hf.checkpointing``): a run holds ``output_dir/run.lock`` for its whole life;
+``--resume`` checks the checkpoint's integrity and config before anything is written; SIGTERM
+saves a checkpoint and stops (:class:`TrainingInterrupted`, exit 143 in the recipes); a full
+disk while saving is a :class:`~sam_hf.checkpointing.DiskFullError` naming path and sizes; a
+failed Hub push during training is logged and retried and never stops training.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import math
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast_object_list, set_seed
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from sam_hf import checkpointing
+from sam_hf.checkpointing import RunError
 from sam_hf.configs import ConfigError, save_config, to_dict
 
 logger = logging.getLogger("sam_hf")
 
 #: Per-batch counts the collators report; summed over the run into eval_results.json.
 COUNTER_KEYS = ("num_skipped_empty", "num_empty_phrases", "num_truncated")
+#: Seconds before the one retry of a final Hub push that failed for a network reason.
+HUB_RETRY_DELAY_S = 10.0
+
+
+class TrainingInterrupted(Exception):
+    """The run was stopped by a signal (SIGTERM) after saving a checkpoint.
+
+    Raised rather than returning partial results: ``final/``, ``eval_results.json``'s final
+    numbers and a Hub push describe a finished run, and a process stopped by SIGTERM must not
+    exit 0 (schedulers read that as "done" and do not requeue it). The recipes exit with
+    ``exit_code`` (128 + signal: 143), the status of a process SIGTERM ended.
+    """
+
+    def __init__(self, signum: int, step: int, checkpoint: Path | None) -> None:
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        self.exit_code = 128 + signum
+        name = signal.Signals(signum).name
+        saved = (
+            f"checkpoint {checkpoint} saved"
+            if checkpoint is not None
+            else "no optimizer step had been taken, nothing to save"
+        )
+        super().__init__(f"Stopped by {name} at step {step}: {saved}. Continue with --resume auto.")
+
+
+class StopRequest:
+    """Set by the SIGTERM handler; the loop acts on it after the current optimizer step."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+
+@contextlib.contextmanager
+def stop_on_sigterm() -> Iterator[StopRequest]:
+    """While a run lasts, SIGTERM (what SLURM and Kubernetes send before killing) only sets a
+    flag: the loop saves a checkpoint and stops cleanly. A second SIGTERM goes to the previous
+    handler (by default: terminate now). Signal handlers can only be installed from the main
+    thread; elsewhere nothing is installed. The previous handler is restored at the end."""
+    req = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield req
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if req.signum is not None:
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+            signal.raise_signal(signum)
+            return
+        req.signum = signum
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield req
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 class Task(Protocol):
@@ -155,25 +220,61 @@ def build_accelerator(cfg: Any) -> Accelerator:
     )
 
 
+class _DeferredFileHandler(logging.Handler):
+    """Keeps records until :meth:`open`, then writes them and everything after to the file,
+    so a run refused by its start-up checks leaves no ``training.log`` behind."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+        self.file: logging.FileHandler | None = None
+
+    def open(self, path: Path) -> None:
+        self.file = logging.FileHandler(path)
+        self.file.setFormatter(self.formatter)
+        for r in self.records:
+            self.file.handle(r)
+        self.records.clear()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.file is not None:
+            self.file.handle(record)
+        else:
+            self.records.append(record)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        super().close()
+
+
 @contextlib.contextmanager
-def run_logging(accelerator: Accelerator, output_dir: str) -> Iterator[None]:
+def run_logging(accelerator: Accelerator, output_dir: str) -> Iterator[Callable[[], None]]:
     """``training.log`` and the console for the ``sam_hf`` loggers while a run lasts.
 
-    The handlers are removed (and the file closed) when the run ends, and records still
-    propagate, so an application or test that calls ``train`` keeps its own logging.
-    Other ranks log warnings only.
+    Yields the function that opens ``training.log`` (records until then are kept and written
+    first): the trainer calls it once the run's checks passed. The handlers are removed (and
+    the file closed) when the run ends, and records still propagate, so an application or
+    test that calls ``train`` keeps its own logging. Other ranks log warnings only.
     """
     handlers: list[logging.Handler] = []
+    deferred: _DeferredFileHandler | None = None
     if accelerator.is_main_process:
         fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
-        handlers = [logging.FileHandler(Path(output_dir) / "training.log"), logging.StreamHandler()]
+        deferred = _DeferredFileHandler()
+        handlers = [deferred, logging.StreamHandler()]
         for h in handlers:
             h.setFormatter(fmt)
             logger.addHandler(h)
     old_level = logger.level
     logger.setLevel(logging.INFO if accelerator.is_main_process else logging.WARNING)
+
+    def open_file() -> None:
+        if deferred is not None and deferred.file is None:
+            deferred.open(Path(output_dir) / "training.log")
+
     try:
-        yield
+        yield open_file
     finally:
         logger.setLevel(old_level)
         for h in handlers:
@@ -279,22 +380,30 @@ def training_step(
     batch: dict,
     cfg: Any,
     window: dict,
+    stop: bool = False,
 ) -> dict | None:
     """One micro-batch; performs the optimizer step when gradients sync.
 
     Returns the step's stats when an optimizer step was taken (or skipped for a non-finite
     loss), ``None`` for a micro-batch that only accumulated. A non-finite loss on ANY rank skips
     the backward on every rank (they must agree or DDP's all-reduce hangs) and voids the whole
-    accumulation window, so a NaN never reaches the weights or AdamW's moments.
+    accumulation window, so a NaN never reaches the weights or AdamW's moments. ``stop`` (this
+    rank received SIGTERM) travels in the same all-reduce: ``stats["stop"]`` is true on every
+    rank when any rank asked to stop, so all of them save the same checkpoint and stop together.
     """
     with accelerator.accumulate(module):
         with accelerator.autocast():
             out = module(batch)
         loss = out["loss"]
-        finite = torch.isfinite(loss.detach()).float().reshape(1)
-        all_finite = bool(
-            accelerator.reduce(finite, reduction="sum").item() == accelerator.num_processes
+        flags = torch.stack(
+            [
+                torch.isfinite(loss.detach()).float().reshape(()),
+                torch.tensor(float(stop), device=loss.device),
+            ]
         )
+        flags = accelerator.reduce(flags, reduction="sum").tolist()
+        all_finite = bool(flags[0] == accelerator.num_processes)
+        stop_any = flags[1] > 0
         if all_finite:
             accelerator.backward(loss)
         else:
@@ -313,6 +422,7 @@ def training_step(
         stats: dict[str, Any] = {
             "nonfinite": window.get("bad", False),
             "bad_ids": window.get("bad_ids", []),
+            "stop": stop_any,
         }
         if window.get("bad"):
             optimizer.zero_grad(set_to_none=True)
@@ -438,21 +548,100 @@ def stop_early(cfg: Any, state: TrainerState) -> bool:
     return False
 
 
+def on_main_process(accelerator: Accelerator, fn: Callable[[], Any]) -> Any:
+    """``fn()`` on the main process only; every rank returns its result or raises its error
+    (broadcast from the main process), so a refusal stops all ranks, not just the first."""
+    box: list[Any] = [None]
+    error: BaseException | None = None
+    if accelerator.is_main_process:
+        try:
+            box[0] = ("ok", fn())
+        except Exception as e:
+            error = e
+            box[0] = ("err", e if isinstance(e, ConfigError | RunError) else RunError(str(e)))
+    if accelerator.num_processes > 1:
+        broadcast_object_list(box)
+    if error is not None:
+        raise error
+    kind, value = box[0]
+    if kind == "err":
+        raise value
+    return value
+
+
+def check_resume(cfg: Any) -> tuple[Path | None, list[str], list[Path]]:
+    """What ``--resume`` continues from, checked before anything is written: the newest intact
+    checkpoint (or the given one, intact), trained with the same result-changing settings.
+    Returns the checkpoint (None: start fresh), warnings, and damaged checkpoints skipped."""
+    if not cfg.resume:
+        return None, [], []
+    path, notes, damaged = checkpointing.select_resume_checkpoint(cfg.output_dir, cfg.resume)
+    if path is not None:
+        notes += checkpointing.check_resume_config(
+            path, to_dict(cfg), cfg.resume, cfg.resume_ignore_config_mismatch
+        )
+    return path, notes, damaged
+
+
 def train(cfg: Any, task: Task) -> dict:
-    """Run a whole fine-tune as configured; returns ``eval_results`` (also written to disk)."""
+    """Run a whole fine-tune as configured; returns ``eval_results`` (also written to disk).
+
+    Before anything is written to ``output_dir`` the run takes its lock (a second run on the
+    folder is refused, naming the first) and checks what ``--resume`` continues from; only
+    then do ``training.log``, ``config.yaml`` and the rest appear. Raises
+    :class:`TrainingInterrupted` after saving a checkpoint when SIGTERM arrives.
+    """
     check_output_dir(cfg.output_dir)
     check_trackers(cfg)
     accelerator = build_accelerator(cfg)
-    with run_logging(accelerator, cfg.output_dir):
-        return _run(cfg, task, accelerator)
+    with run_logging(accelerator, cfg.output_dir) as open_log_file:
+        lock = on_main_process(accelerator, lambda: checkpointing.acquire_run_lock(cfg.output_dir))
+        try:
+            with stop_on_sigterm() as stop:
+                if accelerator.is_main_process:
+                    for note in lock.notes:
+                        logger.warning(note)
+                resume_path, notes, damaged = on_main_process(
+                    accelerator, lambda: check_resume(cfg)
+                )
+                # the checks passed: from here on the run writes into output_dir
+                open_log_file()
+                if accelerator.is_main_process:
+                    for note in notes:
+                        logger.warning(note)
+                    checkpointing.set_aside_damaged(damaged)
+                    for line in checkpointing.remove_leftovers(cfg.output_dir):
+                        logger.info("Leftover of an interrupted save: %s.", line)
+                accelerator.wait_for_everyone()
+                return _run(cfg, task, accelerator, resume_path, stop)
+        finally:
+            if accelerator.is_main_process:
+                lock.release()
 
 
-def _run(cfg: Any, task: Task, accelerator: Accelerator) -> dict:
+def _run(
+    cfg: Any,
+    task: Task,
+    accelerator: Accelerator,
+    resume_path: Path | None,
+    stop_request: StopRequest,
+) -> dict:
     set_seed(cfg.seed)
     out_dir = Path(cfg.output_dir)
     if accelerator.is_main_process:
         save_config(cfg, out_dir / "config.yaml")
     logger.info("Resolved config:\n%s", json.dumps(to_dict(cfg), indent=2, default=str))
+    if cfg.push_to_hub:
+        from huggingface_hub import constants as hub_constants
+
+        if hub_constants.HF_HUB_OFFLINE:  # (what huggingface_hub reads per request)
+            logger.warning(
+                "push_to_hub is on but HF_HUB_OFFLINE is set: the pushes will fail. Training "
+                "goes on; push the result later with `python scripts/push_to_hub.py %s "
+                "--repo-id %s`.",
+                cfg.output_dir,
+                cfg.hub_model_id,
+            )
 
     with accelerator.main_process_first():
         task.prepare_data(cfg)
@@ -502,21 +691,17 @@ def _run(cfg: Any, task: Task, accelerator: Accelerator) -> dict:
         register_lora_checkpointing(accelerator)
 
     state = TrainerState()
-    if cfg.resume:
-        path = checkpointing.find_resume_checkpoint(cfg.output_dir, cfg.resume)
-        if path is None:
-            logger.info(
-                "--resume auto: no complete checkpoint in %s, starting fresh.", cfg.output_dir
-            )
-        else:
-            state = TrainerState(**checkpointing.load_checkpoint(accelerator, path))
-            logger.info(
-                "Resumed from %s: step %d, epoch %d, %d batches into it.",
-                path,
-                state.global_step,
-                state.epoch,
-                state.batches_in_epoch,
-            )
+    if resume_path is not None:
+        state = TrainerState(**checkpointing.load_checkpoint(accelerator, resume_path))
+        logger.info(
+            "Resumed from %s: step %d, epoch %d, %d batches into it.",
+            resume_path,
+            state.global_step,
+            state.epoch,
+            state.batches_in_epoch,
+        )
+    elif cfg.resume:
+        logger.info("--resume auto: no complete checkpoint in %s, starting fresh.", cfg.output_dir)
 
     trackers = [t for t in cfg.report_to if t != "none"]
     if trackers:
@@ -564,30 +749,43 @@ def _run(cfg: Any, task: Task, accelerator: Accelerator) -> dict:
         save_best(metrics)
         return metrics
 
-    def checkpoint() -> None:
-        if saved_at.get("step") == state.global_step:  # save_steps and an epoch end coincide
-            return
-        saved_at["step"] = state.global_step
-        checkpointing.save_checkpoint(
-            accelerator, cfg.output_dir, state.global_step, state.to_dict(), cfg.save_total_limit
+    def checkpoint(exact: bool = False) -> Path | None:
+        """Save ``step-<global_step>``, once per step (save_steps and an epoch end coincide);
+        ``exact``: again if the data position moved since (a voided window before a stop)."""
+        position = (state.global_step, state.epoch, state.batches_in_epoch)
+        if saved_at.get("step") == state.global_step and (
+            not exact or saved_at.get("position") == position
+        ):
+            return saved_at.get("path")
+        path = checkpointing.save_checkpoint(
+            accelerator,
+            cfg.output_dir,
+            state.global_step,
+            state.to_dict(),
+            cfg.save_total_limit,
+            config=to_dict(cfg),
         )
+        saved_at.update(step=state.global_step, position=position, path=path)
         if cfg.push_to_hub and cfg.hub_strategy == "checkpoint" and (out_dir / "best").is_dir():
-            push(model_subdir="best")
+            pushes.push("best", state.global_step)
+        return path
 
-    def push(model_subdir: str) -> None:
-        if accelerator.is_main_process:
-            from sam_hf.hub import push_output
+    pushes = HubPushes(accelerator, cfg, task)
 
-            push_output(
-                cfg.output_dir,
-                cfg.hub_model_id,
-                cfg.hub_private,
-                cfg=cfg,
-                family=task.family,
-                model_subdir=model_subdir,
-            )
-            logger.info("Pushed %s/ to the Hub as %s.", model_subdir, cfg.hub_model_id)
-        accelerator.wait_for_everyone()
+    def stop_now() -> None:
+        """SIGTERM: save where the run is and stop (every rank, see ``training_step``)."""
+        path = checkpoint(exact=True) if state.global_step > 0 else None
+        bar.close()
+        signum = stop_request.signum or signal.SIGTERM
+        err = TrainingInterrupted(signum, state.global_step, path)
+        logger.warning("%s", err)
+        accelerator.end_training()
+        raise err
+
+    def stop_requested() -> bool:
+        """Whether any rank received SIGTERM (one small all-reduce; used outside steps)."""
+        flag = torch.tensor([float(stop_request.signum is not None)], device=accelerator.device)
+        return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
 
     module.train()
     bar = tqdm(
@@ -602,8 +800,12 @@ def _run(cfg: Any, task: Task, accelerator: Accelerator) -> dict:
     t_last, samples_since = time.perf_counter(), 0
     t_step = t_last
     stop = state.global_step >= total_steps
-    for epoch in range(state.epoch, num_epochs):
-        if stop:
+    if stop_requested():
+        stop_now()
+    # max_steps promises optimizer steps: steps voided by a non-finite loss are made up with
+    # more batches (epochs run on past num_epochs' estimate); num_epochs promises epochs.
+    for epoch in itertools.count(state.epoch):
+        if stop or (cfg.max_steps <= 0 and epoch >= num_epochs):
             break
         state.epoch = epoch
         skip = state.batches_in_epoch
@@ -613,7 +815,16 @@ def _run(cfg: Any, task: Task, accelerator: Accelerator) -> dict:
         loader.set_epoch(epoch)
         train_ds.set_epoch(epoch)
         for batch in loader:
-            stats = training_step(accelerator, module, optimizer, scheduler, batch, cfg, window)
+            stats = training_step(
+                accelerator,
+                module,
+                optimizer,
+                scheduler,
+                batch,
+                cfg,
+                window,
+                stop=stop_request.signum is not None,
+            )
             state.batches_in_epoch += 1
             if stats is None:
                 continue
@@ -638,6 +849,8 @@ def _run(cfg: Any, task: Task, accelerator: Accelerator) -> dict:
                         f"{stats['bad_ids']}). Lower learning_rate, check those annotations, or "
                         "use bf16 instead of fp16."
                     )
+                if stats["stop"]:
+                    stop_now()
                 continue
             state.nonfinite_in_a_row = 0
             state.global_step += 1
@@ -662,6 +875,8 @@ def _run(cfg: Any, task: Task, accelerator: Accelerator) -> dict:
                 stop = stop or stop_early(cfg, state)
             if cfg.save_steps and state.global_step % cfg.save_steps == 0:
                 checkpoint()
+            if stats["stop"]:
+                stop_now()
             # the last step on an epoch's last batch still gets the epoch-end eval/checkpoint
             if stop or (done and not accelerator.gradient_state.end_of_dataloader):
                 stop = True
@@ -674,7 +889,27 @@ def _run(cfg: Any, task: Task, accelerator: Accelerator) -> dict:
                 run_eval()
                 checkpoint()
             stop = stop or stop_early(cfg, state)
+            if stop_requested():
+                stop_now()
+    if stop_requested():
+        stop_now()
     bar.close()
+    if state.nonfinite_total:
+        if cfg.max_steps > 0:
+            logger.info(
+                "%d optimizer steps were voided by non-finite losses and made up: %d steps ran.",
+                state.nonfinite_total,
+                state.global_step,
+            )
+        else:
+            logger.warning(
+                "%d optimizer steps were voided by non-finite losses: the %d epochs ran %d "
+                "optimizer steps instead of %d (set max_steps to have them made up).",
+                state.nonfinite_total,
+                num_epochs,
+                state.global_step,
+                total_steps,
+            )
 
     if state.history and state.history[-1]["step"] == state.global_step:
         final_metrics = {k: v for k, v in state.history[-1].items() if k != "step"}
@@ -690,6 +925,8 @@ def _run(cfg: Any, task: Task, accelerator: Accelerator) -> dict:
         **state.data_counters,
         "num_processes": accelerator.num_processes,
     }
+    if cfg.push_to_hub:
+        results["train"]["hub_push_failures"] = pushes.failures
     logger.info("Final eval: %s", _fmt(final_metrics))
     logger.info("Before and after fine-tuning:\n%s", before_after_table(results))
     _log_metrics(accelerator, "final", final_metrics, state.global_step)
@@ -697,10 +934,91 @@ def _run(cfg: Any, task: Task, accelerator: Accelerator) -> dict:
         _export(task, accelerator, module, processor, cfg, out_dir / "final", final_metrics)
     _write_json(accelerator, results_path, results)
     accelerator.wait_for_everyone()
+    pushed = True
     if cfg.push_to_hub:
-        push(model_subdir="final")
+        pushed = pushes.push("final", state.global_step, final=True)
+        if pushes.failures:
+            results["train"]["hub_push_failures"] = pushes.failures
+            _write_json(accelerator, results_path, results)
+            logger.warning(
+                "%d Hub push(es) failed during this run (%s); everything is saved locally in %s.",
+                len(pushes.failures),
+                ", ".join(sorted({f["kind"] for f in pushes.failures})),
+                cfg.output_dir,
+            )
     accelerator.end_training()
+    if not pushed:
+        raise RunError(
+            f"Training finished and {out_dir / 'final'} is saved, but pushing it to the Hub as "
+            f"{cfg.hub_model_id} failed ({pushes.failures[-1]['kind']}: "
+            f"{pushes.failures[-1]['error']}). Push it with `python scripts/push_to_hub.py "
+            f"{cfg.output_dir} --repo-id {cfg.hub_model_id}`."
+        )
     return results
+
+
+class HubPushes:
+    """Hub pushes of a run (main process only). A push that fails is logged as one line,
+    recorded in ``failures`` (eval_results.json's ``train.hub_push_failures``) and never stops
+    training: with ``hub_strategy: checkpoint`` the next checkpoint pushes again (offline and
+    auth failures do not heal within a run, so after one of those the checkpoints stop trying);
+    the final push is retried once after a network failure."""
+
+    def __init__(self, accelerator: Accelerator, cfg: Any, task: Task) -> None:
+        self.accelerator, self.cfg, self.task = accelerator, cfg, task
+        self.failures: list[dict] = []
+        self.given_up: str | None = None  # a failure kind that retrying cannot fix
+
+    def push(self, subdir: str, step: int, final: bool = False) -> bool:
+        """Push ``output_dir/<subdir>``; whether it went up (every rank gets True)."""
+        ok = True
+        if self.accelerator.is_main_process:
+            ok = self._push(subdir, step, final)
+        self.accelerator.wait_for_everyone()
+        return ok
+
+    def _push(self, subdir: str, step: int, final: bool) -> bool:
+        from sam_hf.hub import push_error_kind, push_output
+
+        if self.given_up and not final:
+            return False
+        for attempt in (1, 2):
+            try:
+                push_output(
+                    self.cfg.output_dir,
+                    self.cfg.hub_model_id,
+                    self.cfg.hub_private,
+                    cfg=self.cfg,
+                    family=self.task.family,
+                    model_subdir=subdir,
+                )
+            except Exception as e:
+                kind = push_error_kind(e)
+                text = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:200]
+                self.failures.append({"step": step, "folder": subdir, "kind": kind, "error": text})
+                retry = final and attempt == 1 and kind == "network"
+                if final:
+                    then = f"retrying in {HUB_RETRY_DELAY_S:.0f} s" if retry else "giving up"
+                elif kind in ("offline", "auth"):
+                    self.given_up = kind
+                    then = "training goes on; no more pushes until the end of the run"
+                else:
+                    then = "training goes on; the next checkpoint pushes again"
+                logger.warning(
+                    "Hub push of %s/ at step %d failed (%s: %s); %s.",
+                    subdir,
+                    step,
+                    kind,
+                    text,
+                    then,
+                )
+                if retry:
+                    time.sleep(HUB_RETRY_DELAY_S)
+                    continue
+                return False
+            logger.info("Pushed %s/ to the Hub as %s.", subdir, self.cfg.hub_model_id)
+            return True
+        return False
 
 
 def before_after_table(results: dict) -> str:
@@ -735,17 +1053,34 @@ def _export(
     target: Path,
     metrics: dict,
 ) -> None:
-    """Write a plain-transformers model folder atomically (tmp folder, then rename)."""
+    """Write a plain-transformers model folder atomically: into ``.tmp-<name>``, then the old
+    folder is renamed to ``.old-<name>`` and the new one into place (a run killed in between
+    leaves ``.old-<name>``, which the next run moves back). Out of disk space: the partial
+    folder is removed and a DiskFullError says how much is free and needed."""
     tmp = target.with_name(f".tmp-{target.name}")
+    old = target.with_name(f".old-{target.name}")
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    task.save_pretrained(accelerator.unwrap_model(module), processor, tmp, cfg)
-    save_config(cfg, tmp / "training_config.yaml")
-    (tmp / "eval_results.json").write_text(json.dumps(metrics, indent=2))
+    try:
+        tmp.mkdir(parents=True)
+        task.save_pretrained(accelerator.unwrap_model(module), processor, tmp, cfg)
+        save_config(cfg, tmp / "training_config.yaml")
+        (tmp / "eval_results.json").write_text(json.dumps(metrics, indent=2))
+    except Exception as e:
+        if not checkpointing.is_disk_full(e):
+            raise
+        err = checkpointing.disk_full_error(
+            e, f"the {target.name}/ model", target, tmp, target if target.exists() else None
+        )
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise err from e
     if target.exists():
-        shutil.rmtree(target)
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(target, old)
     os.replace(tmp, target)
+    if old.exists():
+        shutil.rmtree(old)
 
 
 def _log_metrics(accelerator: Accelerator, prefix: str, metrics: dict, step: int) -> None:

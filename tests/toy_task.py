@@ -178,7 +178,22 @@ class ToyTask:
         module.model.load_state_dict(load_file(str(Path(path) / "model.safetensors")))
 
 
-if __name__ == "__main__":  # used by the kill-and-resume test as a training subprocess
+if __name__ == "__main__":  # used by the kill-and-resume tests as a training subprocess
+    # TOY_STEP_SLEEP_S slows every training forward down, so a test can signal mid-run.
+    import os
+    import time
+
+    from sam_hf.recipe import cli
     from sam_hf.trainer import train
 
-    train(parse_args(Sam2Config, sys.argv[1:]), ToyTask())
+    sleep_s = float(os.environ.get("TOY_STEP_SLEEP_S", "0"))
+    if sleep_s:
+        _forward = ToyModule.forward
+
+        def slow_forward(self: ToyModule, batch: dict) -> dict:
+            time.sleep(sleep_s)
+            return _forward(self, batch)
+
+        ToyModule.forward = slow_forward  # type: ignore[method-assign]
+
+    cli(lambda: train(parse_args(Sam2Config, sys.argv[1:]), ToyTask()))
