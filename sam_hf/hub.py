@@ -17,11 +17,13 @@ push; :func:`check_card` is the offline part (the YAML header parses back into t
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import logging
 import os
 import re
 import shutil
+import socket
 from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
@@ -36,6 +38,8 @@ from huggingface_hub import (
     ModelCardData,
     get_token,
 )
+from huggingface_hub import constants as hf_constants
+from huggingface_hub import errors as hf_errors
 from huggingface_hub.repocard import RepoCard
 
 logger = logging.getLogger("sam_hf")
@@ -446,12 +450,83 @@ def push_error_kind(e: BaseException) -> str:
         if status is None or status >= 500 or status == 429:
             return "network"
         return "error"
-    if isinstance(e, ConnectionError | TimeoutError):
-        return "network"
-    name = type(e).__module__ + "." + type(e).__name__
-    if name.startswith(("httpx", "requests", "urllib3")) or "Timeout" in name:
+    if isinstance(e, network_errors()):
         return "network"
     return "error"
+
+
+LOGIN = "`hf auth login` (formerly `huggingface-cli login`) or export HF_TOKEN"
+
+
+def network_errors() -> tuple[type[BaseException], ...]:
+    """Connection failures of the HTTP clients huggingface_hub and datasets may use."""
+    kinds: list[type[BaseException]] = [ConnectionError, TimeoutError, socket.gaierror]
+    for module, name in (
+        ("httpx2", "TransportError"),
+        ("httpx", "TransportError"),
+        ("requests.exceptions", "ConnectionError"),
+        ("requests.exceptions", "Timeout"),
+    ):
+        try:
+            kinds.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(kinds)
+
+
+def first_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
+def describe_push_failure(e: BaseException, repo_id: str) -> str | None:
+    """One line naming the repo and the fix (for ``scripts/push_to_hub.py`` and the trainer's
+    push warnings), or None for an error no push is expected to raise."""
+    status = getattr(getattr(e, "response", None), "status_code", None)
+    if isinstance(e, hf_errors.OfflineModeIsEnabled) or (
+        hf_constants.HF_HUB_OFFLINE and isinstance(e, network_errors())
+    ):
+        flag = "HF_HUB_OFFLINE"
+        if os.environ.get("HF_HUB_OFFLINE") is None and os.environ.get("TRANSFORMERS_OFFLINE"):
+            flag = "TRANSFORMERS_OFFLINE"
+        return (
+            f"cannot push to {repo_id}: the Hub is offline ({flag}=1 is set); unset {flag} "
+            "on a machine with network and run this again."
+        )
+    if isinstance(e, hf_errors.RepositoryNotFoundError):
+        return (
+            f"{repo_id} was not found on the Hub, or this token cannot see it: check --repo-id "
+            f"(namespace/name, a namespace you may write to) and log in with {LOGIN}."
+        )
+    if status == 401 or isinstance(e, hf_errors.LocalTokenNotFoundError):
+        return (
+            f"the Hub refused {repo_id} (HTTP 401: not logged in, or the token is invalid or "
+            f"expired); log in with {LOGIN}."
+        )
+    if status == 403:
+        return (
+            f"the Hub refused to write to {repo_id} (HTTP 403: this token has no write access "
+            f"to it); use a token with write permission ({LOGIN}) and a namespace you own or "
+            "belong to."
+        )
+    if isinstance(e, hf_errors.HfHubHTTPError):
+        return (
+            f"pushing to {repo_id} failed: the Hub answered HTTP {status} ({first_line(e)}); "
+            "try again later."
+        )
+    if isinstance(e, PermissionError):
+        return (
+            f"cannot push to {repo_id}: permission denied on {e.filename or first_line(e)}; "
+            "the folder must be readable and writable (the model card is written into it)."
+        )
+    if isinstance(e, network_errors()):
+        return (
+            f"cannot push to {repo_id}: the Hub could not be reached ({first_line(e)}); check "
+            "the network or proxy (HF_ENDPOINT, HTTPS_PROXY) and run this again."
+        )
+    if isinstance(e, FileNotFoundError | RuntimeError | ValueError):
+        return " ".join(str(e).split())
+    return None
 
 
 def _repo_id_of(url: Any, fallback: str) -> str:

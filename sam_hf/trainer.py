@@ -978,7 +978,7 @@ class HubPushes:
         return ok
 
     def _push(self, subdir: str, step: int, final: bool) -> bool:
-        from sam_hf.hub import push_error_kind, push_output
+        from sam_hf.hub import describe_push_failure, first_line, push_error_kind, push_output
 
         if self.given_up and not final:
             return False
@@ -994,7 +994,7 @@ class HubPushes:
                 )
             except Exception as e:
                 kind = push_error_kind(e)
-                text = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:200]
+                text = first_line(e)[:200]
                 self.failures.append({"step": step, "folder": subdir, "kind": kind, "error": text})
                 retry = final and attempt == 1 and kind == "network"
                 if final:
@@ -1009,7 +1009,7 @@ class HubPushes:
                     subdir,
                     step,
                     kind,
-                    text,
+                    describe_push_failure(e, self.cfg.hub_model_id) or text,
                     then,
                 )
                 if retry:

@@ -16,19 +16,11 @@ deliberately no --token flag (command lines end up in shell history and process 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
-import os
-import socket
 import sys
 from pathlib import Path
 
-from huggingface_hub import constants as hf_constants
-from huggingface_hub import errors as hf_errors
-
-from sam_hf.hub import dataset_url, push_dataset, push_output
-
-LOGIN = "`hf auth login` (formerly `huggingface-cli login`) or export HF_TOKEN"
+from sam_hf.hub import dataset_url, describe_push_failure, push_dataset, push_output
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,76 +50,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _network_errors() -> tuple[type[BaseException], ...]:
-    """Connection failures of the HTTP clients huggingface_hub and datasets may use."""
-    kinds: list[type[BaseException]] = [ConnectionError, TimeoutError, socket.gaierror]
-    for module, name in (
-        ("httpx2", "TransportError"),
-        ("httpx", "TransportError"),
-        ("requests.exceptions", "ConnectionError"),
-        ("requests.exceptions", "Timeout"),
-    ):
-        try:
-            kinds.append(getattr(importlib.import_module(module), name))
-        except (ImportError, AttributeError):
-            pass
-    return tuple(kinds)
-
-
-def _first_line(e: BaseException) -> str:
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    return lines[0] if lines else type(e).__name__
-
-
-def describe_failure(e: BaseException, repo_id: str) -> str | None:
-    """One line naming the repo and the fix, or None for an error this script does not expect."""
-    status = getattr(getattr(e, "response", None), "status_code", None)
-    if isinstance(e, hf_errors.OfflineModeIsEnabled) or (
-        hf_constants.HF_HUB_OFFLINE and isinstance(e, _network_errors())
-    ):
-        flag = "HF_HUB_OFFLINE"
-        if os.environ.get("HF_HUB_OFFLINE") is None and os.environ.get("TRANSFORMERS_OFFLINE"):
-            flag = "TRANSFORMERS_OFFLINE"
-        return (
-            f"cannot push to {repo_id}: the Hub is offline ({flag}=1 is set); unset {flag} "
-            "on a machine with network and run this again."
-        )
-    if isinstance(e, hf_errors.RepositoryNotFoundError):
-        return (
-            f"{repo_id} was not found on the Hub, or this token cannot see it: check --repo-id "
-            f"(namespace/name, a namespace you may write to) and log in with {LOGIN}."
-        )
-    if status == 401 or isinstance(e, hf_errors.LocalTokenNotFoundError):
-        return (
-            f"the Hub refused {repo_id} (HTTP 401: not logged in, or the token is invalid or "
-            f"expired); log in with {LOGIN}."
-        )
-    if status == 403:
-        return (
-            f"the Hub refused to write to {repo_id} (HTTP 403: this token has no write access "
-            f"to it); use a token with write permission ({LOGIN}) and a namespace you own or "
-            "belong to."
-        )
-    if isinstance(e, hf_errors.HfHubHTTPError):
-        return (
-            f"pushing to {repo_id} failed: the Hub answered HTTP {status} ({_first_line(e)}); "
-            "try again later."
-        )
-    if isinstance(e, PermissionError):
-        return (
-            f"cannot push to {repo_id}: permission denied on {e.filename or _first_line(e)}; "
-            "the folder must be readable and writable (the model card is written into it)."
-        )
-    if isinstance(e, _network_errors()):
-        return (
-            f"cannot push to {repo_id}: the Hub could not be reached ({_first_line(e)}); check "
-            "the network or proxy (HF_ENDPOINT, HTTPS_PROXY) and run this again."
-        )
-    if isinstance(e, FileNotFoundError | RuntimeError | ValueError):
-        return " ".join(str(e).split())
-    return None
-
-
 def _push(args: argparse.Namespace) -> int:
     if (args.path / "dataset_dict.json").is_file():
         repo = push_dataset(args.path, args.repo_id, private=args.private, validate=args.validate)
@@ -154,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _push(args)
     except Exception as e:  # noqa: BLE001 - expected failures become one line, others re-raise
-        message = describe_failure(e, args.repo_id)
+        message = describe_push_failure(e, args.repo_id)
         if message is None:
             raise
         print(f"push_to_hub: {message}", file=sys.stderr)
