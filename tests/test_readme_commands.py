@@ -191,12 +191,8 @@ def pattern(template: str) -> re.Pattern[str]:
 
 GUIDE_OFFLINE = dict(
     action="fails_here",
-    message=r"facebook/sam2\.1-hiera-large",
-    known_bug=(
-        "offline, the guide's settings stop on facebook/sam2.1-hiera-large with a raw traceback "
-        "(OSError from sam_hf.models.sam2._load_pretrained, not caught by recipe.cli; without "
-        "-q accelerate adds its own CalledProcessError traceback) instead of a one-line message"
-    ),
+    # offline, the guide's checkpoint cannot be fetched: one line naming it and what to do
+    message=r"Config error: model_name_or_path 'facebook/sam2\.1-hiera-large': not found locally",
 )
 BENCHMARK = (
     "benchmark: a timing measurement of minutes; `python benchmarks/run_all.py` runs them all "
