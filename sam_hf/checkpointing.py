@@ -392,6 +392,19 @@ def disk_full_error(
 # ------------------------------------------------------------------------- save / load
 
 
+def swap_folder(tmp: Path, final: Path, old: Path) -> None:
+    """Put the finished ``tmp`` at ``final`` by renames; an existing ``final`` waits as ``old``
+    until the new one is in place, so a kill between the renames leaves one of them whole
+    (the next run restores or removes ``old``)."""
+    if final.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
 def save_checkpoint(
     accelerator: Any,
     output_dir: str | os.PathLike,
@@ -427,13 +440,7 @@ def save_checkpoint(
             }
             _atomic_write_text(tmp / MANIFEST, json.dumps(sizes, indent=1))
             _atomic_write_text(tmp / COMPLETE_MARK, json.dumps(trainer_state, indent=2))
-            if final.exists():  # the same step saved again: keep it until the new one is in
-                if old.exists():
-                    shutil.rmtree(old)
-                os.replace(final, old)
-            os.replace(tmp, final)
-            if old.exists():
-                shutil.rmtree(old)
+            swap_folder(tmp, final, old)  # the same step saved again: kept until replaced
             _atomic_write_text(root / "latest", final.name + "\n")
             # the oldest beyond the limit go, never the one just written (after a resume from
             # an older checkpoint, newer step numbers of the abandoned run may exist)

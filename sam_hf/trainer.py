@@ -1074,13 +1074,7 @@ def _export(
         )
         shutil.rmtree(tmp, ignore_errors=True)
         raise err from e
-    if target.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(target, old)
-    os.replace(tmp, target)
-    if old.exists():
-        shutil.rmtree(old)
+    checkpointing.swap_folder(tmp, target, old)
 
 
 def _log_metrics(accelerator: Accelerator, prefix: str, metrics: dict, step: int) -> None:
