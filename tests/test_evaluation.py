@@ -122,7 +122,6 @@ def compare_out(workdir) -> Path:
 # ------------------------------------------------------------------------ the compare report
 
 
-@pytest.mark.slow  # four models evaluated end to end (~40 s)
 def test_compare_writes_every_artefact(compare_out):
     for name in ("report.md", "report.json", "report.csv", "records/sam2.json"):
         assert (compare_out / name).is_file(), name
