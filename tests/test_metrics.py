@@ -3,6 +3,11 @@
 The references below are written the way the official evaluators compute things (DAVIS
 ``db_eval_iou`` / ``f_measure`` with ``cv2.dilate`` + ``skimage.morphology.disk``; SA-Co's
 ``CGF1Eval`` loop with pycocotools' mask IoU) and never call into ``sam_hf.metrics``.
+
+Array comparisons with a reference are bitwise: both sides count pixels (exact integers, in
+any order) and combine the counts with the same float64 formula, each step a correctly rounded
+operation, so there is no second rounding to differ. ``approx`` is used where the test's own
+formula is another one (hand-derived values, float64 means taken in another order).
 """
 
 from __future__ import annotations

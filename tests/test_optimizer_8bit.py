@@ -137,7 +137,7 @@ def test_adamw_8bit_resume_equals_straight_run(tmp_path):
     assert resumed["train"]["global_step"] == 9
     a, b = final_weights(tmp_path / "a"), final_weights(tmp_path / "b")
     assert a.keys() == b.keys()
-    for k in a:
+    for k in a:  # the same run, resumed from its own checkpoint: bitwise
         assert torch.equal(a[k], b[k]), f"{k} differs"
     # the checkpoint it resumed from holds the 8-bit moments, not fp32 copies of them
     # (bitsandbytes nests each parameter's tensors under one key of its own)

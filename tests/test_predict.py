@@ -99,6 +99,8 @@ def test_preprocessing_equals_the_evaluation_transform(setup):
         s = eval_ds[i]
         img = Image.open(setup["images"] / name[s["image_id"]])
         x = predict_cli.preprocess(img, SAM3_RES, ip.image_mean, ip.image_std)
+        # same PIL resize, then x / 255, - mean, / std: each a correctly rounded IEEE operation
+        # on the same values (the memory layout does not matter to elementwise ops): bitwise
         assert torch.equal(x, s["pixel_values"])
 
 

