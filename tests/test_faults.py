@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from toy_task import ToyModule, ToyTask, final_weights, toy_config
+from toy_task import ToyModule, ToyTask, final_weights, launch_toy, toy_config
 
 from sam_hf import checkpointing
 from sam_hf.checkpointing import CheckpointError, DiskFullError, RunError
@@ -68,42 +68,6 @@ def write_lock(out: Path, pid: int, host: str | None = None, start: float | None
                 "started": "2026-01-01T00:00:00+00:00",
             }
         )
-    )
-
-
-def launch(out: Path, *extra: str, sleep_s: float = 0.0) -> subprocess.Popen:
-    """tests/toy_task.py as a training process (through the recipes' cli), 24 steps."""
-    args = [
-        "--output_dir",
-        str(out),
-        "--batch_size",
-        "2",
-        "--learning_rate",
-        "0.05",
-        "--max_steps",
-        "24",
-        "--save_total_limit",
-        "3",
-        "--lr_scheduler",
-        "cosine",
-        "--warmup_steps",
-        "3",
-        "--logging_steps",
-        "1",
-        "--eval_on_start",
-        "false",
-        *extra,
-    ]
-    env = {
-        **os.environ,
-        "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-        "TOY_STEP_SLEEP_S": str(sleep_s),
-    }
-    return subprocess.Popen(
-        [sys.executable, str(HERE / "toy_task.py"), *args],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
     )
 
 
@@ -185,7 +149,7 @@ def test_two_trainings_at_once_on_one_folder(tmp_path):
     """Run A trains in a subprocess; run B on the same folder (another seed) is refused at
     once naming A; A ends normally with all its outputs and its own config."""
     out = tmp_path / "run"
-    a = launch(out, "--save_steps", "1", sleep_s=0.2)
+    a = launch_toy(out, "--save_steps", "1", sleep_s=0.2)
     try:
         wait_for_log(out, "step 2 ", a)
         t0 = time.perf_counter()
@@ -354,9 +318,9 @@ def test_sigterm_to_a_training_process_then_resume_is_bit_exact(tmp_path):
     """SIGTERM to a real training process between checkpoints (only epoch ends save): it
     saves, prints one line and exits 143; --resume auto ends bit-identical to a run that was
     never interrupted."""
-    ref = launch(tmp_path / "ref")
+    ref = launch_toy(tmp_path / "ref")
     out = tmp_path / "run"
-    proc = launch(out, sleep_s=0.25)
+    proc = launch_toy(out, sleep_s=0.25)
     try:
         wait_for_log(out, "step 8 ", proc)
         proc.send_signal(signal.SIGTERM)
@@ -375,7 +339,7 @@ def test_sigterm_to_a_training_process_then_resume_is_bit_exact(tmp_path):
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    resumed = launch(out, "--resume", "auto")
+    resumed = launch_toy(out, "--resume", "auto")
     assert resumed.wait(timeout=240) == 0, resumed.stderr.read().decode()[-2000:]
     assert_same_weights(final_weights(tmp_path / "ref"), final_weights(out))
 

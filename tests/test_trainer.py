@@ -4,7 +4,6 @@ checkpoint hygiene. Uses a small conv net (tests/toy_task.py) so each run takes 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from toy_task import ToyTask, final_weights, toy_config
+from toy_task import ToyTask, final_weights, launch_toy, toy_config
 
 from sam_hf import checkpointing
 from sam_hf.configs import ConfigError
@@ -203,46 +202,15 @@ def test_batch_larger_than_dataset(tmp_path):
         train(cfg_for(tmp_path / "x", "--batch_size", "20"), ToyTask())
 
 
-def _launch(out: Path, *extra: str) -> subprocess.Popen:
-    args = [
-        "--output_dir",
-        str(out),
-        "--batch_size",
-        "2",
-        "--learning_rate",
-        "0.05",
-        "--max_steps",
-        "24",
-        "--save_steps",
-        "1",
-        "--save_total_limit",
-        "3",
-        "--lr_scheduler",
-        "cosine",
-        "--warmup_steps",
-        "3",
-        "--eval_on_start",
-        "false",
-        *extra,
-    ]
-    env = {**os.environ, "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    return subprocess.Popen(
-        [sys.executable, str(HERE / "toy_task.py"), *args],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-
-
 @pytest.mark.slow  # training subprocesses killed and restarted
 def test_sigkill_at_random_points_then_resume_is_bit_exact(tmp_path):
-    ref = _launch(tmp_path / "ref")
+    ref = launch_toy(tmp_path / "ref", "--save_steps", "1")
     assert ref.wait(timeout=240) == 0, ref.stderr.read().decode()[-2000:]
     out = tmp_path / "killed"
     rng = torch.Generator().manual_seed(0)
     kills = 0
     for _ in range(3):
-        proc = _launch(out, "--resume", "auto")
+        proc = launch_toy(out, "--save_steps", "1", "--resume", "auto")
         # wait until this attempt has made progress past a random number of new checkpoints
         start = (
             len(list((out / "checkpoints").glob("step-*"))) if (out / "checkpoints").exists() else 0
@@ -261,7 +229,7 @@ def test_sigkill_at_random_points_then_resume_is_bit_exact(tmp_path):
                 break
             time.sleep(0.02)
         proc.wait(timeout=60)
-    final = _launch(out, "--resume", "auto")
+    final = launch_toy(out, "--save_steps", "1", "--resume", "auto")
     assert final.wait(timeout=240) == 0, final.stderr.read().decode()[-2000:]
     assert kills >= 1
     assert_same_weights(final_weights(tmp_path / "ref"), final_weights(out))

@@ -7,6 +7,8 @@ be tested in seconds. The SAM2 recipe has its own end-to-end tests.
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -176,6 +178,43 @@ class ToyTask:
         from safetensors.torch import load_file
 
         module.model.load_state_dict(load_file(str(Path(path) / "model.safetensors")))
+
+
+def launch_toy(out: Path, *extra: str, sleep_s: float = 0.0) -> subprocess.Popen:
+    """tests/toy_task.py as a training process (through the recipes' cli), 24 steps; the
+    kill/signal-and-resume tests start it (``sleep_s`` slows each step so a signal lands mid-run)."""
+    args = [
+        "--output_dir",
+        str(out),
+        "--batch_size",
+        "2",
+        "--learning_rate",
+        "0.05",
+        "--max_steps",
+        "24",
+        "--save_total_limit",
+        "3",
+        "--lr_scheduler",
+        "cosine",
+        "--warmup_steps",
+        "3",
+        "--logging_steps",
+        "1",
+        "--eval_on_start",
+        "false",
+        *extra,
+    ]
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{Path(__file__).resolve().parent}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "TOY_STEP_SLEEP_S": str(sleep_s),
+    }
+    return subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 if __name__ == "__main__":  # used by the kill-and-resume tests as a training subprocess
