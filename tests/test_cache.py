@@ -162,7 +162,6 @@ def fresh_accelerate_state():
     reset_accelerate_state()
 
 
-@pytest.mark.slow  # the fp32 comparison stays fast
 def test_cached_bf16_training_equals_uncached_bf16(
     tmp_path, recorded_losses, fresh_accelerate_state
 ):

@@ -171,7 +171,6 @@ def test_cached_sam3_training_equals_uncached_and_reuses_the_cache(
     assert recorded_losses == cached
 
 
-@pytest.mark.slow  # the fp32 comparison stays fast
 def test_cached_sam3_bf16_equals_uncached_bf16(tmp_path, recorded_losses, fresh_accelerate_state):
     """Under mixed precision the cache is filled under the same autocast: the stored maps are
     bitwise the uncached forward's, and training equals uncached training up to bf16 rounding."""
@@ -204,7 +203,6 @@ def test_cached_sam3_bf16_equals_uncached_bf16(tmp_path, recorded_losses, fresh_
     assert_cached_features_are_encoder_output(tmp_path, torch.bfloat16, **kw)
 
 
-@pytest.mark.slow  # three more recipe runs (~30 s); cached == uncached stays fast
 def test_cached_sam3_resume_equals_straight_run(tmp_path):
     data = tmp_path / "data"
     straight = overrides(tmp_path / "straight", data, cache_embeddings=True, max_steps=5)

@@ -80,7 +80,6 @@ def test_sam2_recipe_outputs_load_with_plain_transformers(sam2_run):
     assert "Resolved config" in (out / "training.log").read_text()
 
 
-@pytest.mark.slow  # two more recipe runs; tests/test_trainer.py resumes the toy task fast
 def test_sam2_resume_equals_straight_run(sam2_run, tmp_path):
     """4 steps straight == 2 steps, a stop, and 2 resumed steps (bit for bit)."""
     root, data, _ = sam2_run

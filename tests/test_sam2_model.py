@@ -380,7 +380,6 @@ def test_predict_at_original_resolution_and_independent_of_mode():
     assert swapped  # this random model is "unstable", so the difference is real
 
 
-@pytest.mark.slow  # hundreds of optimizer steps (~45 s)
 def test_overfits_one_batch():
     # One disc per image: from random weights the tiny model learns to *follow* a point only
     # after a symmetry-breaking phase of hundreds of steps (two discs per image sat at the

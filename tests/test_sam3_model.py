@@ -303,7 +303,6 @@ def test_batch_without_queries_gives_zero_loss(built) -> None:
     out["loss"].backward()  # still part of the graph
 
 
-@pytest.mark.slow  # hundreds of optimizer steps (~25 s)
 def test_overfits_one_batch() -> None:
     """The loss on one batch falls by > 90 %, and the fitted model predicts what it learned.
 
