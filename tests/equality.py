@@ -94,3 +94,22 @@ def assert_trained_weights_close(
         moved = torch.cat([(a[k].double() - init[k].double()).flatten() for k in trainable]).norm()
         assert moved > 0, "training did not move any weight"
         assert diff <= update_rtol * moved, f"||a - b|| = {diff:.3g} > {update_rtol} x {moved:.3g}"
+
+
+def assert_cached_features_are_encoder_output(module, train, autocast) -> None:
+    """Each cached sample carries the features of exactly the pixels it holds (flipped or not):
+    the encoder on the same pixels, one image, same autocast -- the same computation, so
+    bitwise. Both flip variants must occur over two epochs."""
+    from sam_hf import cache
+
+    assert isinstance(train, cache.CachedEmbeddingDataset)
+    flips = set()
+    for epoch in (0, 1):
+        train.set_epoch(epoch)
+        for i in range(len(train)):
+            s = train[i]
+            flips.add(s["hflip"])
+            with torch.no_grad(), cache.autocast_context("cpu", autocast):
+                want = module.encoder_features(s["pixel_values"][None])
+            assert all(torch.equal(c, w[0]) for c, w in zip(s["image_embeddings"], want))
+    assert flips == {False, True}

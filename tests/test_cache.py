@@ -24,6 +24,7 @@ import sam2_mineapple  # noqa: E402
 from equality import (  # noqa: E402
     BF16_LOSS_RTOL,
     FP32_LOSS_RTOL,
+    assert_cached_features_are_encoder_output,
     assert_losses_close,
     assert_trained_weights_close,
     trainable_keys,
@@ -211,22 +212,6 @@ def build(tmp_path: Path, data: Path, **kw):
     module, processor = task.build_model(cfg)
     train, evals = task.build_datasets(cfg, processor)
     return task, module, train, evals
-
-
-def assert_cached_features_are_encoder_output(module, train, autocast: torch.dtype | None):
-    """Each sample carries the features of exactly the pixels it holds (flipped or not): the
-    encoder on the same pixels, one image, same autocast -- the same computation, so bitwise."""
-    assert isinstance(train, cache.CachedEmbeddingDataset)
-    flips = set()
-    for epoch in (0, 1):
-        train.set_epoch(epoch)
-        for i in range(len(train)):
-            s = train[i]
-            flips.add(s["hflip"])
-            with cache.autocast_context("cpu", autocast):
-                want = module.encoder_features(s["pixel_values"][None])
-            assert all(torch.equal(c, w[0]) for c, w in zip(s["image_embeddings"], want))
-    assert flips == {False, True}
 
 
 def test_cached_features_are_the_encoder_output_of_the_augmented_sample(tmp_path):
