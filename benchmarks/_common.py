@@ -267,7 +267,7 @@ def recipe_config(
     says, so the benchmark measures its settings. The YAML's path is kept on the config
     object as ``_yaml`` for :func:`describe_config`.
     """
-    from sam_hf.configs import Sam2Config, load_config
+    from sam_hf.config.args import Sam2Config, load_config
 
     path = yaml or recipe_yaml()
     values = {**DEMO_OVERRIDES, "output_dir": str(output_dir), **overrides}
@@ -294,7 +294,7 @@ def synthetic_minneapple(
 
     ``zoom`` 1 is the MinneApple scale; the CPU demo uses close-ups (``synthetic_zoom``).
     """
-    from sam_hf.data.synthetic import make_synthetic_orchard
+    from sam_hf.data.synthetic.orchard import make_synthetic_orchard
 
     make_synthetic_orchard(
         root / "raw", num_images=num_images, seed=seed, image_size=image_size, zoom=zoom
@@ -306,7 +306,7 @@ def orchard_dataset(
     root: Path, num_images: int, image_size: tuple[int, int], seed: int = 0, zoom: float = 1.0
 ) -> Any:
     """Synthetic orchard -> ``convert_minneapple`` DatasetDict (train/test, no validation)."""
-    from sam_hf.data.minneapple import convert_minneapple
+    from sam_hf.data.sources.minneapple import convert_minneapple
 
     source = synthetic_minneapple(root, num_images, image_size, seed, zoom)
     return convert_minneapple(source, val_fraction=0.0, seed=seed, cache_dir=root / "cache")
@@ -406,8 +406,8 @@ def sam2_large_config(resolution: int = 1024) -> Any:
 def trainer_optimizer(module: Any, kind: str = "adamw") -> Any:
     """The trainer's own optimizer for ``module`` (``build_optimizer`` with the recipe
     defaults: weight-decay groups, frozen parameters left out) with ``optimizer: kind``."""
-    from sam_hf.configs import Sam2Config, parse_args
-    from sam_hf.trainer import build_optimizer
+    from sam_hf.config.args import Sam2Config, parse_args
+    from sam_hf.training.loop import build_optimizer
 
     out = Path(tempfile.gettempdir()) / "sam_hf_benchmark"
     cfg = parse_args(Sam2Config, ["--optimizer", kind, "--output_dir", str(out)])

@@ -1,6 +1,6 @@
 """What the Arrow cache saves: first conversion time over cached reload time of a prepare.
 
-Both arms call ``sam_hf.data.minneapple.convert_minneapple`` on the same synthetic orchard
+Both arms call ``sam_hf.data.sources.minneapple.convert_minneapple`` on the same synthetic orchard
 (``--num-images`` frames of 720 x 1280, MinneApple's size, written once by
 ``make_synthetic_orchard`` before timing), in this process:
 
@@ -40,8 +40,8 @@ def main() -> None:
     C.set_threads(args.threads)
     C.quiet_libraries()
 
-    from sam_hf.data.convert import Report
-    from sam_hf.data.minneapple import convert_minneapple
+    from sam_hf.data.output import Report
+    from sam_hf.data.sources.minneapple import convert_minneapple
 
     tmp = C.temp_dir("arrow")
     try:

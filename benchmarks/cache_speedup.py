@@ -220,10 +220,10 @@ def main() -> None:
     C.set_threads(args.threads)
     C.quiet_libraries()
 
-    from sam_hf import cache
     from sam_hf.data.collate import Sam2Collator
     from sam_hf.data.transforms import SegmentationDataset
-    from sam_hf.trainer import EpochShuffleSampler, build_optimizer
+    from sam_hf.features import cache
+    from sam_hf.training.loop import EpochShuffleSampler, build_optimizer
 
     tmp = C.temp_dir("cache")
     try:

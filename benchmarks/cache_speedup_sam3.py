@@ -165,7 +165,7 @@ def build_module(cfg: Any, task: Any) -> tuple[Any, Any]:
 
 def timed_task() -> Any:
     """A ``Sam3Task`` that records the seconds each cache fill takes (behaviour unchanged)."""
-    from sam_hf.tasks import Sam3Task
+    from sam_hf.tasks.core import Sam3Task
 
     class TimedSam3Task(Sam3Task):
         def __init__(self) -> None:
@@ -297,9 +297,9 @@ def main() -> None:
     C.set_threads(args.threads)
     C.quiet_libraries()
 
-    from sam_hf import cache
-    from sam_hf.configs import Sam3Config, load_config
-    from sam_hf.trainer import EpochShuffleSampler, build_optimizer
+    from sam_hf.config.args import Sam3Config, load_config
+    from sam_hf.features import cache
+    from sam_hf.training.loop import EpochShuffleSampler, build_optimizer
 
     yaml = C.ROOT / "recipes" / "sam3_coco_text.yaml"
     tmp = C.temp_dir("cache_sam3")

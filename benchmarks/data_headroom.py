@@ -51,7 +51,7 @@ def _arms(
     from torch.utils.data import DataLoader
 
     from sam_hf.data.collate import Sam2Collator
-    from sam_hf.trainer import EpochShuffleSampler, build_optimizer
+    from sam_hf.training.loop import EpochShuffleSampler, build_optimizer
 
     ds = C.segmentation_dataset(split, cfg, processor)
     collator = Sam2Collator(cfg, train=True)

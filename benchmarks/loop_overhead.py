@@ -4,7 +4,7 @@ The tiny SAM2 training module (``build_sam2`` with ``sam2-tiny`` + ``Sam2ForTrai
 the recipe's demo settings) trains on batches pre-collated once by ``Sam2Collator`` and held
 in memory, so data loading is excluded from both arms:
 
-- *trainer*: ``sam_hf.trainer.training_step`` with a real ``Accelerator`` from
+- *trainer*: ``sam_hf.training.loop.training_step`` with a real ``Accelerator`` from
   ``build_accelerator``, the module, optimizer and scheduler passed through
   ``accelerator.prepare`` (accumulate context, autocast, the cross-rank finite-loss check,
   loss bookkeeping, clipping, scheduler step) -- exactly what ``train()`` calls per batch;
@@ -103,7 +103,12 @@ def main() -> None:
     C.quiet_libraries()
 
     from sam_hf.data.collate import Sam2Collator
-    from sam_hf.trainer import build_accelerator, build_optimizer, build_scheduler, training_step
+    from sam_hf.training.loop import (
+        build_accelerator,
+        build_optimizer,
+        build_scheduler,
+        training_step,
+    )
 
     tmp = C.temp_dir("loop")
     try:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sam_hf.configs import Sam3Config
+from sam_hf.config.args import Sam3Config
 from sam_hf.recipe import cli, run_recipe
-from sam_hf.tasks import Sam3Task
+from sam_hf.tasks.core import Sam3Task
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -93,7 +93,7 @@ def load_eval_results(output_dir: str | os.PathLike) -> dict[str, Any]:
 
 def base_model_id(cfg: Mapping[str, Any]) -> str | None:
     """The Hub id the run started from, or None for tiny/random configs and local folders."""
-    from sam_hf.configs import SAM2_MODEL_TYPES
+    from sam_hf.config.args import SAM2_MODEL_TYPES
 
     model_type = cfg.get("model_type")
     if model_type in SAM2_MODEL_TYPES:

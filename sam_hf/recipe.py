@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sam_hf.checkpointing import RunError
-from sam_hf.configs import ConfigError, parse_args
-from sam_hf.trainer import Task, TrainingInterrupted, train
+from sam_hf.config.args import ConfigError, parse_args
+from sam_hf.training.checkpointing import RunError
+from sam_hf.training.loop import Task, TrainingInterrupted, train
 
 
 def run_recipe(

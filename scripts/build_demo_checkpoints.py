@@ -3,7 +3,7 @@
     python scripts/build_demo_checkpoints.py --family sam2   # recipes/pretrain/sam2_tiny_shapes.yaml
     python scripts/build_demo_checkpoints.py --family sam3   # recipes/pretrain/sam3_tiny_shapes.yaml
 
-Each one trains a tiny random-init model on generic synthetic shapes (sam_hf.data.shapes: no
+Each one trains a tiny random-init model on generic synthetic shapes (sam_hf.data.synthetic.shapes: no
 apples) with the shared trainer, then copies its ``final/`` model and processor into the
 assets folder with a PRETRAINING.md that records the recipe, the command and the measured
 validation metrics. The demos then show real fine-tuning: a model that already follows
@@ -31,9 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--family", choices=["sam2", "sam3"], required=True)
     args, overrides = ap.parse_known_args(argv)
 
-    from sam_hf.configs import Sam2Config, Sam3Config, parse_args
-    from sam_hf.tasks import Sam2Task, Sam3Task
-    from sam_hf.trainer import train
+    from sam_hf.config.args import Sam2Config, Sam3Config, parse_args
+    from sam_hf.tasks.core import Sam2Task, Sam3Task
+    from sam_hf.training.loop import train
 
     recipe = ROOT / "recipes" / "pretrain" / f"{args.family}_tiny_shapes.yaml"
     config_cls, task = (
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     (target / "PRETRAINING.md").write_text(
         f"# {target.name}\n\n"
         f"Tiny {args.family.upper()} pretrained from random weights on generic synthetic shapes "
-        f"(`sam_hf.data.shapes`, no apples) by `{command}` with "
+        f"(`sam_hf.data.synthetic.shapes`, no apples) by `{command}` with "
         f"`recipes/pretrain/{recipe.name}` ({results['train']['global_step']} optimizer steps, "
         f"{minutes:.0f} minutes on {where}).\n\n"
         "Validation metrics on held-out shapes images at the end of pretraining:\n\n"

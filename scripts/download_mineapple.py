@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sam_hf.data.convert import OVERWRITE_HELP, ConversionError
-from sam_hf.data.minneapple import (
+from sam_hf.data.output import OVERWRITE_HELP, ConversionError
+from sam_hf.data.sources.minneapple import (
     ARCHIVES,
     LANDING_PAGE,
     DownloadError,

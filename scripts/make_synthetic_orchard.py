@@ -7,7 +7,7 @@
 Writes ``OUT/minneapple/{train,test}/{images,masks}`` and
 ``OUT/coco_text/{images/, annotations/{train,val}.json}`` (val = the MinneApple test images).
 The same seed and size always give byte-identical files. The logic lives in
-``sam_hf.data.synthetic.make_synthetic_orchard``; this is only its command line.
+``sam_hf.data.synthetic.orchard.make_synthetic_orchard``; this is only its command line.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import argparse
 import json
 import sys
 
-from sam_hf.data.synthetic import make_synthetic_orchard
+from sam_hf.data.synthetic.orchard import make_synthetic_orchard
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sam_hf.report import plot_run
+from sam_hf.eval.report import plot_run
 
 
 def main(argv: list[str] | None = None) -> int:

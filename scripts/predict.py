@@ -66,8 +66,9 @@ from tqdm.auto import tqdm
 
 from sam_hf.data import rle
 from sam_hf.data.images import ImageReadError, load_image
+from sam_hf.data.overlays import instance_colors, overlay_masks
 from sam_hf.data.queries import normalize_phrase
-from sam_hf.evaluation import (
+from sam_hf.eval.protocols import (
     EvaluationError,
     LoadedModel,
     load_model,
@@ -76,7 +77,6 @@ from sam_hf.evaluation import (
     to_model_coords,
     upsample_masks,
 )
-from sam_hf.viz import instance_colors, overlay_masks
 
 logger = logging.getLogger("sam_hf")
 
@@ -208,7 +208,7 @@ def predict_text(
 ) -> list[list[tuple[str, np.ndarray, float]]]:
     """SAM3 on a batch of images, every phrase on every image: per image
     ``[(phrase, bool (H, W) mask, score)]`` for predictions scoring >= ``threshold``."""
-    from sam_hf.models.clip_tokenizer import PhraseTokenizer
+    from sam_hf.data.tokenizer import PhraseTokenizer
 
     module = loaded.module
     device = next(module.parameters()).device

@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sam_hf.data.coco import prepare_coco_text
-from sam_hf.data.convert import add_common_arguments, run_cli
+from sam_hf.data.output import add_common_arguments, run_cli
+from sam_hf.data.sources.coco import prepare_coco_text
 
 
 def main(argv: list[str] | None = None) -> int:

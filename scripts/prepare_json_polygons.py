@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sam_hf.data.convert import add_common_arguments, run_cli
-from sam_hf.data.jsonpoly import prepare_json_polygons
+from sam_hf.data.output import add_common_arguments, run_cli
+from sam_hf.data.sources.jsonpoly import prepare_json_polygons
 
 
 def main(argv: list[str] | None = None) -> int:

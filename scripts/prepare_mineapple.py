@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sam_hf.data.convert import add_common_arguments, run_cli
-from sam_hf.data.minneapple import prepare_minneapple
+from sam_hf.data.output import add_common_arguments, run_cli
+from sam_hf.data.sources.minneapple import prepare_minneapple
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -100,7 +100,7 @@ def assert_cached_features_are_encoder_output(module, train, autocast) -> None:
     """Each cached sample carries the features of exactly the pixels it holds (flipped or not):
     the encoder on the same pixels, one image, same autocast -- the same computation, so
     bitwise. Both flip variants must occur over two epochs."""
-    from sam_hf import cache
+    from sam_hf.features import cache
 
     assert isinstance(train, cache.CachedEmbeddingDataset)
     flips = set()

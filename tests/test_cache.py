@@ -1,4 +1,4 @@
-"""The frozen-encoder embedding cache (sam_hf.cache): cached training equals uncached training,
+"""The frozen-encoder embedding cache (sam_hf.features.cache): cached training equals uncached training,
 the cache key follows everything the features depend on, a second run reuses the cache
 without running the encoder, and impossible combinations are config errors."""
 
@@ -12,10 +12,10 @@ import torch
 from safetensors.torch import load_file
 from transformers.models.sam2 import modeling_sam2
 
-from sam_hf import cache
-from sam_hf.configs import ConfigError, Sam2Config, load_config
+from sam_hf.config.args import ConfigError, Sam2Config, load_config
+from sam_hf.features import cache
 from sam_hf.models.sam2 import Sam2ForTraining
-from sam_hf.tasks import Sam2Task
+from sam_hf.tasks.core import Sam2Task
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes"))

@@ -16,11 +16,11 @@ from safetensors.torch import load_file
 from transformers.models.clip import modeling_clip
 from transformers.models.sam3 import modeling_sam3
 
-from sam_hf import cache
-from sam_hf.configs import ConfigError, Sam3Config, load_config
+from sam_hf.config.args import ConfigError, Sam3Config, load_config
 from sam_hf.data.queries import PhraseVocab, candidate_phrases, sample_queries
+from sam_hf.features import cache
 from sam_hf.models.sam3 import Sam3ForTraining
-from sam_hf.tasks import Sam3Task
+from sam_hf.tasks.core import Sam3Task
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes"))

@@ -20,8 +20,8 @@ from typing import Any, Literal
 
 import pytest
 
-from sam_hf.configs import ConfigError, Sam2Config, Sam3Config, load_config
-from sam_hf.tasks import Sam2Task, Sam3Task
+from sam_hf.config.args import ConfigError, Sam2Config, Sam3Config, load_config
+from sam_hf.tasks.core import Sam2Task, Sam3Task
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes"))

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from sam_hf.configs import ConfigError, Sam2Config, Sam3Config, load_config, parse_args, save_config
+from sam_hf.config.args import (
+    ConfigError,
+    Sam2Config,
+    Sam3Config,
+    load_config,
+    parse_args,
+    save_config,
+)
 
 
 def test_yaml_then_cli_override(tmp_path):

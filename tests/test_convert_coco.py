@@ -14,11 +14,11 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from sam_hf.data import rle
-from sam_hf.data.coco import convert_coco_text
-from sam_hf.data.convert import ConversionError, Report
-from sam_hf.data.jsonpoly import convert_json_polygons
-from sam_hf.data.saco import convert_saco
+from sam_hf.data.output import ConversionError, Report
 from sam_hf.data.schema import FEATURES, attributes_dict
+from sam_hf.data.sources.coco import convert_coco_text
+from sam_hf.data.sources.jsonpoly import convert_json_polygons
+from sam_hf.data.sources.saco import convert_saco
 
 H, W = 24, 32
 

@@ -24,10 +24,10 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from sam_hf.data import rle
-from sam_hf.data.cards import CARDS, render_card
-from sam_hf.data.coco import PhraseTemplates, convert_to_coco_text, default_templates_path
-from sam_hf.data.convert import ConversionError, Report, SplitStats
-from sam_hf.data.minneapple import (
+from sam_hf.data.cards.dataset_card import CARDS, render_card
+from sam_hf.data.output import ConversionError, Report, SplitStats
+from sam_hf.data.sources.coco import PhraseTemplates, convert_to_coco_text, default_templates_path
+from sam_hf.data.sources.minneapple import (
     DownloadError,
     download_file,
     download_minneapple,
@@ -224,7 +224,9 @@ def test_cli_convert_json_polygons_with_attributes(
 @pytest.mark.parametrize("name", ["minneapple", "synthetic_orchard", "coco_text"])
 def test_data_cards_in_repo_match_the_package(name: str) -> None:
     text = (REPO / "data_cards" / f"{name}.md").read_text()
-    assert text == str(render_card(name)), f"regenerate data_cards/{name}.md from sam_hf.data.cards"
+    assert text == str(render_card(name)), (
+        f"regenerate data_cards/{name}.md from sam_hf.data.cards.dataset_card"
+    )
     header = yaml.safe_load(text.split("---\n")[1])
     assert header["license"] == CARDS[name].data.license
     assert header["task_categories"] and header["tags"]

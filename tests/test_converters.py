@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sam_hf.data import convert, minneapple, rle
-from sam_hf.data.convert import ConversionError, Report, seeded_split
-from sam_hf.data.minneapple import convert_minneapple, prepare_minneapple
+from sam_hf.data import output, rle
+from sam_hf.data.output import ConversionError, Report, seeded_split
 from sam_hf.data.schema import FEATURES
+from sam_hf.data.sources import minneapple
+from sam_hf.data.sources.minneapple import convert_minneapple, prepare_minneapple
 
 REPO = Path(__file__).resolve().parents[1]
 H, W = 20, 28
@@ -160,13 +161,13 @@ def test_second_run_loads_from_cache_without_generating(
 ) -> None:
     write_split(tmp_path / "src", "train", 3)
     calls = []
-    real = convert.run_generator
+    real = output.run_generator
 
     def spy(*args, **kwargs):
         calls.append(1)
         yield from real(*args, **kwargs)
 
-    monkeypatch.setattr(convert, "run_generator", spy)
+    monkeypatch.setattr(output, "run_generator", spy)
     r1, r2 = Report(), Report()
     first = convert_minneapple(tmp_path / "src", val_fraction=0.0, cache_dir=cache, report=r1)
     assert len(calls) == 1 and not r1.from_cache
@@ -439,7 +440,7 @@ def test_conversion_error_pickles() -> None:
 def test_image_value_is_bytes_only() -> None:
     buf = io.BytesIO()
     Image.new("RGB", (3, 2)).save(buf, format="PNG")
-    from sam_hf.data.convert import image_format_suffix, image_value
+    from sam_hf.data.output import image_format_suffix, image_value
 
     assert image_value(buf.getvalue()) == {"bytes": buf.getvalue(), "path": None}
     assert image_format_suffix(buf.getvalue()) == ".png"

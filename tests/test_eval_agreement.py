@@ -3,7 +3,7 @@
 A short fine-tune of the shipped tiny SAM3 with the demo YAML (which sets a non-default seed,
 ``negative_ratio`` and ``hard_negatives``), then ``evaluate.py sam3`` on the same ``final/``,
 data and split with no other option: both build their (image, phrase) pairs with
-``sam_hf.tasks.sam3_eval_pairs`` and score them with ``Sam3Task.compute_metrics``, so the pairs
+``sam_hf.tasks.core.sam3_eval_pairs`` and score them with ``Sam3Task.compute_metrics``, so the pairs
 are the same and every metric is equal exactly (not approximately).
 """
 
@@ -17,7 +17,7 @@ import pytest
 import yaml
 from scripts_loader import load_script
 
-from sam_hf.tasks import Sam3Task
+from sam_hf.tasks.core import Sam3Task
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes"))
@@ -96,7 +96,7 @@ def test_trainer_final_eval_equals_evaluate_sam3_on_final(tmp_path, monkeypatch)
     [([], (0, 0.5, False)), (["--seed", "3", "--negative-ratio", "1"], (3, 1.0, False))],
 )
 def test_pair_settings_come_from_the_training_config_unless_given(tmp_path, flags, want):
-    from sam_hf.evaluation import EvalSettings, resolve_settings
+    from sam_hf.eval.protocols import EvalSettings, resolve_settings
 
     scripts = evaluate_cli.build_parser().parse_args(
         ["sam3", "--model", "m", "--data", "d", *flags]

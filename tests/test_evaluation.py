@@ -1,8 +1,8 @@
-"""scripts/evaluate.py and sam_hf.evaluation / sam_hf.report on tiny random models.
+"""scripts/evaluate.py and sam_hf.eval.protocols / sam_hf.eval.report on tiny random models.
 
 The central check recomputes the report's numbers independently: the saved models are loaded
 with plain ``from_pretrained``, run through the training wrappers' own ``predict`` on collator
-batches, and scored with the metric functions of ``sam_hf.metrics``; the report must hold the
+batches, and scored with the metric functions of ``sam_hf.metrics.core``; the report must hold the
 same values. Data: a few synthetic orchard images (COCO-text view: instance masks + phrases).
 """
 
@@ -21,10 +21,10 @@ import yaml
 from scripts_loader import load_script
 
 from sam_hf.data import rle
-from sam_hf.data.coco import convert_coco_text
 from sam_hf.data.prompts import sample_correction_clicks
-from sam_hf.data.synthetic import make_synthetic_orchard
-from sam_hf.evaluation import (
+from sam_hf.data.sources.coco import convert_coco_text
+from sam_hf.data.synthetic.orchard import make_synthetic_orchard
+from sam_hf.eval.protocols import (
     EvaluationError,
     click_summary,
     correction_click,
@@ -34,8 +34,8 @@ from sam_hf.evaluation import (
     resolve_source,
     to_model_coords,
 )
-from sam_hf.metrics import remap_scores
-from sam_hf.report import parse_training_log, plot_run
+from sam_hf.eval.report import parse_training_log, plot_run
+from sam_hf.metrics.core import remap_scores
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,13 +47,13 @@ SAM2_RES, SAM3_RES, SEED = 128, 112, 42
 
 
 def _sam2_cfg(**kw):
-    from sam_hf.configs import Sam2Config, load_config
+    from sam_hf.config.args import Sam2Config, load_config
 
     return load_config(Sam2Config, None, {"resolution": SAM2_RES, **kw})
 
 
 def _sam3_cfg(**kw):
-    from sam_hf.configs import Sam3Config, load_config
+    from sam_hf.config.args import Sam3Config, load_config
 
     return load_config(Sam3Config, None, {"resolution": SAM3_RES, **kw})
 
@@ -154,7 +154,7 @@ def _independent_sam2(workdir, prompt: str) -> dict:
 
     from sam_hf.data.collate import Sam2Collator
     from sam_hf.data.transforms import SegmentationDataset
-    from sam_hf.metrics import boundary_f1, dice, mask_iou
+    from sam_hf.metrics.core import boundary_f1, dice, mask_iou
     from sam_hf.models.sam2 import Sam2ForTraining
 
     folder = workdir["root"] / "sam2_ft"
@@ -220,7 +220,7 @@ def test_sam3_numbers_equal_the_metric_functions(workdir, compare_out):
 
     from sam_hf.data.queries import PhraseVocab, Sam3Collator
     from sam_hf.data.transforms import SegmentationDataset
-    from sam_hf.metrics import (
+    from sam_hf.metrics.core import (
         attribute_accuracy,
         coco_mask_ap,
         concept_recall,
@@ -228,7 +228,7 @@ def test_sam3_numbers_equal_the_metric_functions(workdir, compare_out):
         saco_metrics,
     )
     from sam_hf.models.sam3 import Sam3ForTraining
-    from sam_hf.tasks import matched_instance_iou
+    from sam_hf.tasks.core import matched_instance_iou
 
     folder = workdir["root"] / "sam3_ft"
     module = Sam3ForTraining(Sam3Model.from_pretrained(folder), _sam3_cfg()).eval()
@@ -416,7 +416,7 @@ def test_adapter_folder_is_merged_into_the_base_it_names(tmp_path):
     """final/adapter of a LoRA run: base from training_config.yaml, adapter merged."""
     from peft import PeftModel
 
-    from sam_hf.lora import apply_lora, merge_to_base, save_adapter
+    from sam_hf.models.lora import apply_lora, merge_to_base, save_adapter
     from sam_hf.models.sam2 import build_sam2
 
     cfg = _sam2_cfg(model_name_or_path="sam2-tiny", seed=5, use_lora=True)

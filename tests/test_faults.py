@@ -19,10 +19,10 @@ import pytest
 import torch
 from toy_task import ToyModule, ToyTask, final_weights, launch_toy, toy_config
 
-from sam_hf import checkpointing
-from sam_hf.checkpointing import CheckpointError, DiskFullError, RunError
-from sam_hf.configs import ConfigError
-from sam_hf.trainer import TrainingInterrupted, train
+from sam_hf.config.args import ConfigError
+from sam_hf.training import checkpointing
+from sam_hf.training.checkpointing import CheckpointError, DiskFullError, RunError
+from sam_hf.training.loop import TrainingInterrupted, train
 
 HERE = Path(__file__).resolve().parent
 

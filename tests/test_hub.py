@@ -20,8 +20,9 @@ from PIL import Image
 from test_lora import tiny_sam2, tiny_sam3
 from transformers import Sam2ImageProcessor, Sam2Model, Sam2Processor
 
-from sam_hf import hub, lora
-from sam_hf.configs import Sam2Config, load_config, save_config
+from sam_hf import hub
+from sam_hf.config.args import Sam2Config, load_config, save_config
+from sam_hf.models import lora
 
 ROOT = Path(__file__).resolve().parents[1]
 # the HTTP client module huggingface_hub's own error handling expects (httpx2, formerly httpx)
@@ -316,7 +317,7 @@ def test_sam2_usage_snippets_run(tmp_path, monkeypatch):
 
 
 def test_sam3_usage_snippet_runs(tmp_path, monkeypatch):
-    clip = pytest.importorskip("sam_hf.models.clip_tokenizer")
+    clip = pytest.importorskip("sam_hf.data.tokenizer")
     from transformers import Sam3ImageProcessor, Sam3Processor
 
     repo = tmp_path / "sam3"

@@ -22,8 +22,8 @@ from test_convert_coco import write_coco
 from test_converters import _convert
 
 from sam_hf.data import rle
-from sam_hf.data.coco import convert_coco_text
-from sam_hf.data.convert import Report
+from sam_hf.data.output import Report
+from sam_hf.data.sources.coco import convert_coco_text
 from sam_hf.data.transforms import SegmentationDataset
 
 RED, LEAF = (220, 30, 30), (30, 120, 40)

@@ -12,7 +12,7 @@ from equality import assert_same_state_dict
 from peft import PeftModel
 from transformers import Sam2Config, Sam2Model, Sam3Config, Sam3Model
 
-from sam_hf import lora
+from sam_hf.models import lora
 
 SAM2_BLOCKS = [1, 1, 2, 1]
 SAM3_LAYERS = 2

@@ -2,7 +2,7 @@
 
 The references below are written the way the official evaluators compute things (DAVIS
 ``db_eval_iou`` / ``f_measure`` with ``cv2.dilate`` + ``skimage.morphology.disk``; SA-Co's
-``CGF1Eval`` loop with pycocotools' mask IoU) and never call into ``sam_hf.metrics``.
+``CGF1Eval`` loop with pycocotools' mask IoU) and never call into ``sam_hf.metrics.core``.
 
 Array comparisons with a reference are bitwise: both sides count pixels (exact integers, in
 any order) and combine the counts with the same float64 formula, each step a correctly rounded
@@ -26,8 +26,8 @@ from pycocotools.cocoeval import COCOeval
 from scipy.optimize import linear_sum_assignment
 from skimage.morphology import disk
 
-from sam_hf import metrics
-from sam_hf.metrics import (
+from sam_hf.metrics import core as metrics
+from sam_hf.metrics.core import (
     attribute_accuracy,
     boundary_f1,
     boundary_tolerance,

@@ -17,9 +17,9 @@ import pytest
 import torch
 from toy_task import ToyModule, ToyTask, final_weights, toy_config
 
-import sam_hf.trainer as trainer_mod
-from sam_hf.configs import ConfigError
-from sam_hf.trainer import build_optimizer, train
+import sam_hf.training.loop as trainer_mod
+from sam_hf.config.args import ConfigError
+from sam_hf.training.loop import build_optimizer, train
 
 #: bitsandbytes keeps tensors smaller than this (its ``min_8bit_size`` default) in fp32.
 MIN_8BIT_SIZE = 4096

@@ -16,8 +16,8 @@ from pycocotools.coco import COCO
 from scripts_loader import load_script
 
 from sam_hf.data import rle
-from sam_hf.data.coco import convert_coco_text
-from sam_hf.data.synthetic import make_synthetic_orchard
+from sam_hf.data.sources.coco import convert_coco_text
+from sam_hf.data.synthetic.orchard import make_synthetic_orchard
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,7 +39,7 @@ def _load_res(coco: COCO, results: Path) -> COCO:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> dict:
-    from sam_hf.configs import Sam3Config, load_config
+    from sam_hf.config.args import Sam3Config, load_config
     from sam_hf.models.sam3 import build_sam3
 
     root = tmp_path_factory.mktemp("predict")

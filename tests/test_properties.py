@@ -242,7 +242,7 @@ def test_correction_click_sits_in_the_error_region_with_the_right_label(pair, se
 @given(st.integers(0, 2**31 - 1), st.integers(0, 12), st.sampled_from(["uint8", "uint16"]))
 def test_minneapple_converter_round_trips_random_instance_maps(tmp_path_factory, seed, n, dtype):
     """Every id of a random instance-id PNG becomes one object whose RLE decodes to mask == id."""
-    from sam_hf.data.minneapple import convert_minneapple
+    from sam_hf.data.sources.minneapple import convert_minneapple
 
     rng = np.random.default_rng(seed)
     root = tmp_path_factory.mktemp("ma")

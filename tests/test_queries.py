@@ -16,7 +16,7 @@ from PIL import Image
 from sam_hf.data import rle
 from sam_hf.data.queries import PhraseVocab, QueryStats, Sam3Collator, sample_queries
 from sam_hf.data.schema import FEATURES, make_object
-from sam_hf.models.clip_tokenizer import build_clip_tokenizer
+from sam_hf.data.tokenizer import build_clip_tokenizer
 
 RES = 32
 

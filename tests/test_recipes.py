@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT / "recipes"))
 import sam2_mineapple  # noqa: E402
 import sam3_coco_text  # noqa: E402
 
-from sam_hf.configs import ConfigError  # noqa: E402
+from sam_hf.config.args import ConfigError  # noqa: E402
 
 
 def sam2_args(out: Path, data: Path, *extra: str) -> list[str]:
@@ -249,7 +249,7 @@ def test_a_mistyped_dataset_path_is_an_error_not_a_new_synthetic_orchard(tmp_pat
         sam2_mineapple.main(argv)
     assert f"python scripts/prepare_mineapple.py --source DIR --out {typo}" in str(err.value)
     assert not typo.exists() and not (tmp_path / "run" / "final").exists()
-    from sam_hf.configs import Sam2Config, load_config
+    from sam_hf.config.args import Sam2Config, load_config
 
     explicit = {"dataset_path": str(typo), "synthetic_num_images": "4"}
     assert (

@@ -10,8 +10,8 @@ import pytest
 import torch
 from toy_task import ToyTask
 
-from sam_hf.configs import ConfigError, Sam2Config, parse_args
-from sam_hf.trainer import check_output_dir, train
+from sam_hf.config.args import ConfigError, Sam2Config, parse_args
+from sam_hf.training.loop import check_output_dir, train
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ from open_clip.tokenizer import SimpleTokenizer
 from transformers import Sam3Config, Sam3Processor
 
 from sam_hf.data.queries import PhraseVocab, Sam3Collator
-from sam_hf.models.clip_tokenizer import (
+from sam_hf.data.tokenizer import (
     CLIP_VOCAB_SIZE,
     PhraseTokenizer,
     build_clip_tokenizer,
@@ -145,7 +145,7 @@ def test_long_phrase_truncated_counted_and_warned_once(built, caplog) -> None:
     _, processor = built
     pt = PhraseTokenizer(processor.tokenizer)
     long = "a " + "really " * 35 + "red disc"
-    with caplog.at_level(logging.WARNING, logger="sam_hf.models.clip_tokenizer"):
+    with caplog.at_level(logging.WARNING, logger="sam_hf.data.tokenizer"):
         out = pt(["red disc", long, long])
         out2 = pt([long])
     assert out["truncated"].tolist() == [False, True, True] and out2["truncated"].tolist() == [True]

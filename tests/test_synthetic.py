@@ -16,9 +16,10 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
-from sam_hf.data import rle, shapes
+from sam_hf.data import rle
 from sam_hf.data.schema import FEATURES, attributes_dict
-from sam_hf.data.synthetic import (
+from sam_hf.data.synthetic import shapes
+from sam_hf.data.synthetic.orchard import (
     COLORS,
     HEALTH,
     MIN_VISIBLE_AREA,
@@ -358,7 +359,7 @@ def test_shapes_are_deterministic_and_cached(tmp_path: Path) -> None:
 
 
 def test_zoom_is_the_centre_of_a_larger_scene():
-    from sam_hf.data.synthetic import apple_phrase, render_orchard_image
+    from sam_hf.data.synthetic.orchard import apple_phrase, render_orchard_image
 
     close = render_orchard_image(3, 5, (64, 80), zoom=2.0)
     wide = render_orchard_image(3, 5, (128, 160))

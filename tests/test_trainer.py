@@ -15,9 +15,9 @@ import torch
 from safetensors.torch import load_file
 from toy_task import ToyTask, final_weights, launch_toy, toy_config
 
-from sam_hf import checkpointing
-from sam_hf.configs import ConfigError
-from sam_hf.trainer import check_output_dir, train
+from sam_hf.config.args import ConfigError
+from sam_hf.training import checkpointing
+from sam_hf.training.loop import check_output_dir, train
 
 HERE = Path(__file__).resolve().parent
 

@@ -20,7 +20,7 @@ from scripts_loader import load_script
 from transformers import Sam2Model, Sam3Model
 
 from sam_hf import hub
-from sam_hf.configs import (
+from sam_hf.config.args import (
     ConfigError,
     Sam2Config,
     Sam3Config,

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sam_hf import viz
+from sam_hf.data import overlays as viz
 
 GRAY = 100
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from sam_hf.configs import Sam2Config, parse_args
+from sam_hf.config.args import Sam2Config, parse_args
 from sam_hf.data.transforms import sample_seed
 
 
@@ -223,7 +223,7 @@ if __name__ == "__main__":  # used by the kill-and-resume tests as a training su
     import time
 
     from sam_hf.recipe import cli
-    from sam_hf.trainer import train
+    from sam_hf.training.loop import train
 
     sleep_s = float(os.environ.get("TOY_STEP_SLEEP_S", "0"))
     if sleep_s:

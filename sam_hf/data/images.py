@@ -60,7 +60,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 if TYPE_CHECKING:
-    from sam_hf.data.convert import Report
+    from sam_hf.data.output import Report
 
 logger = logging.getLogger("sam_hf")
 
@@ -440,7 +440,7 @@ class StoredImage:
         ``file`` and ``record``; ``lead`` replaces the message's opening ("mask is WxH (WxH)").
         Ambiguous images are noted for :meth:`count` (``exif_orientation_ambiguous``).
         """
-        from sam_hf.data.convert import ConversionError
+        from sam_hf.data.output import ConversionError
 
         try:
             frame, ambiguous = mask_frame(self.info, mask_size)
@@ -505,7 +505,7 @@ def read_for_conversion(path: str | os.PathLike[str], record: str) -> StoredImag
     ``unsupported_image``) naming the file and the record. High-depth and alpha images are
     noted for :meth:`StoredImage.count` (``high_bit_depth_scaled``, ``alpha_flattened``).
     """
-    from sam_hf.data.convert import ConversionError
+    from sam_hf.data.output import ConversionError
 
     path = Path(path)
     try:

@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sam_hf.models.clip_tokenizer import PhraseTokenizer
+from sam_hf.data.tokenizer import PhraseTokenizer
 
 #: Mixed into the sample seed so query draws are independent of the transform's draws.
 _QUERY_STREAM = 0x53414D33  # "SAM3"

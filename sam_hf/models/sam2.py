@@ -38,9 +38,9 @@ from huggingface_hub import hf_hub_download
 from torch import nn
 from transformers import Sam2Config, Sam2ImageProcessor, Sam2Model, Sam2Processor
 
-from sam_hf.cache import check_encoder_frozen, encoder_is_trainable
-from sam_hf.configs import MODEL_SOURCES, ConfigError, check_checkpoint_family, check_model_name
+from sam_hf.config.args import MODEL_SOURCES, ConfigError, check_checkpoint_family, check_model_name
 from sam_hf.data.prompts import make_generator, sample_correction_clicks
+from sam_hf.features.cache import check_encoder_frozen, encoder_is_trainable
 from sam_hf.losses.sam2 import Sam2Loss
 from sam_hf.models.common import (
     enable_activation_checkpointing,
@@ -551,7 +551,7 @@ class Sam2ForTraining(nn.Module):
     def encoder_features(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         """The encoder's part of :meth:`image_embeddings`: the FPN maps, ``no_memory_embedding``
         added to the last. With a frozen encoder these are fixed per image, which is what the
-        embedding cache (:mod:`sam_hf.cache`) stores. Run without autograd when frozen."""
+        embedding cache (:mod:`sam_hf.features.cache`) stores. Run without autograd when frozen."""
         m = self.model
         ctx = contextlib.nullcontext() if encoder_is_trainable(m) else torch.no_grad()
         with ctx:
@@ -575,7 +575,7 @@ class Sam2ForTraining(nn.Module):
 
     def batch_embeddings(self, batch: dict[str, Any]) -> list[torch.Tensor]:
         """:meth:`image_embeddings` of the batch, from its cached encoder features
-        (``batch["image_embeddings"]``, see :mod:`sam_hf.cache`) when it carries them, so the
+        (``batch["image_embeddings"]``, see :mod:`sam_hf.features.cache`) when it carries them, so the
         encoder is not run at all."""
         cached = batch.get("image_embeddings")
         if cached is not None:

@@ -29,10 +29,10 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.sam3.image_processing_sam3 import Sam3ImageProcessor
 from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
-from sam_hf.cache import check_encoder_frozen, encoder_is_trainable
-from sam_hf.configs import ConfigError
+from sam_hf.config.args import ConfigError
+from sam_hf.data.tokenizer import SAM3_CONTEXT_LENGTH, build_clip_tokenizer
+from sam_hf.features.cache import check_encoder_frozen, encoder_is_trainable
 from sam_hf.losses.sam3 import Sam3Loss
-from sam_hf.models.clip_tokenizer import SAM3_CONTEXT_LENGTH, build_clip_tokenizer
 from sam_hf.models.common import (
     enable_activation_checkpointing,
     reinit_for_small_widths,
@@ -297,7 +297,7 @@ class Sam3ForTraining(nn.Module):
         self.model = model
         self.args = args
         self.criterion = Sam3Loss.from_args(args)
-        #: Cached phrase features (:class:`sam_hf.cache.PhraseFeatures`), set by the task when
+        #: Cached phrase features (:class:`sam_hf.features.cache.PhraseFeatures`), set by the task when
         #: the text encoder is frozen; None = run the text encoder on every batch.
         self.text_cache: Any = None
 
@@ -307,7 +307,7 @@ class Sam3ForTraining(nn.Module):
 
     def vision_features(self, batch: dict[str, Any]) -> Sam3VisionEncoderOutput:
         """The per-image encoding: from the batch's cached FPN maps (``image_embeddings``, see
-        :mod:`sam_hf.cache`) when it carries them, else by running the ViT -- without autograd
+        :mod:`sam_hf.features.cache`) when it carries them, else by running the ViT -- without autograd
         when it is frozen (a LoRA adapter inside makes it require grad again)."""
         m = self.model
         cached = batch.get("image_embeddings")

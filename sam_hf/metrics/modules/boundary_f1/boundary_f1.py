@@ -1,13 +1,13 @@
-"""DAVIS boundary F-measure as an `evaluate` metric, from ``sam_hf.metrics.boundary_f1``.
+"""DAVIS boundary F-measure as an `evaluate` metric, from ``sam_hf.metrics.core.boundary_f1``.
 
-Loads offline from its folder: ``evaluate.load("<sam_hf>/metric_modules/boundary_f1")``.
+Loads offline from its folder: ``evaluate.load("<sam_hf>/metrics/modules/boundary_f1")``.
 """
 
 import datasets
 import evaluate
 import numpy as np
 
-from sam_hf.metrics import boundary_f1, per_example_metric
+from sam_hf.metrics.core import boundary_f1, per_example_metric
 
 _DESCRIPTION = """
 Boundary F-measure of the DAVIS 2017 benchmark per instance, averaged over instances:
@@ -28,7 +28,7 @@ Returns:
     mean_boundary_f1: the mean boundary F over instances (NaN when there is none).
     per_example_boundary_f1: list of floats, only with ``return_per_example=True``.
 Examples:
-    >>> metric = evaluate.load("sam_hf/metric_modules/boundary_f1")
+    >>> metric = evaluate.load("sam_hf/metrics/core/modules/boundary_f1")
     >>> metric.compute(predictions=[[[1, 1], [0, 0]]], references=[[[1, 1], [0, 0]]])
     {'mean_boundary_f1': 1.0}
 """
@@ -54,7 +54,7 @@ def _as_bool(masks):
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class BoundaryF1(evaluate.Metric):
-    """Mean per-instance DAVIS boundary F; see ``sam_hf.metrics.boundary_f1``."""
+    """Mean per-instance DAVIS boundary F; see ``sam_hf.metrics.core.boundary_f1``."""
 
     def _info(self) -> evaluate.MetricInfo:
         return evaluate.MetricInfo(

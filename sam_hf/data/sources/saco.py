@@ -20,9 +20,8 @@ from typing import Any
 
 import datasets
 
-from sam_hf.data.cards import check_prepared_output, save_prepared
-from sam_hf.data.coco import check_segmentation, convert_planned_image
-from sam_hf.data.convert import (
+from sam_hf.data.cards.dataset_card import check_prepared_output, save_prepared
+from sam_hf.data.output import (
     ConversionError,
     ErrorPolicy,
     Report,
@@ -33,6 +32,7 @@ from sam_hf.data.convert import (
     finish,
     load_json,
 )
+from sam_hf.data.sources.coco import check_segmentation, convert_planned_image
 
 #: Names the writer in the ``.sam_hf_output.json`` marker of a prepared folder.
 PREPARE_COMMAND = "prepare_saco"
@@ -259,7 +259,7 @@ def prepare_saco(
     """Convert an SA-Co file and save it (``save_to_disk``) with its card as README.md.
 
     ``out`` is checked before converting; ``overwrite`` as in
-    :func:`sam_hf.data.minneapple.prepare_minneapple`.
+    :func:`sam_hf.data.sources.minneapple.prepare_minneapple`.
     """
     check_prepared_output(out, PREPARE_COMMAND, overwrite=overwrite)
     report = Report()

@@ -23,9 +23,8 @@ from typing import Any
 
 import datasets
 
-from sam_hf.data.cards import check_prepared_output, save_prepared
-from sam_hf.data.coco import convert_planned_image
-from sam_hf.data.convert import (
+from sam_hf.data.cards.dataset_card import check_prepared_output, save_prepared
+from sam_hf.data.output import (
     ConversionError,
     ErrorPolicy,
     Report,
@@ -37,6 +36,7 @@ from sam_hf.data.convert import (
     list_images,
     load_json,
 )
+from sam_hf.data.sources.coco import convert_planned_image
 
 #: Names the writer in the ``.sam_hf_output.json`` marker of a prepared folder.
 PREPARE_COMMAND = "prepare_json_polygons"

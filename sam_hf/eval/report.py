@@ -1,6 +1,6 @@
 """Writing an evaluation down: tables (report.md), report.json, report.csv, plots, overlays.
 
-:func:`write_report` turns an :class:`sam_hf.evaluation.Evaluation` into files a person reads
+:func:`write_report` turns an :class:`sam_hf.eval.protocols.Evaluation` into files a person reads
 (``report.md`` with every table, PNG charts, a grid of the best and worst images) and files a
 program reads (``report.json`` with every number, ``report.csv`` in long format, and
 ``records/<model>.json`` with the predictions as RLE, from which every number can be recomputed).
@@ -28,8 +28,8 @@ from PIL import Image  # noqa: E402
 from scipy.optimize import linear_sum_assignment  # noqa: E402
 
 from sam_hf.data import rle  # noqa: E402
-from sam_hf.evaluation import Evaluation, ModelEvaluation, _jsonable  # noqa: E402
-from sam_hf.viz import instance_colors, overlay_masks  # noqa: E402
+from sam_hf.data.overlays import instance_colors, overlay_masks  # noqa: E402
+from sam_hf.eval.protocols import Evaluation, ModelEvaluation, _jsonable  # noqa: E402
 
 #: Display names of metric keys (tables and plots).
 METRIC_NAMES = {
@@ -630,7 +630,7 @@ def _sam3_panel(rec: dict, gt_rles: list[str], n_gt: int) -> tuple[np.ndarray, n
         gt = rle.decode_many(pair["gt"], h, w)
         color = [FALSE_POSITIVE_RGB] * len(keep)
         if gt.shape[0]:
-            from sam_hf.metrics import pairwise_mask_iou
+            from sam_hf.metrics.core import pairwise_mask_iou
 
             iou = pairwise_mask_iou(pred, gt)
             rows, cc = linear_sum_assignment(-iou)

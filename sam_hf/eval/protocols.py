@@ -9,7 +9,7 @@ SAM2 (prompts from the ground truth, seeded by the sample seed, never stored)
     * ``point``: one click at the object's centre (the mask pixel farthest from its border);
     * ``points3``: that click plus 2 more drawn uniformly from the mask (``--num-points``);
     * ``box``: the exact tight box.
-    Each is its own row of per-instance metrics (:meth:`sam_hf.tasks.Sam2Task.compute_metrics`:
+    Each is its own row of per-instance metrics (:meth:`sam_hf.tasks.core.Sam2Task.compute_metrics`:
     ``mean_iou``, ``mean_dice``, ``mean_boundary_f1``, ``iou_at_50``), the same numbers the
     trainer logs for its own prompt type.
 
@@ -25,12 +25,12 @@ SAM2 (prompts from the ground truth, seeded by the sample seed, never stored)
 
 SAM3 (text only)
     Every phrase of each image plus known-absent negatives: the (image, phrase) pairs of
-    :func:`sam_hf.tasks.sam3_eval_pairs`, the function the trainer's evaluation builds its pairs
+    :func:`sam_hf.tasks.core.sam3_eval_pairs`, the function the trainer's evaluation builds its pairs
     with. Seed, ``negative_ratio``, ``hard_negatives`` and the training images the vocabulary
     negatives come from are read from the training config saved with the fine-tuned model
     (:func:`resolve_settings`; the recipes' defaults without one), so ``evaluate.py sam3`` on a
     run's ``final/`` scores the pairs of the run's final evaluation. Scored with
-    :meth:`sam_hf.tasks.Sam3Task.compute_metrics`
+    :meth:`sam_hf.tasks.core.Sam3Task.compute_metrics`
     (cgF1, pmF1, IL_MCC, concept recall, grounding and attribute accuracy, COCO mask AP,
     Hungarian-matched instance IoU). The metric contract keeps predictions scoring >= 0.5; a
     different ``score_threshold`` is applied by remapping scores monotonically so that the
@@ -40,9 +40,9 @@ SAM3 (text only)
 Common to both (the fair SAM2-vs-SAM3 columns)
     * ``mean_instance_iou``: per ground-truth instance, SAM2's IoU for the prompt taken from
       that instance vs SAM3's IoU of the prediction Hungarian-matched to it from the text
-      (0 when none is kept) -- :func:`sam_hf.tasks.matched_instance_iou`;
+      (0 when none is kept) -- :func:`sam_hf.tasks.core.matched_instance_iou`;
     * ``concept_recall``: share of instances found with IoU >= 0.5, per phrase, averaged over
-      phrases (SAM3: :func:`sam_hf.metrics.concept_recall`; SAM2 with one prompt per instance,
+      phrases (SAM3: :func:`sam_hf.metrics.core.concept_recall`; SAM2 with one prompt per instance,
       where "found" is its own mask reaching IoU 0.5, grouped by the same phrases);
     * ``instance_recall``: the same share pooled over all instances.
     The prompts differ (SAM2 is told *where* each object is; SAM3 only *what* to look for), and
@@ -75,7 +75,7 @@ from sam_hf.data import rle
 from sam_hf.data.prompts import make_generator, sample_correction_clicks
 from sam_hf.data.queries import normalize_phrase
 from sam_hf.data.transforms import SegmentationDataset
-from sam_hf.metrics import remap_scores
+from sam_hf.metrics.core import remap_scores
 
 logger = logging.getLogger("sam_hf")
 
@@ -299,7 +299,7 @@ class LoadedModel:
 
 def build_config(src: ModelSource, **overrides: Any) -> Any:
     """The validated Sam2Config / Sam3Config the builders read for ``src``."""
-    from sam_hf.configs import Sam2Config, Sam3Config, load_config
+    from sam_hf.config.args import Sam2Config, Sam3Config, load_config
 
     values: dict[str, Any] = {"model_name_or_path": src.base, "seed": src.seed or 0}
     if src.resolution:
@@ -341,7 +341,7 @@ def load_model(
     if src.adapter is not None:
         from peft import PeftModel
 
-        from sam_hf.lora import merge_to_base
+        from sam_hf.models.lora import merge_to_base
 
         model = merge_to_base(PeftModel.from_pretrained(model, src.adapter))
     wrapper_cls = Sam2ForTraining if src.family == "sam2" else Sam3ForTraining
@@ -424,7 +424,7 @@ class EvalSettings:
     max_clicks: int = 10
     noc_thresholds: tuple[float, ...] = NOC_THRESHOLDS
     score_threshold: float | None = None  # None: the run's, else 0.5 (resolve_settings)
-    #: SAM3 pairs (:func:`sam_hf.tasks.sam3_eval_pairs`): negatives per positive phrase,
+    #: SAM3 pairs (:func:`sam_hf.tasks.core.sam3_eval_pairs`): negatives per positive phrase,
     #: attribute-swapped negatives, and the training images vocabulary negatives come from
     negative_ratio: float | None = None
     hard_negatives: bool | None = None
@@ -462,7 +462,7 @@ RUN_KEYS: dict[str, tuple[str, tuple[str, ...], str]] = {
 
 
 def _recipe_default(key: str) -> Any:
-    from sam_hf.configs import Sam3Config
+    from sam_hf.config.args import Sam3Config
 
     return {f.name: f.default for f in dataclasses.fields(Sam3Config)}[key]
 
@@ -481,7 +481,7 @@ def resolve_settings(
     score the same pairs and prompts. Runs that disagree on a shared field (two seeds) stop
     with a message naming the flag that settles it.
     """
-    from sam_hf.tasks import SAM3_PAIR_KEYS
+    from sam_hf.tasks.core import SAM3_PAIR_KEYS
 
     assert set(SAM3_PAIR_KEYS) <= set(RUN_KEYS), "every SAM3 pair key must be resolvable"
     values: dict[str, Any] = {}
@@ -618,7 +618,7 @@ def click_curves(
     ``orig_masks`` (and optionally the encoder features as ``image_embeddings``); returns ``curves[i][k]`` = the ``max_clicks`` IoUs of object ``k`` of image
     ``i`` (the first click is the centre click of the object itself).
     """
-    from sam_hf.metrics import mask_iou
+    from sam_hf.metrics.core import mask_iou
 
     if max_clicks < 1:
         raise ValueError(f"max_clicks must be >= 1, got {max_clicks}.")
@@ -741,7 +741,7 @@ def sam2_common_metrics(records: Sequence[dict]) -> dict[str, Any]:
 
     With one prompt per ground-truth instance, SAM2 "finds" an instance when the mask for
     that instance's own prompt reaches IoU 0.5; grouping by phrase and averaging over phrases
-    mirrors :func:`sam_hf.metrics.concept_recall`.
+    mirrors :func:`sam_hf.metrics.core.concept_recall`.
     """
     per_phrase: dict[str, list[bool]] = defaultdict(list)
     ious = []
@@ -774,7 +774,7 @@ def evaluate_sam2(
 ) -> ModelEvaluation:
     """The SAM2 protocol on ``ds``: each prompt type, then the clicks curve (see module doc)."""
     from sam_hf.data.collate import Sam2Collator
-    from sam_hf.tasks import Sam2Task
+    from sam_hf.tasks.core import Sam2Task
 
     settings, _ = resolve_settings(settings)
     task = Sam2Task()
@@ -853,11 +853,11 @@ def evaluate_sam2(
 def matched_instance_ious(pair: dict[str, Any]) -> np.ndarray:
     """Per ground-truth instance of one pair: IoU of its Hungarian-matched kept prediction.
 
-    The per-instance values behind :func:`sam_hf.tasks.matched_instance_iou` (whose mean over
+    The per-instance values behind :func:`sam_hf.tasks.core.matched_instance_iou` (whose mean over
     all instances they give): predictions with score >= 0.5, one-to-one assignment maximising
     pycocotools IoU, 0 for an unmatched instance.
     """
-    from sam_hf.metrics import pairwise_mask_iou
+    from sam_hf.metrics.core import pairwise_mask_iou
 
     g = int(pair["gt"].shape[0])
     out = np.zeros(g, dtype=np.float64)
@@ -887,10 +887,10 @@ def evaluate_sam3(
     progress: bool = True,
 ) -> ModelEvaluation:
     """The SAM3 protocol on ``ds``: the (image, phrase) pairs of
-    :func:`sam_hf.tasks.sam3_eval_pairs` -- the function the trainer's evaluation builds its
+    :func:`sam_hf.tasks.core.sam3_eval_pairs` -- the function the trainer's evaluation builds its
     pairs with -- under ``settings``' seed, negative ratio and hard negatives, with negatives
     drawn from ``vocab_ds`` (the training images); all SAM3 metrics."""
-    from sam_hf.tasks import Sam3Task, sam3_eval_pairs
+    from sam_hf.tasks.core import Sam3Task, sam3_eval_pairs
 
     settings, _ = resolve_settings(settings)
     task = Sam3Task()
@@ -950,10 +950,10 @@ def _pairs_from_records(records: Sequence[dict]) -> list[dict]:
 def sam3_common_metrics(records: Sequence[dict], metrics: dict[str, Any]) -> dict[str, Any]:
     """SAM3's side of the common columns: matched instance IoU, concept and instance recall.
 
-    Instance recall is :func:`sam_hf.metrics.concept_recall` with every pair put under one
+    Instance recall is :func:`sam_hf.metrics.core.concept_recall` with every pair put under one
     phrase, i.e. matched instances over all instances.
     """
-    from sam_hf.metrics import concept_recall
+    from sam_hf.metrics.core import concept_recall
 
     pairs = _pairs_from_records(records)
     n = sum(int(p["gt"].shape[0]) for p in pairs)
@@ -1113,7 +1113,7 @@ def run_evaluation(
         "image_ids": list(ds["image_id"]),
     }
     if "sam3" in families:
-        from sam_hf.tasks import sam3_training_split
+        from sam_hf.tasks.core import sam3_training_split
 
         vocab_split = sam3_vocab_split(dd, split, settings.train_split)
         # the training images, as the trainer reads them (the first max_train_samples)

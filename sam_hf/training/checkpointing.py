@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from sam_hf.configs import ConfigError
+from sam_hf.config.args import ConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -1,19 +1,18 @@
-"""Per-instance mask IoU as an `evaluate` metric (DAVIS convention), from ``sam_hf.metrics``.
+"""Per-instance Dice as an `evaluate` metric (DAVIS-style empty rule), from ``sam_hf.metrics.core``.
 
-The Hub's ``mean_iou`` needs a download and is a semantic-segmentation score; this module
-loads offline from its folder: ``evaluate.load("<sam_hf>/metric_modules/mask_iou")``.
+Loads offline from its folder: ``evaluate.load("<sam_hf>/metrics/modules/dice")``.
 """
 
 import datasets
 import evaluate
 import numpy as np
 
-from sam_hf.metrics import mask_iou, per_example_metric
+from sam_hf.metrics.core import dice, per_example_metric
 
 _DESCRIPTION = """
-Intersection over union of each predicted instance mask with its ground-truth mask,
-|P & G| / |P | G|, averaged over instances. Masks are cast to bool (non-zero is
-foreground). Two empty masks agree perfectly (IoU 1), as in the DAVIS evaluation.
+Dice coefficient (F1 of pixels) of each predicted instance mask with its ground-truth
+mask, 2|P & G| / (|P| + |G|), averaged over instances. Masks are cast to bool. Two empty
+masks agree perfectly (Dice 1).
 """
 
 _KWARGS_DESCRIPTION = """
@@ -21,23 +20,25 @@ Args:
     predictions: list of 2-D masks (H, W), one per instance; sizes may differ between
         instances but each must equal its reference's.
     references: list of 2-D ground-truth masks, aligned with ``predictions``.
-    return_per_example: also return the IoU of every instance (default False).
+    return_per_example: also return the Dice of every instance (default False).
 Returns:
-    mean_iou: the mean IoU over instances (NaN when there is none).
-    per_example_iou: list of floats, only with ``return_per_example=True``.
+    mean_dice: the mean Dice over instances (NaN when there is none).
+    per_example_dice: list of floats, only with ``return_per_example=True``.
 Examples:
-    >>> metric = evaluate.load("sam_hf/metric_modules/mask_iou")
+    >>> metric = evaluate.load("sam_hf/metrics/core/modules/dice")
     >>> metric.compute(predictions=[[[1, 1], [0, 0]]], references=[[[1, 0], [0, 0]]])
-    {'mean_iou': 0.5}
+    {'mean_dice': 0.6666666666666666}
 """
 
 _CITATION = """
-@inproceedings{Pont-Tuset_arXiv_2017,
-  author = {Jordi Pont-Tuset and Federico Perazzi and Sergi Caelles and Pablo Arbel\\'aez and
-            Alexander Sorkine-Hornung and Luc {Van Gool}},
-  title = {The 2017 DAVIS Challenge on Video Object Segmentation},
-  journal = {arXiv:1704.00675},
-  year = {2017}
+@article{dice1945measures,
+  title = {Measures of the amount of ecologic association between species},
+  author = {Dice, Lee R.},
+  journal = {Ecology},
+  volume = {26},
+  number = {3},
+  pages = {297--302},
+  year = {1945}
 }
 """
 
@@ -51,8 +52,8 @@ def _as_bool(masks):
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
-class MaskIoU(evaluate.Metric):
-    """Mean per-instance mask IoU; see ``sam_hf.metrics.mask_iou``."""
+class Dice(evaluate.Metric):
+    """Mean per-instance Dice; see ``sam_hf.metrics.core.dice``."""
 
     def _info(self) -> evaluate.MetricInfo:
         return evaluate.MetricInfo(
@@ -74,8 +75,8 @@ class MaskIoU(evaluate.Metric):
         super().add(prediction=cast[0], reference=cast[1], **kwargs)
 
     def _compute(self, predictions, references, return_per_example: bool = False) -> dict:
-        values = per_example_metric(mask_iou, predictions, references)
-        out = {"mean_iou": float(values.mean()) if values.size else float("nan")}
+        values = per_example_metric(dice, predictions, references)
+        out = {"mean_dice": float(values.mean()) if values.size else float("nan")}
         if return_per_example:
-            out["per_example_iou"] = values.tolist()
+            out["per_example_dice"] = values.tolist()
         return out

@@ -46,7 +46,7 @@ from PIL import Image
 from scipy.special import ndtri
 
 from sam_hf.data import rle
-from sam_hf.data.convert import atomic_output, clean_leftovers, pid_alive
+from sam_hf.data.output import atomic_output, clean_leftovers, pid_alive
 from sam_hf.data.schema import FEATURES, make_object
 
 #: Attribute values, in the canonical order used for phrases and summaries.
@@ -106,7 +106,7 @@ def _negative_phrases(
 
 
 # ----------------------------------------------------------------------------------------
-# Small drawing helpers (shared with sam_hf.data.shapes)
+# Small drawing helpers (shared with sam_hf.data.synthetic.shapes)
 # ----------------------------------------------------------------------------------------
 
 
@@ -989,7 +989,7 @@ def make_synthetic_orchard(
     COCO annotations of an image follow its instance ids (annotation k <-> mask id k) and
     carry ``noun_phrase`` and ``attributes``; ``images[]`` entries carry ``negative_phrases``.
     Each folder is built in a temporary folder beside it and renamed into place at the end
-    (:func:`sam_hf.data.convert.atomic_output`), so a failure leaves no partial data set.
+    (:func:`sam_hf.data.output.atomic_output`), so a failure leaves no partial data set.
     Existing ``minneapple``/``coco_text`` folders are an error unless ``overwrite``, which
     replaces only files with the names this function writes (:data:`SYNTHETIC_FILES`); other
     files there are kept and named in a note. No ``.sam_hf_output.json`` marker is written:

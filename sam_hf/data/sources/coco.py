@@ -26,8 +26,9 @@ import datasets
 import yaml
 
 from sam_hf.data import rle
-from sam_hf.data.cards import check_prepared_output, save_prepared
-from sam_hf.data.convert import (
+from sam_hf.data.cards.dataset_card import check_prepared_output, save_prepared
+from sam_hf.data.images import ImageInfo, orient_object, read_for_conversion
+from sam_hf.data.output import (
     ConversionError,
     ErrorPolicy,
     Report,
@@ -46,7 +47,6 @@ from sam_hf.data.convert import (
     polygons_outside,
     resolve_output,
 )
-from sam_hf.data.images import ImageInfo, orient_object, read_for_conversion
 from sam_hf.data.schema import attributes_dict, make_object
 
 #: Name the writers in the ``.sam_hf_output.json`` marker of their output folders.
@@ -439,7 +439,7 @@ def prepare_coco_text(
     """Convert a COCO-text file and save it (``save_to_disk``) with its card as README.md.
 
     ``out`` is checked before converting; ``overwrite`` as in
-    :func:`sam_hf.data.minneapple.prepare_minneapple`.
+    :func:`sam_hf.data.sources.minneapple.prepare_minneapple`.
     """
     check_prepared_output(out, PREPARE_COMMAND, overwrite=overwrite)
     report = Report()
@@ -574,7 +574,7 @@ def export_coco_text(
     Each annotation carries a compressed RLE (bit-identical to the stored mask), the box, the
     area, ``attributes`` and a ``noun_phrase`` composed by ``templates``; images carry their
     ``negative_phrases`` when they have any. Written to a temporary folder beside ``out`` and
-    renamed into place (:func:`sam_hf.data.convert.atomic_output`: a folder this command did
+    renamed into place (:func:`sam_hf.data.output.atomic_output`: a folder this command did
     not write is refused unless ``overwrite``, which still keeps files sam_hf did not write).
     Returns the annotation file of each split.
     """
@@ -672,8 +672,8 @@ def convert_to_coco_text(
     """
     check_output(out, EXPORT_COMMAND, overwrite=overwrite, flag="--output")
     # Imported here: both readers import this module (they share its COCO geometry code).
-    from sam_hf.data.jsonpoly import convert_json_polygons
-    from sam_hf.data.minneapple import convert_minneapple
+    from sam_hf.data.sources.jsonpoly import convert_json_polygons
+    from sam_hf.data.sources.minneapple import convert_minneapple
 
     phrase_templates = PhraseTemplates.from_yaml(templates)
     report = Report()

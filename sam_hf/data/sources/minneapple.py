@@ -34,8 +34,9 @@ import numpy as np
 from scipy import ndimage
 
 from sam_hf.data import rle
-from sam_hf.data.cards import check_prepared_output, save_prepared
-from sam_hf.data.convert import (
+from sam_hf.data.cards.dataset_card import check_prepared_output, save_prepared
+from sam_hf.data.images import orient_label_map, read_for_conversion
+from sam_hf.data.output import (
     ConversionError,
     ErrorPolicy,
     Report,
@@ -50,7 +51,6 @@ from sam_hf.data.convert import (
     make_temp_beside,
     read_instance_mask,
 )
-from sam_hf.data.images import orient_label_map, read_for_conversion
 from sam_hf.data.schema import make_object
 
 #: Names the writer in the ``.sam_hf_output.json`` marker of a prepared folder.
@@ -440,7 +440,7 @@ def extract_archive(
 
     The archive is unpacked into a temporary folder inside ``dest``; each top-level folder it
     holds (``detection/``...) is then renamed into place with
-    :func:`sam_hf.data.convert.install_output`: one that an earlier extraction wrote is
+    :func:`sam_hf.data.output.install_output`: one that an earlier extraction wrote is
     replaced, any other is refused unless ``overwrite`` (which keeps files sam_hf did not
     write). A top-level file is moved in only where ``dest`` has none or the same bytes.
     Every target is checked before anything in ``dest`` changes.

@@ -62,7 +62,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from sam_hf.configs import ConfigError
+from sam_hf.config.args import ConfigError
 
 logger = logging.getLogger("sam_hf")
 

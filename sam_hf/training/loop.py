@@ -10,10 +10,10 @@ sample's augmentation/prompts by ``(seed, e, index)`` (see ``sam_hf.data.transfo
 checkpoint only needs the model, optimizer, scheduler, RNG states (``save_state``) and how many
 micro-batches of the current epoch were consumed; resuming skips exactly those.
 
-Faults (see ``sam_hf.checkpointing``): a run holds ``output_dir/run.lock`` for its whole life;
+Faults (see ``sam_hf.training.checkpointing``): a run holds ``output_dir/run.lock`` for its whole life;
 ``--resume`` checks the checkpoint's integrity and config before anything is written; SIGTERM
 saves a checkpoint and stops (:class:`TrainingInterrupted`, exit 143 in the recipes); a full
-disk while saving is a :class:`~sam_hf.checkpointing.DiskFullError` naming path and sizes; a
+disk while saving is a :class:`~sam_hf.training.checkpointing.DiskFullError` naming path and sizes; a
 failed Hub push during training is logged and retried and never stops training.
 """
 
@@ -41,9 +41,9 @@ from accelerate.utils import broadcast_object_list, set_seed
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
-from sam_hf import checkpointing
-from sam_hf.checkpointing import RunError
-from sam_hf.configs import ConfigError, save_config, to_dict
+from sam_hf.config.args import ConfigError, save_config, to_dict
+from sam_hf.training import checkpointing
+from sam_hf.training.checkpointing import RunError
 
 logger = logging.getLogger("sam_hf")
 
@@ -107,7 +107,7 @@ def stop_on_sigterm() -> Iterator[StopRequest]:
 
 
 class Task(Protocol):
-    """What a model family provides to the trainer (see ``sam_hf.tasks``)."""
+    """What a model family provides to the trainer (see ``sam_hf.tasks.core``)."""
 
     family: str
 
@@ -485,7 +485,7 @@ def register_lora_checkpointing(accelerator: Accelerator) -> None:
     """
     from safetensors.torch import load_file
 
-    from sam_hf.lora import filter_trainable, load_trainable_state_dict
+    from sam_hf.models.lora import filter_trainable, load_trainable_state_dict
 
     def save_hook(models: list, weights: list, output_dir: str) -> None:
         for i in range(len(weights)):
@@ -516,7 +516,7 @@ def log_eval_images(
         return
     from accelerate.utils import send_to_device
 
-    from sam_hf.viz import log_overlays
+    from sam_hf.data.overlays import log_overlays
 
     samples = [eval_ds[i] for i in range(min(cfg.log_images, len(eval_ds)))]
     batch = send_to_device(task.collator(cfg, train=False)(samples), accelerator.device)

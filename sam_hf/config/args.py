@@ -763,7 +763,7 @@ def _validate_sam2(cfg: Sam2Config) -> None:
     )
     for name in ("loss_focal", "loss_dice", "loss_iou", "loss_bce"):
         _check(getattr(cfg, name) >= 0, f"{name} must be >= 0.")
-    from sam_hf.cache import check_config
+    from sam_hf.features.cache import check_config
 
     check_config(cfg)
 
@@ -798,7 +798,7 @@ def _validate_sam3(cfg: Sam3Config) -> None:
         "weight_mask_dice",
     ):
         _check(getattr(cfg, name) >= 0, f"{name} must be >= 0, got {getattr(cfg, name)}.")
-    from sam_hf.cache import check_config
+    from sam_hf.features.cache import check_config
 
     check_config(cfg)
 

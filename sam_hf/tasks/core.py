@@ -2,7 +2,7 @@
 
 A task says how to get the data ready, build the model, turn predictions into records that
 can be gathered across ranks, score them, and export a plain-transformers folder. Everything
-heavy lives in ``sam_hf.models``, ``sam_hf.data``, ``sam_hf.losses`` and ``sam_hf.metrics``.
+heavy lives in ``sam_hf.models``, ``sam_hf.data``, ``sam_hf.losses`` and ``sam_hf.metrics.core``.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from sam_hf import cache
-from sam_hf.configs import ConfigError
-from sam_hf.data.convert import save_atomically
+from sam_hf.config.args import ConfigError
+from sam_hf.data.output import save_atomically
 from sam_hf.data.transforms import SegmentationDataset
-from sam_hf.metrics import remap_scores
+from sam_hf.features import cache
+from sam_hf.metrics.core import remap_scores
 
 logger = logging.getLogger("sam_hf")
 
@@ -125,13 +125,13 @@ def prepare_synthetic(cfg: Any, view: str) -> None:
         cfg.synthetic_kind,
     )
     if cfg.synthetic_kind == "shapes":
-        from sam_hf.data.shapes import make_shapes_dataset
+        from sam_hf.data.synthetic.shapes import make_shapes_dataset
 
         ds = make_shapes_dataset(cfg.synthetic_num_images, seed=cfg.seed, image_size=size)
         parts = ds.train_test_split(test_size=0.1, seed=cfg.seed)
         dd = datasets.DatasetDict({"train": parts["train"], "validation": parts["test"]})
     else:
-        from sam_hf.data.synthetic import make_synthetic_orchard
+        from sam_hf.data.synthetic.orchard import make_synthetic_orchard
 
         raw = path.with_name(path.name + "_raw")
         make_synthetic_orchard(  # replaces only orchard files of an earlier, interrupted run
@@ -143,11 +143,11 @@ def prepare_synthetic(cfg: Any, view: str) -> None:
             overwrite=True,
         )
         if view == "minneapple":
-            from sam_hf.data.minneapple import convert_minneapple
+            from sam_hf.data.sources.minneapple import convert_minneapple
 
             dd = convert_minneapple(raw / "minneapple", val_fraction=0.2, seed=cfg.seed)
         else:
-            from sam_hf.data.coco import convert_coco_text
+            from sam_hf.data.sources.coco import convert_coco_text
 
             coco = raw / "coco_text"
             dd = datasets.DatasetDict(
@@ -164,10 +164,10 @@ def prepare_synthetic(cfg: Any, view: str) -> None:
 
 
 def maybe_lora(model: torch.nn.Module, cfg: Any, family: str) -> torch.nn.Module:
-    """Wrap ``model`` in peft LoRA adapters when ``use_lora`` is set (see ``sam_hf.lora``)."""
+    """Wrap ``model`` in peft LoRA adapters when ``use_lora`` is set (see ``sam_hf.models.lora``)."""
     if not cfg.use_lora:
         return model
-    from sam_hf.lora import apply_lora
+    from sam_hf.models.lora import apply_lora
 
     return apply_lora(model, cfg, family)
 
@@ -289,7 +289,7 @@ class _TransformersTask:
         if not cfg.use_lora:
             module.model.save_pretrained(str(out_dir))
             return
-        from sam_hf.lora import merge_to_base, save_adapter
+        from sam_hf.models.lora import merge_to_base, save_adapter
 
         save_adapter(module.model, out_dir)
         if cfg.merge_lora:
@@ -360,7 +360,7 @@ class Sam2Task(_TransformersTask):
 
     def eval_records(self, predictions: list[dict]) -> list[dict]:
         """Per image: per-object IoU, Dice and Boundary F1 at the original resolution."""
-        from sam_hf.metrics import boundary_f1, dice, mask_iou
+        from sam_hf.metrics.core import boundary_f1, dice, mask_iou
 
         out = []
         for p in predictions:
@@ -379,7 +379,7 @@ class Sam2Task(_TransformersTask):
         self, samples: list[dict], preds: list[dict], processor: Any, cfg: Any
     ) -> list[dict]:
         """Images at original size with predicted vs true instance masks, for trackers."""
-        from sam_hf.viz import to_uint8_image
+        from sam_hf.data.overlays import to_uint8_image
 
         ip = processor.image_processor
         by_id = {p["image_id"]: p for p in preds}
@@ -437,7 +437,7 @@ def matched_instance_iou(pairs: list[dict]) -> float:
     """
     from scipy.optimize import linear_sum_assignment
 
-    from sam_hf.metrics import pairwise_mask_iou
+    from sam_hf.metrics.core import pairwise_mask_iou
 
     total, count = 0.0, 0
     for p in pairs:
@@ -473,7 +473,7 @@ def sam3_eval_pairs(
 ) -> tuple[SegmentationDataset, Any]:
     """SAM3's evaluation (image, phrase) pairs: the one definition that the trainer's
     evaluation (:class:`Sam3Task`) and ``scripts/evaluate.py sam3``
-    (:func:`sam_hf.evaluation.evaluate_sam3`) both call, so on the same model, data and
+    (:func:`sam_hf.eval.protocols.evaluate_sam3`) both call, so on the same model, data and
     config they score the same pairs.
 
     Returns the evaluation view of ``eval_split`` (:func:`eval_view`: no augmentation,
@@ -568,7 +568,7 @@ class Sam3Task(_TransformersTask):
         from accelerate import PartialState
 
         from sam_hf.data.queries import candidate_phrases
-        from sam_hf.models.clip_tokenizer import PhraseTokenizer
+        from sam_hf.data.tokenizer import PhraseTokenizer
 
         assert self.module is not None
         model = self.module.model
@@ -661,7 +661,7 @@ class Sam3Task(_TransformersTask):
     ) -> list[dict]:
         """Per image: kept predictions (score >= threshold) of its positive phrases vs their
         ground truth, labelled with the phrase, so a wrong concept shows as a wrong label."""
-        from sam_hf.viz import to_uint8_image
+        from sam_hf.data.overlays import to_uint8_image
 
         ip = processor.image_processor
         by_id = {p["image_id"]: p for p in preds}
@@ -690,7 +690,7 @@ class Sam3Task(_TransformersTask):
         return items
 
     def compute_metrics(self, records: list[dict]) -> dict[str, float]:
-        from sam_hf.metrics import (
+        from sam_hf.metrics.core import (
             attribute_accuracy,
             coco_mask_ap,
             concept_recall,
