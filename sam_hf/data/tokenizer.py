@@ -24,6 +24,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import open_clip
 import torch
 from transformers import CLIPTokenizer
 
@@ -40,13 +41,6 @@ _CACHE_SUBDIR = "clip_bpe_16e6"
 
 def open_clip_bpe_path() -> Path:
     """Path of the BPE merges file shipped inside the installed ``open_clip_torch`` package."""
-    try:
-        import open_clip
-    except ImportError as e:  # pragma: no cover - open_clip_torch is a declared dependency
-        raise ImportError(
-            "Building SAM3's CLIP tokenizer offline needs the open_clip_torch package "
-            "(pip install open_clip_torch); it ships bpe_simple_vocab_16e6.txt.gz."
-        ) from e
     path = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
     if not path.is_file():  # pragma: no cover - depends on the installed package
         raise FileNotFoundError(f"{path} is missing from the installed open_clip_torch package.")
