@@ -2,7 +2,7 @@
 
 The central check recomputes the report's numbers independently: the saved models are loaded
 with plain ``from_pretrained``, run through the training wrappers' own ``predict`` on collator
-batches, and scored with the metric functions of ``sam_hf.metrics.core``; the report must hold the
+batches, and scored with the metric functions of ``sam_hf.metrics``; the report must hold the
 same values. Data: a few synthetic orchard images (COCO-text view: instance masks + phrases).
 """
 
@@ -35,7 +35,7 @@ from sam_hf.eval.protocols import (
     to_model_coords,
 )
 from sam_hf.eval.report import parse_training_log, plot_run
-from sam_hf.metrics.core import remap_scores
+from sam_hf.metrics.matching import remap_scores
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,13 +47,13 @@ SAM2_RES, SAM3_RES, SEED = 128, 112, 42
 
 
 def _sam2_cfg(**kw):
-    from sam_hf.config.args import Sam2Config, load_config
+    from sam_hf.config import Sam2Config, load_config
 
     return load_config(Sam2Config, None, {"resolution": SAM2_RES, **kw})
 
 
 def _sam3_cfg(**kw):
-    from sam_hf.config.args import Sam3Config, load_config
+    from sam_hf.config import Sam3Config, load_config
 
     return load_config(Sam3Config, None, {"resolution": SAM3_RES, **kw})
 
@@ -154,8 +154,8 @@ def _independent_sam2(workdir, prompt: str) -> dict:
 
     from sam_hf.data.collate import Sam2Collator
     from sam_hf.data.transforms import SegmentationDataset
-    from sam_hf.metrics.core import boundary_f1, dice, mask_iou
-    from sam_hf.models.sam2 import Sam2ForTraining
+    from sam_hf.metrics.masks import boundary_f1, dice, mask_iou
+    from sam_hf.models.sam2_training import Sam2ForTraining
 
     folder = workdir["root"] / "sam2_ft"
     module = Sam2ForTraining(Sam2Model.from_pretrained(folder), _sam2_cfg()).eval()
@@ -220,15 +220,15 @@ def test_sam3_numbers_equal_the_metric_functions(workdir, compare_out):
 
     from sam_hf.data.queries import PhraseVocab, Sam3Collator
     from sam_hf.data.transforms import SegmentationDataset
-    from sam_hf.metrics.core import (
+    from sam_hf.metrics.coco import coco_mask_ap
+    from sam_hf.metrics.concepts import (
         attribute_accuracy,
-        coco_mask_ap,
         concept_recall,
         grounding_accuracy,
         saco_metrics,
     )
+    from sam_hf.metrics.matching import mean_matched_iou
     from sam_hf.models.sam3 import Sam3ForTraining
-    from sam_hf.tasks.core import matched_instance_iou
 
     folder = workdir["root"] / "sam3_ft"
     module = Sam3ForTraining(Sam3Model.from_pretrained(folder), _sam3_cfg()).eval()
@@ -252,7 +252,7 @@ def test_sam3_numbers_equal_the_metric_functions(workdir, compare_out):
     want["grounding_accuracy"] = grounding_accuracy(pairs)
     want["attribute_accuracy"] = attribute_accuracy(pairs)
     want.update(coco_mask_ap([{**p, "category": p["phrase"]} for p in pairs]))
-    want["mean_iou"] = matched_instance_iou(pairs)
+    want["mean_iou"] = mean_matched_iou(pairs)
 
     report = json.loads((compare_out / "report.json").read_text())
     got = report["models"]["sam3"]["metrics"]["text"]

@@ -1,4 +1,4 @@
-"""The `evaluate` metric modules load offline from their folders and equal sam_hf.metrics.core."""
+"""The `evaluate` metric modules load offline from their folders and equal sam_hf.metrics.masks."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from sam_hf.metrics.core import boundary_f1, dice, mask_iou
+from sam_hf.metrics.masks import boundary_f1, dice, mask_iou
 
 MODULES = Path(__file__).resolve().parents[1] / "sam_hf" / "metrics" / "modules"
 

@@ -2,7 +2,7 @@
 
 The references below are written the way the official evaluators compute things (DAVIS
 ``db_eval_iou`` / ``f_measure`` with ``cv2.dilate`` + ``skimage.morphology.disk``; SA-Co's
-``CGF1Eval`` loop with pycocotools' mask IoU) and never call into ``sam_hf.metrics.core``.
+``CGF1Eval`` loop with pycocotools' mask IoU) and never call into ``sam_hf.metrics``.
 
 Array comparisons with a reference are bitwise: both sides count pixels (exact integers, in
 any order) and combine the counts with the same float64 formula, each step a correctly rounded
@@ -26,19 +26,25 @@ from pycocotools.cocoeval import COCOeval
 from scipy.optimize import linear_sum_assignment
 from skimage.morphology import disk
 
-from sam_hf.metrics import core as metrics
-from sam_hf.metrics.core import (
+from sam_hf.metrics import masks as metrics
+from sam_hf.metrics.coco import coco_mask_ap
+from sam_hf.metrics.concepts import (
     attribute_accuracy,
+    concept_recall,
+    grounding_accuracy,
+    saco_metrics,
+)
+from sam_hf.metrics.masks import (
     boundary_f1,
     boundary_tolerance,
-    coco_mask_ap,
-    concept_recall,
     dice,
-    grounding_accuracy,
     mask_iou,
-    pairwise_mask_iou,
-    saco_metrics,
     summarize_instance_metrics,
+)
+from sam_hf.metrics.matching import (
+    matched_instance_ious,
+    mean_matched_iou,
+    pairwise_mask_iou,
 )
 
 # --------------------------------------------------------------------------------------
@@ -489,6 +495,46 @@ def test_only_negative_phrases() -> None:
     hallucinated = [*nothing, pair(empty(), row_masks((0, 3)), [0.9], phrase="ghost")]
     assert grounding_accuracy(hallucinated) == 0.75
     assert saco_metrics(hallucinated)["IL_MCC"] == 0.0
+
+
+# --------------------------------------------------------------------------------------
+# Matched instance IoU (SAM3's analogue of SAM2's per-object IoU)
+# --------------------------------------------------------------------------------------
+
+
+def test_matched_instance_ious_hand_computed_and_score_threshold() -> None:
+    gt = row_masks((0, 9), (12, 15))
+    pred = row_masks((12, 16), (0, 10), (1, 3))
+    p = pair(gt, pred, [0.9, 0.4, 0.95])
+    # kept at 0.5: p0 -> B (4/5), p2 -> A (3/10, the only one left for it)
+    np.testing.assert_allclose(matched_instance_ious(p), [3 / 10, 4 / 5])
+    # at 0.3 p1 is kept too and the Hungarian takes p1 -> A (10/11) over p2 -> A
+    np.testing.assert_allclose(matched_instance_ious(p, score_threshold=0.3), [10 / 11, 4 / 5])
+    # nothing kept: every instance counts 0; a negative phrase has no instance at all
+    np.testing.assert_array_equal(matched_instance_ious(pair(gt, pred, [0.1] * 3)), [0, 0])
+    assert matched_instance_ious(pair(empty(), pred, [0.9] * 3)).shape == (0,)
+    negative = pair(empty(), row_masks((0, 3)), [0.9], phrase="ghost")
+    assert mean_matched_iou([p, negative]) == pytest.approx((3 / 10 + 4 / 5) / 2)
+    assert mean_matched_iou([negative]) == 0.0
+
+
+def test_mean_matched_iou_matches_loop_reference() -> None:
+    rng = np.random.default_rng(4)
+    for _ in range(10):
+        pairs = random_pairs(rng, int(rng.integers(1, 8)))
+        total = count = 0.0
+        for q in pairs:
+            gt = np.asarray(q["gt"], dtype=bool)
+            if "gt_iscrowd" in q:
+                gt = gt[~np.asarray(q["gt_iscrowd"], dtype=bool)]
+            pred = np.asarray(q["pred"], dtype=bool)[np.asarray(q["scores"]) >= 0.5]
+            count += len(gt)
+            if len(gt) and len(pred):
+                ious = ref_coco_iou(pred, gt)
+                rows, cols = linear_sum_assignment(-ious)
+                total += ious[rows, cols].sum()
+        want = total / count if count else 0.0
+        assert mean_matched_iou(pairs) == pytest.approx(want, abs=1e-12)
 
 
 # --------------------------------------------------------------------------------------

@@ -40,9 +40,9 @@ SAM3 (text only)
 Common to both (the fair SAM2-vs-SAM3 columns)
     * ``mean_instance_iou``: per ground-truth instance, SAM2's IoU for the prompt taken from
       that instance vs SAM3's IoU of the prediction Hungarian-matched to it from the text
-      (0 when none is kept) -- :func:`sam_hf.tasks.core.matched_instance_iou`;
+      (0 when none is kept) -- :func:`sam_hf.metrics.matching.mean_matched_iou`;
     * ``concept_recall``: share of instances found with IoU >= 0.5, per phrase, averaged over
-      phrases (SAM3: :func:`sam_hf.metrics.core.concept_recall`; SAM2 with one prompt per instance,
+      phrases (SAM3: :func:`sam_hf.metrics.concepts.concept_recall`; SAM2 with one prompt per instance,
       where "found" is its own mask reaching IoU 0.5, grouped by the same phrases);
     * ``instance_recall``: the same share pooled over all instances.
     The prompts differ (SAM2 is told *where* each object is; SAM3 only *what* to look for), and
@@ -67,7 +67,6 @@ import datasets
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.optimize import linear_sum_assignment
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -75,7 +74,9 @@ from sam_hf.data import rle
 from sam_hf.data.prompts import make_generator, sample_correction_clicks
 from sam_hf.data.queries import normalize_phrase
 from sam_hf.data.transforms import SegmentationDataset
-from sam_hf.metrics.core import remap_scores
+from sam_hf.metrics.concepts import concept_recall
+from sam_hf.metrics.masks import mask_iou
+from sam_hf.metrics.matching import matched_instance_ious, remap_scores
 
 logger = logging.getLogger("sam_hf")
 
@@ -299,7 +300,7 @@ class LoadedModel:
 
 def build_config(src: ModelSource, **overrides: Any) -> Any:
     """The validated Sam2Config / Sam3Config the builders read for ``src``."""
-    from sam_hf.config.args import Sam2Config, Sam3Config, load_config
+    from sam_hf.config import Sam2Config, Sam3Config, load_config
 
     values: dict[str, Any] = {"model_name_or_path": src.base, "seed": src.seed or 0}
     if src.resolution:
@@ -331,7 +332,8 @@ def load_model(
     )
     cfg = build_config(src)
     if src.family == "sam2":
-        from sam_hf.models.sam2 import Sam2ForTraining, build_sam2
+        from sam_hf.models.sam2 import build_sam2
+        from sam_hf.models.sam2_training import Sam2ForTraining
 
         model, processor = build_sam2(cfg)
     else:
@@ -462,7 +464,7 @@ RUN_KEYS: dict[str, tuple[str, tuple[str, ...], str]] = {
 
 
 def _recipe_default(key: str) -> Any:
-    from sam_hf.config.args import Sam3Config
+    from sam_hf.config import Sam3Config
 
     return {f.name: f.default for f in dataclasses.fields(Sam3Config)}[key]
 
@@ -618,8 +620,6 @@ def click_curves(
     ``orig_masks`` (and optionally the encoder features as ``image_embeddings``); returns ``curves[i][k]`` = the ``max_clicks`` IoUs of object ``k`` of image
     ``i`` (the first click is the centre click of the object itself).
     """
-    from sam_hf.metrics.core import mask_iou
-
     if max_clicks < 1:
         raise ValueError(f"max_clicks must be >= 1, got {max_clicks}.")
     pixel_values = batch["pixel_values"]
@@ -741,7 +741,7 @@ def sam2_common_metrics(records: Sequence[dict]) -> dict[str, Any]:
 
     With one prompt per ground-truth instance, SAM2 "finds" an instance when the mask for
     that instance's own prompt reaches IoU 0.5; grouping by phrase and averaging over phrases
-    mirrors :func:`sam_hf.metrics.core.concept_recall`.
+    mirrors :func:`sam_hf.metrics.concepts.concept_recall`.
     """
     per_phrase: dict[str, list[bool]] = defaultdict(list)
     ious = []
@@ -850,27 +850,6 @@ def evaluate_sam2(
 # =============================================================================================
 
 
-def matched_instance_ious(pair: dict[str, Any]) -> np.ndarray:
-    """Per ground-truth instance of one pair: IoU of its Hungarian-matched kept prediction.
-
-    The per-instance values behind :func:`sam_hf.tasks.core.matched_instance_iou` (whose mean over
-    all instances they give): predictions with score >= 0.5, one-to-one assignment maximising
-    pycocotools IoU, 0 for an unmatched instance.
-    """
-    from sam_hf.metrics.core import pairwise_mask_iou
-
-    g = int(pair["gt"].shape[0])
-    out = np.zeros(g, dtype=np.float64)
-    keep = torch.as_tensor(pair["scores"]) >= 0.5
-    pred = pair["pred"][keep]
-    if g == 0 or pred.shape[0] == 0:
-        return out
-    iou = pairwise_mask_iou(pred, pair["gt"])
-    rows, cols = linear_sum_assignment(-iou)
-    out[cols] = iou[rows, cols]
-    return out
-
-
 def sam3_vocab_split(dd: Any, split: str, train_split: str = "train") -> str:
     """Where SAM3's vocabulary negatives come from: the training split, as in training (the
     evaluated split itself when the data has no such split)."""
@@ -950,11 +929,9 @@ def _pairs_from_records(records: Sequence[dict]) -> list[dict]:
 def sam3_common_metrics(records: Sequence[dict], metrics: dict[str, Any]) -> dict[str, Any]:
     """SAM3's side of the common columns: matched instance IoU, concept and instance recall.
 
-    Instance recall is :func:`sam_hf.metrics.core.concept_recall` with every pair put under one
+    Instance recall is :func:`sam_hf.metrics.concepts.concept_recall` with every pair put under one
     phrase, i.e. matched instances over all instances.
     """
-    from sam_hf.metrics.core import concept_recall
-
     pairs = _pairs_from_records(records)
     n = sum(int(p["gt"].shape[0]) for p in pairs)
     pooled = concept_recall([{**p, "phrase": "all"} for p in pairs]) if n else float("nan")

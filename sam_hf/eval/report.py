@@ -25,11 +25,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
-from scipy.optimize import linear_sum_assignment  # noqa: E402
 
 from sam_hf.data import rle  # noqa: E402
 from sam_hf.data.overlays import instance_colors, overlay_masks  # noqa: E402
 from sam_hf.eval.protocols import Evaluation, ModelEvaluation, _jsonable  # noqa: E402
+from sam_hf.metrics.matching import SCORE_THRESHOLD, hungarian, pairwise_mask_iou  # noqa: E402
 
 #: Display names of metric keys (tables and plots).
 METRIC_NAMES = {
@@ -623,17 +623,15 @@ def _sam3_panel(rec: dict, gt_rles: list[str], n_gt: int) -> tuple[np.ndarray, n
     n_fp = 0
     for pair in rec["pairs"]:
         h, w = pair["size"]
-        keep = [i for i, s in enumerate(pair["scores"]) if s >= 0.5]
+        keep = [i for i, s in enumerate(pair["scores"]) if s >= SCORE_THRESHOLD]
         if not keep:
             continue
         pred = rle.decode_many([pair["pred"][i] for i in keep], h, w)
         gt = rle.decode_many(pair["gt"], h, w)
         color = [FALSE_POSITIVE_RGB] * len(keep)
         if gt.shape[0]:
-            from sam_hf.metrics.core import pairwise_mask_iou
-
             iou = pairwise_mask_iou(pred, gt)
-            rows, cc = linear_sum_assignment(-iou)
+            rows, cc = hungarian(iou)
             for r, c in zip(rows, cc):
                 if iou[r, c] > 0:
                     k = index.get(rle.encode(gt[c])["counts"])

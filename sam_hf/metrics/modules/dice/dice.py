@@ -1,13 +1,12 @@
-"""Per-instance Dice as an `evaluate` metric (DAVIS-style empty rule), from ``sam_hf.metrics.core``.
+"""Per-instance Dice as an `evaluate` metric (DAVIS-style empty rule), from ``sam_hf.metrics.masks``.
 
-Loads offline from its folder: ``evaluate.load("<sam_hf>/metrics/modules/dice")``.
+Loads offline from its folder: ``evaluate.load("<sam_hf>/metrics/modules/dice")``. The body
+is :class:`sam_hf.metrics.evaluate_metric.InstanceMaskMetric`.
 """
 
-import datasets
 import evaluate
-import numpy as np
 
-from sam_hf.metrics.core import dice, per_example_metric
+from sam_hf.metrics import evaluate_metric, masks
 
 _DESCRIPTION = """
 Dice coefficient (F1 of pixels) of each predicted instance mask with its ground-truth
@@ -25,7 +24,7 @@ Returns:
     mean_dice: the mean Dice over instances (NaN when there is none).
     per_example_dice: list of floats, only with ``return_per_example=True``.
 Examples:
-    >>> metric = evaluate.load("sam_hf/metrics/core/modules/dice")
+    >>> metric = evaluate.load("sam_hf/metrics/modules/dice")
     >>> metric.compute(predictions=[[[1, 1], [0, 0]]], references=[[[1, 0], [0, 0]]])
     {'mean_dice': 0.6666666666666666}
 """
@@ -42,41 +41,11 @@ _CITATION = """
 }
 """
 
-_MASK = datasets.Sequence(datasets.Sequence(datasets.Value("bool")))
-
-
-def _as_bool(masks):
-    # Arrow refuses a batch that mixes dtypes (a uint8 PNG mask next to a bool prediction);
-    # casting here also makes 0/255 or 0/2 label masks mean what the torch metric means.
-    return None if masks is None else [np.asarray(m) != 0 for m in masks]
-
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
-class Dice(evaluate.Metric):
-    """Mean per-instance Dice; see ``sam_hf.metrics.core.dice``."""
+class Dice(evaluate_metric.InstanceMaskMetric):
+    """Mean per-instance Dice; see ``sam_hf.metrics.masks.dice``."""
 
-    def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": _MASK, "references": _MASK}),
-        )
-
-    def add_batch(self, *, predictions=None, references=None, **kwargs):
-        """Add a batch of masks (cast to bool: non-zero is foreground)."""
-        super().add_batch(
-            predictions=_as_bool(predictions), references=_as_bool(references), **kwargs
-        )
-
-    def add(self, *, prediction=None, reference=None, **kwargs):
-        """Add one mask pair (cast to bool: non-zero is foreground)."""
-        cast = [None if m is None else np.asarray(m) != 0 for m in (prediction, reference)]
-        super().add(prediction=cast[0], reference=cast[1], **kwargs)
-
-    def _compute(self, predictions, references, return_per_example: bool = False) -> dict:
-        values = per_example_metric(dice, predictions, references)
-        out = {"mean_dice": float(values.mean()) if values.size else float("nan")}
-        if return_per_example:
-            out["per_example_dice"] = values.tolist()
-        return out
+    metric_fn = staticmethod(masks.dice)
+    name = "dice"
+    description, inputs_description, citation = _DESCRIPTION, _KWARGS_DESCRIPTION, _CITATION
