@@ -12,9 +12,11 @@ import torch
 from safetensors.torch import load_file
 from transformers.models.sam2 import modeling_sam2
 
-from sam_hf.config.args import ConfigError, Sam2Config, load_config
-from sam_hf.features import cache
-from sam_hf.models.sam2 import Sam2ForTraining
+from sam_hf.config import ConfigError, Sam2Config, load_config
+from sam_hf.config.cache_settings import cache_blockers
+from sam_hf.features.dataset import CachedEmbeddingDataset
+from sam_hf.features.keys import CACHE_DIRNAME
+from sam_hf.models.sam2_training import Sam2ForTraining
 from sam_hf.tasks.core import Sam2Task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +46,7 @@ def overrides(out: Path, data: Path, **kw) -> dict:
         "synthetic_image_size": [64, 64],
         "output_dir": str(out),
         "max_steps": 4,
-        "batch_size": 2,
+        "per_device_train_batch_size": 2,
         "eval_steps": 0,
         "save_steps": 0,
         "logging_steps": 1,
@@ -53,7 +55,7 @@ def overrides(out: Path, data: Path, **kw) -> dict:
         "hflip_prob": 0.5,
         "color_jitter": 0.0,
         "eval_on_start": False,
-        "lr_scheduler": "constant",
+        "lr_scheduler_type": "constant",
         "warmup_steps": 0,
         "log_images": 0,
     }
@@ -81,7 +83,7 @@ def initial_model(
 ) -> tuple[dict[str, torch.Tensor], set[str], float]:
     """The weights a run starts from (seeded), the keys it trains and its (constant) lr."""
     cfg = load_config(Sam2Config, DEMO_YAML, overrides(tmp_path, data, **kw))
-    assert cfg.lr_scheduler == "constant" and cfg.warmup_steps == 0
+    assert cfg.lr_scheduler_type == "constant" and cfg.warmup_steps == 0
     model = Sam2Task().build_base(cfg)[0]
     state = {k: v.clone() for k, v in model.state_dict().items()}
     return state, trainable_keys(model), cfg.learning_rate
@@ -98,15 +100,15 @@ def test_cached_training_equals_uncached(tmp_path, monkeypatch, recorded_losses)
     """
     data = tmp_path / "data"
     calls = EncoderCalls(monkeypatch)
-    common = {"batch_size": 1}
+    common = {"per_device_train_batch_size": 1}
     sam2_mineapple.main(argv(overrides(tmp_path / "plain", data, cache_embeddings=False, **common)))
     plain_losses = list(recorded_losses)
-    assert calls.n > 0 and not (data / cache.CACHE_DIRNAME).exists()
+    assert calls.n > 0 and not (data / CACHE_DIRNAME).exists()
     recorded_losses.clear()
 
     sam2_mineapple.main(argv(overrides(tmp_path / "cached", data, cache_embeddings=True, **common)))
     cached_losses = list(recorded_losses)
-    folders = list((data / cache.CACHE_DIRNAME).iterdir())
+    folders = list((data / CACHE_DIRNAME).iterdir())
     assert len(folders) == 2  # train and validation splits
     # cached vs uncached: two computations. Measured worst 6.8e-8 relative (0.6 ulp) with the
     # two runs under different ATen kernels; FP32_LOSS_RTOL = 16 ulp = 1.9e-6 (28x margin).
@@ -170,7 +172,7 @@ def test_cached_bf16_training_equals_uncached_bf16(
     are bitwise the bf16 ones an uncached forward computes (half the disk); training from them
     then equals uncached training up to bf16 rounding of the (differently laid out) decoder."""
     data = tmp_path / "data"
-    kw = {"batch_size": 1, "mixed_precision": "bf16", "max_steps": 3}
+    kw = {"per_device_train_batch_size": 1, "bf16": True, "max_steps": 3}
     sam2_mineapple.main(argv(overrides(tmp_path / "plain", data, cache_embeddings=False, **kw)))
     plain = list(recorded_losses)
     recorded_losses.clear()
@@ -191,7 +193,7 @@ def test_cached_bf16_training_equals_uncached_bf16(
     assert_trained_weights_close(
         a, b, init, trainable, lr=lr, steps=3, per_step=2.5, update_rtol=None
     )
-    stored = load_file(str(next((data / cache.CACHE_DIRNAME).glob("*/000000_n.safetensors"))))
+    stored = load_file(str(next((data / CACHE_DIRNAME).glob("*/000000_n.safetensors"))))
     # the FPN maps come out of autocast in bf16; no_memory_embedding (fp32) promotes the last
     assert [stored[f"level{i}"].dtype for i in range(3)] == [
         torch.bfloat16,
@@ -199,9 +201,9 @@ def test_cached_bf16_training_equals_uncached_bf16(
         torch.float32,
     ]
     # the cache the run trained on (reused here: same key) holds the encoder's autocast output
-    folders = sorted((data / cache.CACHE_DIRNAME).iterdir())
+    folders = sorted((data / CACHE_DIRNAME).iterdir())
     task, module, train, _ = build(tmp_path, data, cache_embeddings=True, **kw)
-    assert train.cache.dir in folders and sorted((data / cache.CACHE_DIRNAME).iterdir()) == folders
+    assert train.cache.dir in folders and sorted((data / CACHE_DIRNAME).iterdir()) == folders
     assert_cached_features_are_encoder_output(module, train, torch.bfloat16)
 
 
@@ -243,10 +245,10 @@ def test_cache_key_changes_with_resolution_weights_and_data(tmp_path, monkeypatc
 def test_auto_turns_on_only_for_a_cacheable_encoder(tmp_path):
     data = tmp_path / "data"
     task, _, train, _ = build(tmp_path, data)  # auto, frozen, no jitter
-    assert task.cache_on and isinstance(train, cache.CachedEmbeddingDataset)
+    assert task.cache_on and isinstance(train, CachedEmbeddingDataset)
     for kw in ({"color_jitter": 0.2}, {"freeze_image_encoder": False}):
         task, _, train, _ = build(tmp_path, data, **kw)
-        assert not task.cache_on and not isinstance(train, cache.CachedEmbeddingDataset)
+        assert not task.cache_on and not isinstance(train, CachedEmbeddingDataset)
     task, _, train, _ = build(tmp_path, data, cache_embeddings=False)
     assert not task.cache_on
 
@@ -276,4 +278,4 @@ def test_impossible_cache_settings_are_config_errors(tmp_path, kw, message):
 def test_lora_on_the_decoder_only_still_caches(tmp_path):
     values = {"cache_embeddings": True, "use_lora": True, "lora_target_groups": ["mask_decoder"]}
     cfg = load_config(Sam2Config, DEMO_YAML, overrides(tmp_path, tmp_path / "d", **values))
-    assert cache.cache_blockers(cfg) == []
+    assert cache_blockers(cfg) == []

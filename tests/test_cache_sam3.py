@@ -16,9 +16,12 @@ from safetensors.torch import load_file
 from transformers.models.clip import modeling_clip
 from transformers.models.sam3 import modeling_sam3
 
-from sam_hf.config.args import ConfigError, Sam3Config, load_config
+from sam_hf.config import ConfigError, Sam3Config, load_config
+from sam_hf.config.cache_settings import cache_blockers, text_cache_blockers
 from sam_hf.data.queries import PhraseVocab, candidate_phrases, sample_queries
-from sam_hf.features import cache
+from sam_hf.features.dataset import CachedEmbeddingDataset
+from sam_hf.features.keys import CACHE_DIRNAME
+from sam_hf.features.store import PhraseFeatures
 from sam_hf.models.sam3 import Sam3ForTraining
 from sam_hf.tasks.core import Sam3Task
 
@@ -53,7 +56,7 @@ def overrides(out: Path, data: Path, **kw) -> dict:
         "synthetic_image_size": [64, 64],
         "output_dir": str(out),
         "max_steps": 4,
-        "batch_size": 2,
+        "per_device_train_batch_size": 2,
         "eval_steps": 0,
         "save_steps": 0,
         "eval_on_start": False,
@@ -62,7 +65,7 @@ def overrides(out: Path, data: Path, **kw) -> dict:
         "hard_negatives": True,
         "hflip_prob": 0.5,
         "color_jitter": 0.0,
-        "lr_scheduler": "constant",
+        "lr_scheduler_type": "constant",
         "warmup_steps": 0,
         "log_images": 0,
     }
@@ -109,7 +112,7 @@ def weights(run: Path) -> dict[str, torch.Tensor]:
 def initial_model(tmp_path: Path, data: Path, **kw) -> tuple[dict, set[str], float]:
     """The weights a run starts from (seeded), the keys it trains and its (constant) lr."""
     cfg = load_config(Sam3Config, DEMO_YAML, overrides(tmp_path / "init", data, **kw))
-    assert cfg.lr_scheduler == "constant" and cfg.warmup_steps == 0
+    assert cfg.lr_scheduler_type == "constant" and cfg.warmup_steps == 0
     model = Sam3Task().build_base(cfg)[0]
     state = {k: v.clone() for k, v in model.state_dict().items()}
     return state, trainable_keys(model), cfg.learning_rate
@@ -118,10 +121,10 @@ def initial_model(tmp_path: Path, data: Path, **kw) -> tuple[dict, set[str], flo
 def assert_cached_features_are_encoder_output(tmp_path: Path, autocast: torch.dtype | None, **kw):
     """The image features in the cache (the one a run trained on: same key, reused) are the ViT
     on exactly each sample's pixels, one image, same autocast: the same computation, bitwise."""
-    folders = sorted((tmp_path / "data" / cache.CACHE_DIRNAME).iterdir())
+    folders = sorted((tmp_path / "data" / CACHE_DIRNAME).iterdir())
     _, _, module, _, train, _ = build(tmp_path, cache_embeddings=True, **kw)
-    assert isinstance(train, cache.CachedEmbeddingDataset) and train.cache.dir in folders
-    assert sorted((tmp_path / "data" / cache.CACHE_DIRNAME).iterdir()) == folders  # reused
+    assert isinstance(train, CachedEmbeddingDataset) and train.cache.dir in folders
+    assert sorted((tmp_path / "data" / CACHE_DIRNAME).iterdir()) == folders  # reused
     assert_features_match_encoder(module, train, autocast)
 
 
@@ -133,7 +136,7 @@ def test_cached_sam3_training_equals_uncached_and_reuses_the_cache(
     sam3_coco_text.main(argv(overrides(tmp_path / "plain", data, cache_embeddings=False)))
     plain = list(recorded_losses)
     assert min(calls.counts) > 0
-    assert not (data / cache.CACHE_DIRNAME).exists()
+    assert not (data / CACHE_DIRNAME).exists()
 
     recorded_losses.clear()
     sam3_coco_text.main(argv(overrides(tmp_path / "cached", data, cache_embeddings=True)))
@@ -151,7 +154,7 @@ def test_cached_sam3_training_equals_uncached_and_reuses_the_cache(
     assert_trained_weights_close(
         weights(tmp_path / "plain"), weights(tmp_path / "cached"), init, trainable, lr=lr, steps=4
     )
-    folders = sorted((data / cache.CACHE_DIRNAME).iterdir())
+    folders = sorted((data / CACHE_DIRNAME).iterdir())
     families = sorted(json.loads((f / "key.json").read_text())["family"] for f in folders)
     assert families == ["sam3", "sam3", "sam3-text"]  # train images, eval images, phrases
     assert_cached_features_are_encoder_output(tmp_path, None)
@@ -169,7 +172,7 @@ def test_cached_sam3_bf16_equals_uncached_bf16(tmp_path, recorded_losses, fresh_
     """Under mixed precision the cache is filled under the same autocast: the stored maps are
     bitwise the uncached forward's, and training equals uncached training up to bf16 rounding."""
     data = tmp_path / "data"
-    kw = {"mixed_precision": "bf16", "max_steps": 3}
+    kw = {"bf16": True, "max_steps": 3}
     sam3_coco_text.main(argv(overrides(tmp_path / "plain", data, cache_embeddings=False, **kw)))
     plain = list(recorded_losses)
     recorded_losses.clear()
@@ -192,7 +195,7 @@ def test_cached_sam3_bf16_equals_uncached_bf16(tmp_path, recorded_losses, fresh_
         per_step=2.5,
         update_rtol=None,
     )
-    stored = next((data / cache.CACHE_DIRNAME).glob("*/000000_n.safetensors"))
+    stored = next((data / CACHE_DIRNAME).glob("*/000000_n.safetensors"))
     assert {t.dtype for t in load_file(str(stored)).values()} == {torch.bfloat16}
     assert_cached_features_are_encoder_output(tmp_path, torch.bfloat16, **kw)
 
@@ -203,7 +206,13 @@ def test_cached_sam3_resume_equals_straight_run(tmp_path):
     sam3_coco_text.main(argv(straight))
     part = overrides(tmp_path / "resumed", data, cache_embeddings=True, max_steps=2, save_steps=2)
     sam3_coco_text.main(argv(part))
-    rest = overrides(tmp_path / "resumed", data, cache_embeddings=True, max_steps=5, resume="auto")
+    rest = overrides(
+        tmp_path / "resumed",
+        data,
+        cache_embeddings=True,
+        max_steps=5,
+        resume_from_checkpoint="true",
+    )
     sam3_coco_text.main(argv(rest))
     # the same run, resumed from its own checkpoint (same cache, kernels, RNG states): bitwise
     assert_same_state_dict(weights(tmp_path / "straight"), weights(tmp_path / "resumed"))
@@ -300,17 +309,17 @@ def test_a_phrase_missing_from_the_cache_is_encoded_on_the_spot(tmp_path):
 
 def test_sam3_cache_follows_the_freeze_flags(tmp_path):
     _, task, module, _, train, _ = build(tmp_path, freeze_text_encoder=False)  # auto
-    assert task.cache_on and isinstance(train, cache.CachedEmbeddingDataset)
+    assert task.cache_on and isinstance(train, CachedEmbeddingDataset)
     assert module.text_cache is None  # the text encoder trains
     _, task, module, _, train, _ = build(tmp_path, freeze_vision_encoder=False)
-    assert not task.cache_on and not isinstance(train, cache.CachedEmbeddingDataset)
-    assert isinstance(module.text_cache, cache.PhraseFeatures)
+    assert not task.cache_on and not isinstance(train, CachedEmbeddingDataset)
+    assert isinstance(module.text_cache, PhraseFeatures)
     _, task, module, _, _, _ = build(tmp_path, cache_embeddings=False)
     assert not task.cache_on and module.text_cache is None
     values = {"use_lora": True, "lora_target_groups": ["text_encoder", "detr_decoder"]}
     cfg = load_config(Sam3Config, DEMO_YAML, overrides(tmp_path, tmp_path, **values))
-    assert cache.text_cache_blockers(cfg) == ["LoRA adapters in the text encoder train it"]
-    assert cache.cache_blockers(cfg) == []
+    assert text_cache_blockers(cfg) == ["LoRA adapters in the text encoder train it"]
+    assert cache_blockers(cfg) == []
 
 
 @pytest.mark.parametrize(
@@ -332,7 +341,7 @@ def test_impossible_sam3_cache_settings_are_config_errors(tmp_path, kw, message)
 
 
 def test_phrase_cache_key_ignores_the_data_but_follows_the_text_weights(tmp_path):
-    root = tmp_path / "data" / cache.CACHE_DIRNAME
+    root = tmp_path / "data" / CACHE_DIRNAME
 
     def text_folders() -> list[Path]:
         return [d for d in root.iterdir() if "sam3-text" in (d / "key.json").read_text()]
@@ -384,11 +393,11 @@ def test_two_ranks_fill_the_cache_once_and_train_like_uncached(tmp_path):
     assert_trained_weights_close(
         weights(tmp_path / "plain"), weights(tmp_path / "cached"), init, trainable, lr=lr, steps=2
     )
-    folders = sorted((data / cache.CACHE_DIRNAME).iterdir())
+    folders = sorted((data / CACHE_DIRNAME).iterdir())
     assert len(folders) == 3
     images = [f for f in folders if (f / "key.json").is_file() and (f / "complete.json").is_file()]
     assert len(images) == 2  # train and eval images, each completed once
-    assert not list(data.glob(f"{cache.CACHE_DIRNAME}/*/.tmp-*"))  # no half-written files
+    assert not list(data.glob(f"{CACHE_DIRNAME}/*/.tmp-*"))  # no half-written files
 
 
 def test_a_batch_without_queries_backpropagates_with_cached_encoders(tmp_path):

@@ -13,12 +13,8 @@ from transformers import Sam2Model, Sam2Processor
 
 from sam_hf.data.collate import Sam2Collator
 from sam_hf.models import sam2 as sam2_mod
-from sam_hf.models.sam2 import (
-    Sam2ForTraining,
-    build_sam2,
-    canonical_model_type,
-    sam2_resolution,
-)
+from sam_hf.models.sam2 import build_sam2, canonical_model_type, sam2_resolution
+from sam_hf.models.sam2_training import Sam2ForTraining
 
 R = 64  # the tiny model at 64 px: fast on 2 CPU cores, same code paths as 1024
 
@@ -28,7 +24,7 @@ def make_cfg(**kw):
         seed=0,
         resolution=R,
         gradient_checkpointing=False,
-        mixed_precision="no",
+        bf16=False,
         model_name_or_path="sam2-tiny",
         model_type=None,
         revision="main",

@@ -1,4 +1,5 @@
-"""Model plumbing shared by the SAM2 and SAM3 wrappers: freezing, checkpointing, tiny init."""
+"""Model plumbing shared by the SAM2 and SAM3 wrappers: activation checkpointing, tiny init,
+parameter counts (freezing is :mod:`sam_hf.models.freezing`)."""
 
 from __future__ import annotations
 
@@ -11,14 +12,6 @@ from torch.utils.checkpoint import checkpoint
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 logger = logging.getLogger(__name__)
-
-
-def set_requires_grad(module: nn.Module | None, flag: bool) -> None:
-    """Freeze (``flag=False``) or unfreeze every parameter of ``module``."""
-    if module is None:
-        return
-    for p in module.parameters():
-        p.requires_grad_(flag)
 
 
 def enable_activation_checkpointing(model: nn.Module) -> int:

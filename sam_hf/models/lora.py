@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import extract_model_from_parallel
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
@@ -217,8 +218,6 @@ def find_peft_model(module: nn.Module) -> PeftModel:
 
 def _unwrap(model: nn.Module) -> nn.Module:
     """Strip DDP / DataParallel / torch.compile wrappers so keys never carry ``module.``."""
-    from accelerate.utils import extract_model_from_parallel
-
     return extract_model_from_parallel(model, keep_fp32_wrapper=True)
 
 

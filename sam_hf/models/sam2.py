@@ -1,51 +1,30 @@
-"""SAM2 for fine-tuning: build a ``transformers.Sam2Model``, wrap it with prompts and the loss.
+"""SAM2 for fine-tuning: build a ``transformers.Sam2Model`` and its processor from a name.
 
 :func:`build_sam2` loads what a user names -- a Hub id, a sam2.1 ``model_type``, a saved
 folder, or the tiny random config ``"sam2-tiny"`` used by tests and the CPU demo -- applies the
-freeze flags and returns the model with a processor that matches the training resolution.
-:class:`Sam2ForTraining` is the module the trainer optimises: it encodes each image once, runs
-the prompt encoder and mask decoder for every object (and every correction click), and returns
-the official SAM2 loss (:mod:`sam_hf.losses.sam2`). ``wrapper.model`` stays a plain
-``Sam2Model``, so ``save_pretrained`` output loads with transformers alone.
-
-Which mask is predicted (training, validation loss and :meth:`Sam2ForTraining.predict` alike):
-with ``multimask_output`` and a single-point prompt the decoder returns 3 masks (the loss
-trains the best one; prediction takes the one with the highest predicted IoU); for boxes,
-several points, mask prompts and correction steps it returns its single-mask output (as the
-official ``multimask_max_pt_num: 1``). Sam2Model's mask decoder has one mode-dependent
-behaviour, ``dynamic_multimask_via_stability``: in ``eval()`` a single-mask call may silently
-swap in the best multimask output when the single mask is "unstable". The wrapper switches it
-off for its own calls, so a prediction is the same mask in train and eval mode and is exactly
-the output the loss trained. The saved config keeps the flag, so users calling the exported
-model directly get transformers' usual behaviour.
+freeze flags (:mod:`sam_hf.models.freezing`) and returns the model with a processor that
+matches the training resolution. Where the checkpoint comes from (and every way that fails)
+is :mod:`sam_hf.models.loading`; the module the trainer optimises around the model is
+:class:`sam_hf.models.sam2_training.Sam2ForTraining`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from huggingface_hub import constants as hf_constants
-from huggingface_hub import errors as hf_errors
-from huggingface_hub import hf_hub_download
-from torch import nn
 from transformers import Sam2Config, Sam2ImageProcessor, Sam2Model, Sam2Processor
 
-from sam_hf.config.args import MODEL_SOURCES, ConfigError, check_checkpoint_family, check_model_name
-from sam_hf.data.prompts import make_generator, sample_correction_clicks
-from sam_hf.features.cache import check_encoder_frozen, encoder_is_trainable
-from sam_hf.losses.sam2 import Sam2Loss
-from sam_hf.models.common import (
-    enable_activation_checkpointing,
-    reinit_for_small_widths,
-    set_requires_grad,
+from sam_hf.config.errors import ConfigError
+from sam_hf.models.common import reinit_for_small_widths
+from sam_hf.models.freezing import apply_sam2_freezing
+from sam_hf.models.loading import (
+    load_error,
+    looks_like_path,
+    missing_model_error,
+    read_model_config,
 )
 
 logger = logging.getLogger(__name__)
@@ -76,9 +55,6 @@ _SAM1_HUB_IDS = {
 }
 #: Named tiny configs (random weights, for tests and the CPU demo).
 TINY_NAMES = ("sam2-tiny",)
-_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
-#: Objects decoded at once by ``predict`` (bounds memory on images with 100+ objects).
-PREDICT_CHUNK = 32
 
 
 # --------------------------------------------------------------------------------------------
@@ -220,32 +196,6 @@ def tie_fourier_features(model: Sam2Model) -> None:
         )
 
 
-def apply_freeze(model: Sam2Model, cfg: Any) -> None:
-    """``freeze_image_encoder`` / ``freeze_prompt_encoder`` / ``freeze_mask_decoder``.
-
-    The image encoder includes ``no_memory_embedding`` (a learned offset added to the image
-    embedding), so a frozen encoder gives fixed image embeddings. ``mask_decoder.conv_s0/s1``
-    (applied to the high-resolution features) belong to the mask decoder, as in the module tree.
-    """
-    if cfg.freeze_image_encoder:
-        set_requires_grad(model.vision_encoder, False)
-        model.no_memory_embedding.requires_grad_(False)
-    if cfg.freeze_prompt_encoder:
-        set_requires_grad(model.prompt_encoder, False)
-    if cfg.freeze_mask_decoder:
-        set_requires_grad(model.mask_decoder, False)
-
-
-def _looks_like_path(name: str) -> bool:
-    """A local path rather than a Hub id (``org/name``)."""
-    return (
-        name.startswith(("/", ".", "~"))
-        or name.count("/") > 1
-        or "\\" in name
-        or name.lower().endswith(_CHECKPOINT_SUFFIXES)
-    )
-
-
 def _conversion_error(path: Path, model_type: str | None) -> ConfigError:
     name = (model_type or "sam2.1-hiera-large").replace("-", "_")
     return ConfigError(
@@ -258,144 +208,6 @@ def _conversion_error(path: Path, model_type: str | None) -> ConfigError:
         "(--model_name is one of sam2.1_hiera_tiny, sam2.1_hiera_small, sam2.1_hiera_base_plus, "
         "sam2.1_hiera_large; its final output check expects a CUDA GPU), then set "
         "model_name_or_path: <out_dir>."
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# Where a checkpoint comes from (shared with sam_hf.models.sam3)
-# --------------------------------------------------------------------------------------------
-
-
-class ModelNotFoundError(ConfigError, FileNotFoundError):
-    """The model a config names is neither on this machine nor obtainable from the Hub."""
-
-
-def hub_offline() -> bool:
-    """Whether huggingface_hub refuses the network (``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE``)."""
-    return bool(hf_constants.HF_HUB_OFFLINE)
-
-
-def offline_flag() -> str:
-    """The variable that switched the Hub off, as a user would unset it."""
-    if os.environ.get("HF_HUB_OFFLINE") is None and os.environ.get("TRANSFORMERS_OFFLINE"):
-        return "TRANSFORMERS_OFFLINE"
-    return "HF_HUB_OFFLINE"
-
-
-def _first_line(e: BaseException) -> str:
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    return lines[0] if lines else type(e).__name__
-
-
-def missing_model_error(source: str, family: str, why: str) -> ModelNotFoundError:
-    """One line: the path or id, why it cannot be had, and what model_name_or_path accepts."""
-    return ModelNotFoundError(
-        f"model_name_or_path {source!r}: {why}. It accepts {MODEL_SOURCES[family]}."
-    )
-
-
-def _hub_error(source: str, revision: str | None, family: str, e: Exception) -> ConfigError:
-    """A huggingface_hub failure to fetch ``source``'s config.json as one actionable line."""
-    status = getattr(getattr(e, "response", None), "status_code", None)
-    if isinstance(e, hf_errors.LocalEntryNotFoundError | hf_errors.OfflineModeIsEnabled):
-        if hub_offline():
-            flag = offline_flag()
-            return missing_model_error(
-                source,
-                family,
-                f"not found locally and the Hub is offline ({flag}=1): unset {flag}, or "
-                f"download it where there is network (hf download {source}) and give the "
-                "local folder",
-            )
-        cause = e.__cause__ or e.__context__
-        return missing_model_error(
-            source,
-            family,
-            "not found locally and the Hub could not be reached"
-            + (f" ({_first_line(cause)})" if cause is not None else "")
-            + ": check the network or proxy, or give a local folder",
-        )
-    if isinstance(e, hf_errors.GatedRepoError):
-        return ConfigError(
-            f"model_name_or_path {source!r} is gated on the Hub: accept its license at "
-            f"https://huggingface.co/{source} and log in with `hf auth login` (formerly "
-            "`huggingface-cli login`) or set HF_TOKEN."
-        )
-    if isinstance(e, hf_errors.RevisionNotFoundError):
-        return ConfigError(
-            f"model_name_or_path {source!r}: revision {revision!r} not found on the Hub; set "
-            "revision to an existing branch, tag or commit (main by default)."
-        )
-    if isinstance(e, hf_errors.RepositoryNotFoundError):
-        return missing_model_error(
-            source,
-            family,
-            "not found locally and not found on the Hub (a private repo also needs "
-            "`hf auth login`)",
-        )
-    if isinstance(e, hf_errors.EntryNotFoundError | hf_errors.RemoteEntryNotFoundError):
-        return missing_model_error(
-            source, family, "this Hub repo has no config.json (it is no transformers model)"
-        )
-    if isinstance(e, hf_errors.HFValidationError):
-        return missing_model_error(
-            source, family, "not found locally, and it is not a valid Hub id either"
-        )
-    if status in (401, 403):
-        return ConfigError(
-            f"model_name_or_path {source!r}: the Hub refused access (HTTP {status}); log in "
-            "with `hf auth login` (formerly `huggingface-cli login`) or set HF_TOKEN to a "
-            "token that can read it."
-        )
-    if isinstance(e, hf_errors.HfHubHTTPError):
-        return ConfigError(
-            f"model_name_or_path {source!r}: the Hub answered HTTP {status} "
-            f"({_first_line(e)}); try again later or give a local folder."
-        )
-    return missing_model_error(
-        source,
-        family,
-        f"not found locally and the Hub could not be reached ({_first_line(e)}): check the "
-        "network or proxy, or give a local folder",
-    )
-
-
-def read_model_config(source: str, revision: str | None, family: str) -> dict[str, Any]:
-    """``source``'s config.json (a local folder, or a Hub id: that one small file is fetched),
-    checked to hold a model of ``family`` -- before any weights are read.
-
-    Everything that can go wrong is a :class:`ConfigError` of one line: a folder without
-    config.json, an id that is not cached and cannot be fetched (offline, no network, not on
-    the Hub, gated, refused), and a checkpoint of another family (naming the recipe to use).
-    """
-    check_model_name(source, family)
-    path = Path(source).expanduser()
-    if path.is_dir():
-        file = path / "config.json"
-        if not file.is_file():
-            raise ConfigError(
-                f"{path} is not a saved {family.upper()} model folder: it has no config.json. "
-                "Point model_name_or_path at the folder save_pretrained wrote (or a Hub id)."
-            )
-    else:
-        kwargs = {} if revision in (None, "", "main") else {"revision": revision}
-        try:
-            file = Path(hf_hub_download(source, "config.json", **kwargs))
-        except Exception as e:  # noqa: BLE001 - every Hub/network failure becomes one line
-            raise _hub_error(source, revision, family, e) from e
-    try:
-        raw = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{source}: its config.json does not parse ({_first_line(e)}).") from e
-    check_checkpoint_family(raw, source, family)
-    return raw
-
-
-def load_error(source: str, family: str, e: Exception) -> ConfigError:
-    """A transformers failure to load ``source`` (after its config.json was read) in one line."""
-    return ConfigError(
-        f"could not load the {family.upper()} model {source!r}: {_first_line(e)}. If this "
-        "machine is offline, download it elsewhere (hf download) and give the local folder."
     )
 
 
@@ -452,7 +264,7 @@ def build_sam2(cfg: Any) -> tuple[Sam2Model, Sam2Processor]:
         if low == k or low.startswith(f"sam_{k}"):
             raise _sam1_error(name, k)
 
-    is_local = bool(name) and (Path(name).expanduser().exists() or _looks_like_path(name))
+    is_local = bool(name) and (Path(name).expanduser().exists() or looks_like_path(name))
     if hub_from_type and (name in TINY_NAMES or is_local):
         logger.warning(
             "model_type %s is not used: model_name_or_path %s names the model itself.",
@@ -491,336 +303,5 @@ def build_sam2(cfg: Any) -> tuple[Sam2Model, Sam2Processor]:
                 name,
             )
         model, processor = _load_pretrained(source, cfg, getattr(cfg, "revision", None))
-    apply_freeze(model, cfg)
+    apply_sam2_freezing(model, cfg)
     return model, processor
-
-
-# --------------------------------------------------------------------------------------------
-# The training module
-# --------------------------------------------------------------------------------------------
-
-
-class Sam2ForTraining(nn.Module):
-    """Sam2Model + prompt iterations + the official SAM2 loss, for the shared trainer.
-
-    ``forward(batch)`` (a :class:`~sam_hf.data.collate.Sam2Collator` batch) encodes each image
-    once and then, for all objects:
-
-    1. decodes the initial prompt (point(s) or box);
-    2. for objects flagged ``mask_prompt``, decodes again with the previous low-res logits as
-       a mask prompt (same clicks);
-    3. ``num_correction_clicks`` times: adds one click drawn from the error region of the
-       current prediction (uniformly in training, the RITM center click in eval mode) and
-       decodes with all clicks so far plus the previous low-res logits as mask prompt, as the
-       official ``_iter_correct_pt_sampling``; gradients flow through the mask prompts, as
-       there. Click randomness comes from the sample seed and the object's index.
-
-    The loss of every step is summed (each step normalised by the number of objects).
-
-    Args:
-        model: a ``transformers.Sam2Model`` (``self.model``, saved with ``save_pretrained``).
-        args: the resolved config (``multimask_output``, ``num_correction_clicks``,
-            ``gradient_checkpointing`` and the loss keys).
-    """
-
-    def __init__(self, model: Sam2Model, args: Any) -> None:
-        super().__init__()
-        self.model = model
-        self.loss_fn = Sam2Loss.from_config(args)
-        self.multimask_output = bool(args.multimask_output)
-        self.num_correction_clicks = int(args.num_correction_clicks)
-        if self.num_correction_clicks < 0:
-            raise ValueError("num_correction_clicks must be >= 0.")
-        if getattr(args, "gradient_checkpointing", False):
-            n = enable_activation_checkpointing(self.model)
-            logger.info("activation checkpointing on %d SAM2 blocks", n)
-
-    # -- pieces ---------------------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def _fixed_mask_selection(self) -> Iterator[None]:
-        """Switch off the decoder's eval-only stability swap for the duration of a call."""
-        dec = self.model.mask_decoder
-        saved = dec.dynamic_multimask_via_stability
-        dec.dynamic_multimask_via_stability = False
-        try:
-            yield
-        finally:
-            dec.dynamic_multimask_via_stability = saved
-
-    def encoder_features(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
-        """The encoder's part of :meth:`image_embeddings`: the FPN maps, ``no_memory_embedding``
-        added to the last. With a frozen encoder these are fixed per image, which is what the
-        embedding cache (:mod:`sam_hf.features.cache`) stores. Run without autograd when frozen."""
-        m = self.model
-        ctx = contextlib.nullcontext() if encoder_is_trainable(m) else torch.no_grad()
-        with ctx:
-            feats = list(m.vision_encoder(pixel_values, return_dict=True).fpn_hidden_states)
-            feats[-1] = feats[-1] + m.no_memory_embedding.reshape(1, -1, 1, 1)
-        return feats
-
-    def project_features(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
-        """The mask decoder's (trainable) ``conv_s0``/``conv_s1`` on the high-res maps."""
-        m = self.model
-        return [m.mask_decoder.conv_s0(feats[0]), m.mask_decoder.conv_s1(feats[1]), *feats[2:]]
-
-    def image_embeddings(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
-        """The three feature maps Sam2Model's decoder reads, computed once per image.
-
-        Same values as ``Sam2Model.get_image_embeddings`` (which runs under ``no_grad``), but
-        differentiable, and with the Hiera encoder run without autograd when it is frozen
-        (the decoder's ``conv_s0/s1`` projections still get gradients).
-        """
-        return self.project_features(self.encoder_features(pixel_values))
-
-    def batch_embeddings(self, batch: dict[str, Any]) -> list[torch.Tensor]:
-        """:meth:`image_embeddings` of the batch, from its cached encoder features
-        (``batch["image_embeddings"]``, see :mod:`sam_hf.features.cache`) when it carries them, so the
-        encoder is not run at all."""
-        cached = batch.get("image_embeddings")
-        if cached is not None:
-            check_encoder_frozen(self.model)
-            return self.project_features(list(cached))
-        return self.image_embeddings(batch["pixel_values"])
-
-    def decode(
-        self,
-        embeddings: list[torch.Tensor],
-        image_index: torch.Tensor,
-        points: torch.Tensor,
-        labels: torch.Tensor,
-        mask_inputs: torch.Tensor | None,
-        multimask: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Prompt encoder + mask decoder for objects that all have the same number of points.
-
-        Each object is its own batch element (the decoder's dense mask prompt is per batch
-        element, so this is what lets objects of one image carry different mask prompts).
-
-        Returns low-res mask logits (n, M, h, w), IoU predictions (n, M) and object-score
-        logits (n, 1).
-        """
-        emb = [e.index_select(0, image_index) for e in embeddings]
-        with self._fixed_mask_selection():
-            out = self.model(
-                image_embeddings=emb,
-                input_points=points[:, None],
-                input_labels=labels[:, None],
-                input_masks=mask_inputs,
-                multimask_output=multimask,
-            )
-        return out.pred_masks[:, 0], out.iou_scores[:, 0], out.object_score_logits[:, 0]
-
-    def _use_multimask(self, num_points: int, with_mask_prompt: bool) -> bool:
-        return self.multimask_output and num_points == 1 and not with_mask_prompt
-
-    @staticmethod
-    def _best_by_iou(masks: torch.Tensor, ious: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(n, M, h, w), (n, M) -> the mask with the highest predicted IoU (n, 1, h, w), (n,)."""
-        best = ious.argmax(-1)
-        idx = best[:, None, None, None].expand(-1, 1, *masks.shape[-2:])
-        return masks.gather(1, idx), ious.gather(1, best[:, None]).squeeze(1)
-
-    def _objects(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        valid = batch["object_valid"]
-        img, slot = valid.nonzero(as_tuple=True)
-        return {
-            "image": img,
-            "slot": slot,
-            "gt": batch["masks"][img, slot],
-            "points": batch["input_points"][img, slot],
-            "labels": batch["input_labels"][img, slot],
-            "count": batch["num_prompt_points"][img, slot],
-        }
-
-    @staticmethod
-    def _groups(count: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
-        """Objects grouped by their number of prompt points: [(n_points, object indices)]."""
-        return [(int(c), (count == c).nonzero().squeeze(1)) for c in torch.unique(count).tolist()]
-
-    def _zero_output(self, batch: dict[str, Any]) -> dict[str, Any]:
-        params = [p for p in self.parameters() if p.requires_grad]
-        if params:
-            loss = torch.stack([p.sum() * 0.0 for p in params]).sum()
-        else:
-            loss = torch.zeros((), device=batch["pixel_values"].device, requires_grad=True)
-        zero = loss.detach()
-        return {
-            "loss": loss,
-            "terms": {f"loss_{n}": zero for n in self.loss_fn.term_names},
-            "num_objects": 0,
-            "num_skipped_empty": int(batch.get("num_skipped_empty", 0)),
-        }
-
-    # -- training -------------------------------------------------------------------------
-
-    def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """Loss of one batch: ``{"loss", "terms", "num_objects", "num_skipped_empty"}``.
-
-        A batch without any object (every image was empty) gives a zero loss connected to
-        every trainable parameter, so ``backward`` and DDP's all-reduce still work.
-        """
-        valid = batch["object_valid"]
-        if valid.numel() == 0 or not bool(valid.any()):
-            return self._zero_output(batch)
-        pixel_values = batch["pixel_values"]
-        res = pixel_values.shape[-1]
-        obj = self._objects(batch)
-        gt = obj["gt"]
-        n = gt.shape[0]
-        groups = self._groups(obj["count"])
-        terms = self.loss_fn.new_terms(pixel_values)
-        embeddings = self.batch_embeddings(batch)
-
-        def run(
-            members: torch.Tensor,
-            pts: torch.Tensor,
-            labs: torch.Tensor,
-            mask_in: torch.Tensor | None,
-        ) -> torch.Tensor:
-            low, ious, scores = self.decode(
-                embeddings,
-                obj["image"][members],
-                pts,
-                labs,
-                mask_in,
-                self._use_multimask(pts.shape[1], mask_in is not None),
-            )
-            # The loss upsamples the low-res logits to the R x R ground truth itself, a few
-            # objects at a time (sam_hf.losses.sam2: the full-res maps are never all alive).
-            self.loss_fn.accumulate(terms, low, ious, scores, gt[members], n)
-            return self._best_by_iou(low, ious)[0]
-
-        # Step 1: the initial prompts.
-        low_best: torch.Tensor | None = None
-        state = []
-        for count, members in groups:
-            pts, labs = obj["points"][members, :count], obj["labels"][members, :count]
-            best = run(members, pts, labs, None)
-            if low_best is None:
-                low_best = best.new_zeros((n, *best.shape[1:]))
-            low_best = low_best.index_put((members,), best)
-            state.append([members, pts, labs])
-        assert low_best is not None
-
-        # Step 2: previous logits as a mask prompt, for the flagged objects.
-        flagged = (
-            batch["mask_prompt"][obj["image"], obj["slot"]] if "mask_prompt" in batch else None
-        )
-        if flagged is not None and bool(flagged.any()):
-            for members, pts, labs in state:
-                sel = flagged[members].nonzero().squeeze(1)
-                if sel.numel():
-                    m = members[sel]
-                    best = run(m, pts[sel], labs[sel], low_best[m])
-                    low_best = low_best.index_put((m,), best)
-
-        # Step 3: correction clicks from the current error region.
-        if self.num_correction_clicks:
-            seeds = batch["seeds"].tolist()
-            ids = batch["object_ids"][obj["image"], obj["slot"]].tolist()
-            gens = [
-                make_generator(int(seeds[i]), "sam2-correction", int(o))
-                for i, o in zip(obj["image"].tolist(), ids)
-            ]
-            method = "uniform" if self.training else "center"
-            for _ in range(self.num_correction_clicks):
-                with torch.no_grad():
-                    pred = (
-                        F.interpolate(
-                            low_best.detach().float(),
-                            size=(res, res),
-                            mode="bilinear",
-                            align_corners=False,
-                        )[:, 0]
-                        > 0
-                    )
-                    click, click_label = sample_correction_clicks(pred, gt, gens, method)
-                for entry in state:
-                    members, pts, labs = entry
-                    pts = torch.cat([pts, click[members, None].to(pts.dtype)], dim=1)
-                    labs = torch.cat([labs, click_label[members, None].to(labs.dtype)], dim=1)
-                    entry[1], entry[2] = pts, labs
-                    best = run(members, pts, labs, low_best[members])
-                    low_best = low_best.index_put((members,), best)
-
-        total = self.loss_fn.total(terms)
-        return {
-            "loss": total,
-            "terms": {f"loss_{k}": v.detach() for k, v in terms.items()},
-            "num_objects": n,
-            "num_skipped_empty": int(batch.get("num_skipped_empty", 0)),
-        }
-
-    # -- evaluation -----------------------------------------------------------------------
-
-    @torch.no_grad()
-    def predict(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
-        """One dict per image at its original resolution, from the batch's initial prompts.
-
-        ``{"image_id", "pred_masks": bool (K, H, W), "gt_masks": bool (K, H, W), "scores": (K,)}``
-        on the CPU, objects in batch order. The mask is the single-mask output, or with
-        multimask output the one with the highest predicted IoU; ``scores`` is that predicted
-        IoU. Low-res logits are upsampled bilinearly straight to (H, W) and thresholded at 0.
-        No correction clicks or mask prompts are used: this is the one-prompt accuracy a user
-        gets. Ground truth is ``orig_masks`` when the batch has it, else the R x R masks
-        resized (nearest) to (H, W).
-        """
-        valid = batch["object_valid"]
-        b = valid.shape[0]
-        if b == 0 or not bool(valid.any()):
-            return []
-        obj = self._objects(batch)
-        n = obj["gt"].shape[0]
-        embeddings = self.batch_embeddings(batch)
-        low_best: torch.Tensor | None = None
-        scores = torch.zeros(n)
-        for count, members in self._groups(obj["count"]):
-            for chunk in members.split(PREDICT_CHUNK):
-                low, ious, _ = self.decode(
-                    embeddings,
-                    obj["image"][chunk],
-                    obj["points"][chunk, :count],
-                    obj["labels"][chunk, :count],
-                    None,
-                    self._use_multimask(count, False),
-                )
-                best, score = self._best_by_iou(low, ious)
-                if low_best is None:
-                    low_best = best.new_zeros((n, *best.shape[1:]), dtype=torch.float32)
-                low_best[chunk] = best.float()
-                scores[chunk.cpu()] = score.float().cpu()
-        assert low_best is not None
-
-        out = []
-        image_of = obj["image"]
-        for i in range(b):
-            members = (image_of == i).nonzero().squeeze(1)
-            if members.numel() == 0:
-                continue
-            h, w = (int(v) for v in batch["orig_sizes"][i])
-            preds = [
-                F.interpolate(low_best[c], size=(h, w), mode="bilinear", align_corners=False)[:, 0]
-                .gt(0)
-                .cpu()
-                for c in members.split(PREDICT_CHUNK)
-            ]
-            if "orig_masks" in batch:
-                gt = batch["orig_masks"][i].bool().cpu()
-            else:
-                gt = (
-                    F.interpolate(
-                        obj["gt"][members][:, None].float(), size=(h, w), mode="nearest-exact"
-                    )[:, 0]
-                    .bool()
-                    .cpu()
-                )
-            out.append(
-                {
-                    "image_id": batch["image_ids"][i],
-                    "pred_masks": torch.cat(preds),
-                    "gt_masks": gt,
-                    "scores": scores[members.cpu()],
-                }
-            )
-        return out

@@ -29,18 +29,21 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.sam3.image_processing_sam3 import Sam3ImageProcessor
 from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
-from sam_hf.config.args import ConfigError
+from sam_hf.config.errors import ConfigError
 from sam_hf.data.tokenizer import SAM3_CONTEXT_LENGTH, build_clip_tokenizer
-from sam_hf.features.cache import check_encoder_frozen, encoder_is_trainable
 from sam_hf.losses.sam3 import Sam3Loss
-from sam_hf.models.common import (
-    enable_activation_checkpointing,
-    reinit_for_small_widths,
-    set_requires_grad,
+from sam_hf.models.common import enable_activation_checkpointing, reinit_for_small_widths
+from sam_hf.models.freezing import (
+    apply_sam3_freezing,
+    check_encoder_frozen,
+    check_freeze_tracker,
+    check_text_encoder_frozen,
+    encoder_is_trainable,
+    text_encoder_is_trainable,
 )
-from sam_hf.models.sam2 import (
-    _looks_like_path,
+from sam_hf.models.loading import (
     load_error,
+    looks_like_path,
     missing_model_error,
     read_model_config,
 )
@@ -170,33 +173,6 @@ def set_sam3_resolution(model: Sam3Model, processor: Sam3Processor | None, resol
         processor.target_size = resolution
 
 
-def _check_freeze_tracker(cfg: Any) -> None:
-    if not getattr(cfg, "freeze_tracker", True):
-        raise ValueError(
-            "freeze_tracker: false is not supported. SAM3's tracker (the SAM2-style memory "
-            "model that propagates masks through video) is not trained here: the SAM3 "
-            "fine-tuning guide trains the image detector only, and transformers' Sam3Model "
-            "-- the model this recipe trains and saves -- does not even contain the tracker "
-            "(its tracker_model.* / tracker_neck.* weights are dropped on load). Set "
-            "freeze_tracker: true."
-        )
-
-
-def apply_sam3_freezing(model: Sam3Model, cfg: Any) -> None:
-    """Apply ``freeze_vision_encoder`` / ``freeze_text_encoder`` (and check ``freeze_tracker``).
-
-    The text encoder includes ``text_projection`` (CLIP width -> DETR width), as in the
-    official SAM3 where that projection sits inside the text encoder module.
-    """
-    _check_freeze_tracker(cfg)
-    set_requires_grad(model, True)
-    if getattr(cfg, "freeze_vision_encoder", False):
-        set_requires_grad(model.vision_encoder, False)
-    if getattr(cfg, "freeze_text_encoder", False):
-        set_requires_grad(model.text_encoder, False)
-        set_requires_grad(model.text_projection, False)
-
-
 def build_sam3(cfg: Any) -> tuple[Sam3Model, Sam3Processor]:
     """Sam3Model + Sam3Processor from ``cfg.model_name_or_path`` with the freeze policy applied.
 
@@ -204,7 +180,7 @@ def build_sam3(cfg: Any) -> tuple[Sam3Model, Sam3Processor]:
     ``freeze_vision_encoder``, ``freeze_text_encoder``, ``freeze_tracker`` (must be true) and
     ``gradient_checkpointing``.
     """
-    _check_freeze_tracker(cfg)
+    check_freeze_tracker(cfg)
     name = str(getattr(cfg, "model_name_or_path", "facebook/sam3"))
     revision = getattr(cfg, "revision", None) or "main"
     resolution = int(getattr(cfg, "resolution", PRETRAINED_RESOLUTION))
@@ -218,7 +194,7 @@ def build_sam3(cfg: Any) -> tuple[Sam3Model, Sam3Processor]:
         processor = build_sam3_processor(resolution)
     else:
         path = Path(name).expanduser()
-        is_local = path.exists() or _looks_like_path(name)
+        is_local = path.exists() or looks_like_path(name)
         if is_local:
             if not path.exists():
                 raise missing_model_error(
@@ -270,10 +246,6 @@ def build_sam3(cfg: Any) -> tuple[Sam3Model, Sam3Processor]:
     return model, processor
 
 
-def _requires_grad(*modules: nn.Module) -> bool:
-    return any(p.requires_grad for m in modules for p in m.parameters())
-
-
 def index_vision_outputs(
     vision: Sam3VisionEncoderOutput, index: torch.Tensor
 ) -> Sam3VisionEncoderOutput:
@@ -297,7 +269,7 @@ class Sam3ForTraining(nn.Module):
         self.model = model
         self.args = args
         self.criterion = Sam3Loss.from_args(args)
-        #: Cached phrase features (:class:`sam_hf.features.cache.PhraseFeatures`), set by the task when
+        #: Cached phrase features (:class:`sam_hf.features.store.PhraseFeatures`), set by the task when
         #: the text encoder is frozen; None = run the text encoder on every batch.
         self.text_cache: Any = None
 
@@ -307,7 +279,7 @@ class Sam3ForTraining(nn.Module):
 
     def vision_features(self, batch: dict[str, Any]) -> Sam3VisionEncoderOutput:
         """The per-image encoding: from the batch's cached FPN maps (``image_embeddings``, see
-        :mod:`sam_hf.features.cache`) when it carries them, else by running the ViT -- without autograd
+        :mod:`sam_hf.features`) when it carries them, else by running the ViT -- without autograd
         when it is frozen (a LoRA adapter inside makes it require grad again)."""
         m = self.model
         cached = batch.get("image_embeddings")
@@ -329,13 +301,8 @@ class Sam3ForTraining(nn.Module):
         when it is frozen)."""
         m = self.model
         ids, mask = batch["input_ids"], batch["attention_mask"]
-        trainable = _requires_grad(m.text_encoder, m.text_projection)
         if self.text_cache is not None:
-            if trainable and torch.is_grad_enabled():
-                raise RuntimeError(
-                    "Phrase features are cached, but the text encoder is trainable: it would "
-                    "silently not train. Freeze it or turn the cache off."
-                )
+            check_text_encoder_frozen(m)
 
             def compute(rows: list[int]) -> torch.Tensor:
                 idx = torch.tensor(rows, device=ids.device)
@@ -345,7 +312,7 @@ class Sam3ForTraining(nn.Module):
 
             feats = self.text_cache(batch["phrases"], mask.cpu(), compute)
             return BaseModelOutputWithPooling(pooler_output=feats.to(ids.device))
-        with torch.set_grad_enabled(torch.is_grad_enabled() and trainable):
+        with torch.set_grad_enabled(torch.is_grad_enabled() and text_encoder_is_trainable(m)):
             return m.get_text_features(input_ids=ids, attention_mask=mask)
 
     def run(self, batch: dict[str, Any]) -> tuple[Any, Sam3VisionEncoderOutput]:
