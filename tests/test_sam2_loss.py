@@ -21,12 +21,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from sam_hf.losses.fused import binary_mask_losses
 from sam_hf.losses.registry import LossRegistry, weighted_sum
 from sam_hf.losses.sam2 import (
     SAM2_LOSS_TERMS,
     Sam2Loss,
     actual_iou,
-    binary_mask_losses,
     dice_loss,
     sigmoid_focal_loss,
 )

@@ -198,16 +198,31 @@ class Sam3Loss(nn.Module):
         indices = self.matcher(
             pred_logits, pred_boxes, target_boxes, num_targets, pred_masks, tgt_masks
         )
+        q_idx, src_idx, tgt_idx = matched_pairs(indices, num_targets)
 
-        # Flatten the matched pairs of all queries: (query, prediction) -> global target index.
-        offsets = torch.cumsum(num_targets, 0) - num_targets
-        q_idx = src_idx = tgt_idx = torch.zeros(0, dtype=torch.long, device=device)
-        if q:
-            q_idx = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)])
-            src_idx = torch.cat([src for src, _ in indices])
-            tgt_idx = torch.cat([offsets[i] + tgt for i, (_, tgt) in enumerate(indices)])
+        # Every detection's class, the phrase's presence; then the matched pairs' boxes and masks.
+        cls = self.classification_loss(pred_logits, q_idx, src_idx, weight_q, has_target)
+        pres = F.binary_cross_entropy_with_logits(presence, has_target.float(), reduction="none")
+        pair_w = weight_q[q_idx]
+        terms = {
+            "loss_class": cls / n_norm,
+            "loss_presence": (pres * weight_q).sum() / max(q, 1),
+            **box_losses(pred_boxes[q_idx, src_idx], target_boxes[tgt_idx], pair_w, n_norm),
+            **self.mask_losses(pred_masks[q_idx, src_idx], tgt_masks[tgt_idx], pair_w, n_norm),
+        }
+        return self.total(terms), {k: v.detach() for k, v in terms.items()}
 
-        # Classification over every detection of every (kept) query.
+    def classification_loss(
+        self,
+        pred_logits: torch.Tensor,
+        q_idx: torch.Tensor,
+        src_idx: torch.Tensor,
+        weight_q: torch.Tensor,
+        has_target: torch.Tensor,
+    ) -> torch.Tensor:
+        """Classification over every detection of every (kept) query: 1 for matched detections,
+        0 for the rest; summed (not yet normalised)."""
+        cfg = self.cfg
         cls_target = torch.zeros_like(pred_logits)
         cls_target[q_idx, src_idx] = 1.0
         if cfg.class_loss == "focal":
@@ -215,48 +230,61 @@ class Sam3Loss(nn.Module):
         else:
             cls = F.binary_cross_entropy_with_logits(pred_logits, cls_target, reduction="none")
         cls_w = weight_q if cfg.negative_class_loss else weight_q * has_target.float()
-        loss_class = (cls.sum(1) * cls_w).sum() / n_norm
+        return (cls.sum(1) * cls_w).sum()
 
-        # Presence of the phrase in the image.
-        pres = F.binary_cross_entropy_with_logits(presence, has_target.float(), reduction="none")
-        loss_presence = (pres * weight_q).sum() / max(q, 1)
-
-        # Matched pairs: boxes and masks.
-        pair_w = weight_q[q_idx]
-        src_b = pred_boxes[q_idx, src_idx]
-        tgt_b = target_boxes[tgt_idx]
-        l1 = (
-            (box_convert(src_b, "xyxy", "cxcywh") - box_convert(tgt_b, "xyxy", "cxcywh"))
-            .abs()
-            .sum(1)
-        )
-        loss_bbox = (l1 * pair_w).sum() / n_norm
-        if src_b.shape[0]:
-            giou = torch.diagonal(generalized_box_iou(src_b, tgt_b))
-        else:
-            giou = src_b.new_zeros(0)
-        loss_giou = ((1 - giou) * pair_w).sum() / n_norm
-
-        src_m = pred_masks[q_idx, src_idx]
-        tgt_m = tgt_masks[tgt_idx]
+    def mask_losses(
+        self,
+        src_m: torch.Tensor,
+        tgt_m: torch.Tensor,
+        pair_w: torch.Tensor,
+        n_norm: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """Focal (mean over pixels) and dice of the matched pairs' masks."""
+        cfg = self.cfg
         focal = sigmoid_focal(src_m, tgt_m, cfg.focal_alpha, cfg.focal_gamma).flatten(1).mean(1)
-        loss_mask_focal = (focal * pair_w).sum() / n_norm
-        loss_mask_dice = (dice_loss(src_m, tgt_m) * pair_w).sum() / n_norm
-
-        total = cfg.loss_grounding * (
-            cfg.weight_class * loss_class
-            + cfg.weight_presence * loss_presence
-            + cfg.weight_bbox * loss_bbox
-            + cfg.weight_giou * loss_giou
-        ) + cfg.loss_segmentation * (
-            cfg.weight_mask_focal * loss_mask_focal + cfg.weight_mask_dice * loss_mask_dice
-        )
-        terms = {
-            "loss_class": loss_class,
-            "loss_presence": loss_presence,
-            "loss_bbox": loss_bbox,
-            "loss_giou": loss_giou,
-            "loss_mask_focal": loss_mask_focal,
-            "loss_mask_dice": loss_mask_dice,
+        return {
+            "loss_mask_focal": (focal * pair_w).sum() / n_norm,
+            "loss_mask_dice": (dice_loss(src_m, tgt_m) * pair_w).sum() / n_norm,
         }
-        return total, {k: v.detach() for k, v in terms.items()}
+
+    def total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The grouped weighted sum of the terms (see the module docstring)."""
+        cfg = self.cfg
+        return cfg.loss_grounding * (
+            cfg.weight_class * terms["loss_class"]
+            + cfg.weight_presence * terms["loss_presence"]
+            + cfg.weight_bbox * terms["loss_bbox"]
+            + cfg.weight_giou * terms["loss_giou"]
+        ) + cfg.loss_segmentation * (
+            cfg.weight_mask_focal * terms["loss_mask_focal"]
+            + cfg.weight_mask_dice * terms["loss_mask_dice"]
+        )
+
+
+def matched_pairs(
+    indices: list[tuple[torch.Tensor, torch.Tensor]], num_targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The matched pairs of all queries flattened: (query, prediction, global target index)."""
+    device = num_targets.device
+    offsets = torch.cumsum(num_targets, 0) - num_targets
+    q_idx = src_idx = tgt_idx = torch.zeros(0, dtype=torch.long, device=device)
+    if len(indices):
+        q_idx = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)])
+        src_idx = torch.cat([src for src, _ in indices])
+        tgt_idx = torch.cat([offsets[i] + tgt for i, (_, tgt) in enumerate(indices)])
+    return q_idx, src_idx, tgt_idx
+
+
+def box_losses(
+    src_b: torch.Tensor, tgt_b: torch.Tensor, pair_w: torch.Tensor, n_norm: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """L1 of (cx, cy, w, h) and ``1 - GIoU`` of the matched pairs' xyxy boxes."""
+    l1 = (box_convert(src_b, "xyxy", "cxcywh") - box_convert(tgt_b, "xyxy", "cxcywh")).abs().sum(1)
+    if src_b.shape[0]:
+        giou = torch.diagonal(generalized_box_iou(src_b, tgt_b))
+    else:
+        giou = src_b.new_zeros(0)
+    return {
+        "loss_bbox": (l1 * pair_w).sum() / n_norm,
+        "loss_giou": ((1 - giou) * pair_w).sum() / n_norm,
+    }
