@@ -192,6 +192,31 @@ def _hard_negatives(
     return out
 
 
+@dataclass
+class _SampleInstances:
+    """Normalised phrase, category and attributes of each instance of a sample dict."""
+
+    phrases: list[str]
+    categories: list[str]
+    attrs: list[dict[str, str]]
+
+    @classmethod
+    def of(cls, sample: dict[str, Any]) -> _SampleInstances:
+        raw = list(sample.get("phrases", []))
+        n_inst = len(raw)
+        phrases = [normalize_phrase(p) for p in raw]
+        categories = [normalize_phrase(c) for c in (sample.get("categories") or [""] * n_inst)]
+        attrs = [
+            {
+                normalize_phrase(k): normalize_phrase(v)
+                for k, v in (a or {}).items()
+                if normalize_phrase(v)
+            }
+            for a in (sample.get("attributes") or [{}] * n_inst)
+        ]
+        return cls(phrases, categories, attrs)
+
+
 def sample_queries(
     sample: dict[str, Any],
     vocab: PhraseVocab | Iterable[str] | None = None,
@@ -207,51 +232,65 @@ def sample_queries(
     vocab = PhraseVocab.coerce(vocab)
     stats = stats if stats is not None else QueryStats()
     gen = query_generator(sample.get("seed", 0))
-
-    raw = list(sample.get("phrases", []))
-    n_inst = len(raw)
-    phrases = [normalize_phrase(p) for p in raw]
-    categories = [normalize_phrase(c) for c in (sample.get("categories") or [""] * n_inst)]
-    attrs = [
-        {
-            normalize_phrase(k): normalize_phrase(v)
-            for k, v in (a or {}).items()
-            if normalize_phrase(v)
-        }
-        for a in (sample.get("attributes") or [{}] * n_inst)
-    ]
+    inst = _SampleInstances.of(sample)
 
     # Positives, in order of first appearance.
     groups: dict[str, list[int]] = {}
-    for i, p in enumerate(phrases):
+    for i, p in enumerate(inst.phrases):
         if not p:
             stats.num_empty_phrases += 1
             continue
         groups.setdefault(p, []).append(i)
-    present_cats = {c for c in categories if c}
+    present_cats = {c for c in inst.categories if c}
     for p, members in groups.items():
         if p in present_cats:
-            groups[p] = sorted(set(members) | {i for i, c in enumerate(categories) if c == p})
+            groups[p] = sorted(set(members) | {i for i, c in enumerate(inst.categories) if c == p})
     pos_phrases = list(groups)
     if train and max_phrases_per_image > 0 and len(pos_phrases) > max_phrases_per_image:
         keep = torch.randperm(len(pos_phrases), generator=gen)[:max_phrases_per_image]
         pos_phrases = [pos_phrases[i] for i in sorted(keep.tolist())]
-    taken = set(groups) | present_cats  # phrases that (may) describe something here
-
-    queries: list[Query] = []
-    for p in pos_phrases:
-        q = Query(phrase=p, targets=groups[p], is_negative=False, source="positive")
-        if any(attrs[i] for i in groups[p]):
-            cats = {categories[i] for i in groups[p]}
-            cands = [j for j, c in enumerate(categories) if c in cats]
-            q.candidates = cands
-            q.candidate_labels = [j in set(groups[p]) for j in cands]
-        queries.append(q)
+    queries = [_positive_query(p, groups[p], inst) for p in pos_phrases]
 
     n_neg = 0
     if negative_ratio > 0:
         n_neg = max(1, math.ceil(negative_ratio * len(pos_phrases) - 1e-9))
+    taken = set(groups) | present_cats  # phrases that (may) describe something here
+    hard, pools = _negative_pools(sample, inst, vocab, taken, hard_negatives, stats)
+    if not train:
+        queries.extend(_negative_query(p, "annotated", hard) for p in pools["annotated"])
+        pools["annotated"] = []
+    for _ in range(n_neg):
+        names = [k for k in ("attribute", "annotated", "vocab") if pools[k]]
+        if not names:
+            break
+        name = names[int(torch.randint(len(names), (1,), generator=gen))]
+        pool = pools[name]
+        phrase = pool.pop(int(torch.randint(len(pool), (1,), generator=gen)))
+        queries.append(_negative_query(phrase, name, hard))
+    return queries
 
+
+def _positive_query(phrase: str, targets: list[int], inst: _SampleInstances) -> Query:
+    """The query of a phrase that occurs; with attributes, its category's instances are the
+    candidates of the attribute accuracy."""
+    q = Query(phrase=phrase, targets=targets, is_negative=False, source="positive")
+    if any(inst.attrs[i] for i in targets):
+        cats = {inst.categories[i] for i in targets}
+        cands = [j for j, c in enumerate(inst.categories) if c in cats]
+        q.candidates = cands
+        q.candidate_labels = [j in set(targets) for j in cands]
+    return q
+
+
+def _negative_pools(
+    sample: dict[str, Any],
+    inst: _SampleInstances,
+    vocab: PhraseVocab,
+    taken: set[str],
+    hard_negatives: bool,
+    stats: QueryStats,
+) -> tuple[dict[str, list[int]], dict[str, list[str]]]:
+    """The attribute swaps (phrase -> candidate instances) and the three negative pools."""
     annotated: list[str] = []
     for p in sample.get("negative_phrases") or []:
         p = normalize_phrase(p)
@@ -259,6 +298,7 @@ def sample_queries(
             stats.num_empty_phrases += 1
         elif p not in taken and p not in annotated:
             annotated.append(p)
+    present_cats = {c for c in inst.categories if c}
     vocab_neg = [
         p
         for p in vocab.phrases
@@ -268,36 +308,19 @@ def sample_queries(
         and not any(_contains_words(p, c) for c in present_cats)
     ]
     hard = (
-        _hard_negatives(phrases, categories, attrs, vocab, taken | set(annotated))
+        _hard_negatives(inst.phrases, inst.categories, inst.attrs, vocab, taken | set(annotated))
         if hard_negatives
         else {}
     )
     vocab_neg = [p for p in vocab_neg if p not in hard]
+    return hard, {"attribute": sorted(hard), "annotated": annotated, "vocab": vocab_neg}
 
-    def neg_query(phrase: str, source: str) -> Query:
-        if source == "attribute":
-            cands = hard[phrase]
-            return Query(phrase, [], True, True, source, list(cands), [False] * len(cands))
-        return Query(phrase, [], True, False, source)
 
-    pools: dict[str, list[str]] = {
-        "attribute": sorted(hard),
-        "annotated": annotated,
-        "vocab": vocab_neg,
-    }
-    if not train:
-        queries.extend(neg_query(p, "annotated") for p in annotated)
-        pools["annotated"] = []
-    for _ in range(n_neg):
-        names = [k for k in ("attribute", "annotated", "vocab") if pools[k]]
-        if not names:
-            break
-        name = names[int(torch.randint(len(names), (1,), generator=gen))]
-        pool = pools[name]
-        queries.append(
-            neg_query(pool.pop(int(torch.randint(len(pool), (1,), generator=gen))), name)
-        )
-    return queries
+def _negative_query(phrase: str, source: str, hard: dict[str, list[int]]) -> Query:
+    if source == "attribute":
+        cands = hard[phrase]
+        return Query(phrase, [], True, True, source, list(cands), [False] * len(cands))
+    return Query(phrase, [], True, False, source)
 
 
 def candidate_phrases(
