@@ -15,8 +15,9 @@ import argparse
 import sys
 import time
 
-from sam_hf.data.output import ON_ERROR_CHOICES, OVERWRITE_HELP, ConversionError
-from sam_hf.data.sources.coco import convert_to_coco_text, default_templates_path
+from sam_hf.data.output import OVERWRITE_HELP
+from sam_hf.data.report import ON_ERROR_CHOICES, ConversionError
+from sam_hf.data.sources.coco_export import convert_to_coco_text, default_templates_path
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,8 +14,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sam_hf.data.output import OVERWRITE_HELP, ConversionError
-from sam_hf.data.sources.minneapple import (
+from sam_hf.data.output import OVERWRITE_HELP
+from sam_hf.data.report import ConversionError
+from sam_hf.data.sources.minneapple_download import (
     ARCHIVES,
     LANDING_PAGE,
     DownloadError,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sam_hf.data.output import add_common_arguments, run_cli
+from sam_hf.data.build import add_common_arguments, run_cli
 from sam_hf.data.sources.saco import prepare_saco
 
 

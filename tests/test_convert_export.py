@@ -25,9 +25,13 @@ from pycocotools.coco import COCO
 
 from sam_hf.data import rle
 from sam_hf.data.cards.dataset_card import CARDS, render_card
-from sam_hf.data.output import ConversionError, Report, SplitStats
-from sam_hf.data.sources.coco import PhraseTemplates, convert_to_coco_text, default_templates_path
-from sam_hf.data.sources.minneapple import (
+from sam_hf.data.report import ConversionError, Report, SplitStats
+from sam_hf.data.sources.coco_export import (
+    PhraseTemplates,
+    convert_to_coco_text,
+    default_templates_path,
+)
+from sam_hf.data.sources.minneapple_download import (
     DownloadError,
     download_file,
     download_minneapple,

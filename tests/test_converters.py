@@ -16,8 +16,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sam_hf.data import output, rle
-from sam_hf.data.output import ConversionError, Report, seeded_split
+from sam_hf.data import build, rle
+from sam_hf.data.build import seeded_split
+from sam_hf.data.checks import image_format_suffix, image_value
+from sam_hf.data.report import ConversionError, Report
 from sam_hf.data.schema import FEATURES
 from sam_hf.data.sources import minneapple
 from sam_hf.data.sources.minneapple import convert_minneapple, prepare_minneapple
@@ -161,13 +163,13 @@ def test_second_run_loads_from_cache_without_generating(
 ) -> None:
     write_split(tmp_path / "src", "train", 3)
     calls = []
-    real = output.run_generator
+    real = build.run_generator
 
     def spy(*args, **kwargs):
         calls.append(1)
         yield from real(*args, **kwargs)
 
-    monkeypatch.setattr(output, "run_generator", spy)
+    monkeypatch.setattr(build, "run_generator", spy)
     r1, r2 = Report(), Report()
     first = convert_minneapple(tmp_path / "src", val_fraction=0.0, cache_dir=cache, report=r1)
     assert len(calls) == 1 and not r1.from_cache
@@ -440,13 +442,11 @@ def test_conversion_error_pickles() -> None:
 def test_image_value_is_bytes_only() -> None:
     buf = io.BytesIO()
     Image.new("RGB", (3, 2)).save(buf, format="PNG")
-    from sam_hf.data.output import image_format_suffix, image_value
-
     assert image_value(buf.getvalue()) == {"bytes": buf.getvalue(), "path": None}
     assert image_format_suffix(buf.getvalue()) == ".png"
 
 
-def test_instance_rles_equal_pycocotools_encode() -> None:
+def test_encode_instances_equals_pycocotools_encode() -> None:
     """The bbox-local RLE builder gives the very strings pycocotools' encode gives."""
     rng = np.random.default_rng(0)
     maps = [np.full((3, 4), 9, np.uint8), np.eye(5, dtype=np.uint16) * 65535]
@@ -454,9 +454,10 @@ def test_instance_rles_equal_pycocotools_encode() -> None:
         h, w = (int(v) for v in rng.integers(1, 25, 2))
         maps.append((rng.integers(0, 4, (h, w)) * int(rng.integers(1, 4000))).astype(np.uint16))
     for label in maps:
-        ids, rles = minneapple.instance_rles(label)
-        assert ids == [int(i) for i in np.unique(label) if i != 0]
-        assert rles == [rle.encode(label == i) for i in ids]
+        ids = [int(i) for i in np.unique(label) if i != 0]
+        assert rle.encode_instances(label) == [rle.encode(label == i) for i in ids]
+        asked = [7, *ids[:1], 0]  # in the order asked; absent ids give empty masks
+        assert rle.encode_instances(label, asked) == [rle.encode(label == i) for i in asked]
 
 
 def test_unforeseen_failure_names_the_record_and_keeps_its_cause(

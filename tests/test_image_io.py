@@ -22,7 +22,7 @@ from test_convert_coco import write_coco
 from test_converters import _convert
 
 from sam_hf.data import rle
-from sam_hf.data.output import Report
+from sam_hf.data.report import Report
 from sam_hf.data.sources.coco import convert_coco_text
 from sam_hf.data.transforms import SegmentationDataset
 

@@ -19,18 +19,21 @@ from pycocotools.coco import COCO
 from sam_hf.data import rle
 from sam_hf.data.schema import FEATURES, attributes_dict
 from sam_hf.data.synthetic import shapes
+from sam_hf.data.synthetic.drawing import mask_png
 from sam_hf.data.synthetic.orchard import (
-    COLORS,
-    HEALTH,
     MIN_VISIBLE_AREA,
-    OTHER_OBJECTS,
-    RIPENESS,
     iter_orchard_rows,
     make_orchard_dataset,
     make_synthetic_orchard,
-    mask_png,
     render_orchard_image,
     split_indices,
+)
+from sam_hf.data.synthetic.orchard_apples import (
+    COLORS,
+    HEALTH,
+    OTHER_OBJECTS,
+    RIPENESS,
+    apple_phrase,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -359,8 +362,6 @@ def test_shapes_are_deterministic_and_cached(tmp_path: Path) -> None:
 
 
 def test_zoom_is_the_centre_of_a_larger_scene():
-    from sam_hf.data.synthetic.orchard import apple_phrase, render_orchard_image
-
     close = render_orchard_image(3, 5, (64, 80), zoom=2.0)
     wide = render_orchard_image(3, 5, (128, 160))
     np.testing.assert_array_equal(close.image, wide.image[32:96, 40:120])

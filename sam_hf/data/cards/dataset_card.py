@@ -15,7 +15,9 @@ from pathlib import Path
 import datasets
 from huggingface_hub import DatasetCard, DatasetCardData
 
-from sam_hf.data.output import Report, check_output, save_atomically
+from sam_hf.data.build import save_atomically
+from sam_hf.data.output import OutputRules, check_output
+from sam_hf.data.report import Report
 
 SCHEMA_SECTION = """\
 Every row follows sam_hf's one sample schema (`sam_hf.data.schema.FEATURES`):
@@ -471,8 +473,8 @@ PREPARED_FILES = ("README.md", "dataset_dict.json")
 def check_prepared_output(
     out: str | os.PathLike[str], command: str, *, overwrite: bool = False
 ) -> Path:
-    """Fail before converting when ``out`` may not be written (see ``convert.check_output``)."""
-    return check_output(out, command, overwrite=overwrite, writes=PREPARED_FILES)
+    """Fail before converting when ``out`` may not be written (see :func:`check_output`)."""
+    return check_output(out, OutputRules(command, overwrite=overwrite, writes=PREPARED_FILES))
 
 
 def save_prepared(

@@ -23,19 +23,10 @@ from typing import Any
 
 import datasets
 
+from sam_hf.data.build import build_planned_splits, finish
 from sam_hf.data.cards.dataset_card import check_prepared_output, save_prepared
-from sam_hf.data.output import (
-    ConversionError,
-    ErrorPolicy,
-    Report,
-    build_planned_splits,
-    check_attributes,
-    check_on_error,
-    check_polygons,
-    finish,
-    list_images,
-    load_json,
-)
+from sam_hf.data.checks import check_attributes, check_polygons, list_images, load_json
+from sam_hf.data.report import ConversionError, ErrorPolicy, Report, check_on_error
 from sam_hf.data.sources.coco import convert_planned_image
 
 #: Names the writer in the ``.sam_hf_output.json`` marker of a prepared folder.

@@ -15,23 +15,16 @@ annotations, and their negative phrases in ``negative_phrases``. ``image_id`` is
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import datasets
 
+from sam_hf.data.build import build_split, finish
 from sam_hf.data.cards.dataset_card import check_prepared_output, save_prepared
-from sam_hf.data.output import (
-    ConversionError,
-    ErrorPolicy,
-    Report,
-    build_split,
-    check_attributes,
-    check_bbox,
-    check_on_error,
-    finish,
-    load_json,
-)
+from sam_hf.data.checks import check_attributes, check_bbox, load_json
+from sam_hf.data.report import ConversionError, ErrorPolicy, Report, check_on_error
 from sam_hf.data.sources.coco import check_segmentation, convert_planned_image
 
 #: Names the writer in the ``.sam_hf_output.json`` marker of a prepared folder.
@@ -65,7 +58,6 @@ def plan_saco(
 ) -> list[dict[str, Any]]:
     """Group SA-Co pairs by ``file_name`` into per-image items (objects and negatives)."""
     file = Path(annotations)
-    images_dir = Path(images_dir)
     doc = load_json(file)
     if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
         raise ConversionError(
@@ -81,127 +73,142 @@ def plan_saco(
         for c in doc.get("categories") or []
         if isinstance(c, dict) and "id" in c and "name" in c
     }
-
-    pairs: dict[Any, dict[str, Any]] = {}  # pair id -> {"item", "phrase", "record", "annotations"}
-    items: dict[str, dict[str, Any]] = {}  # file_name -> item
-    phrases: dict[str, dict[str, str]] = {}  # file_name -> phrase -> record of its pair
+    plan = _Plan(file, Path(images_dir))
     for i, entry in enumerate(doc["images"]):
-        record = f"images[{i}]" + (f" (id {entry.get('id')!r})" if isinstance(entry, dict) else "")
         try:
-            if (
-                not isinstance(entry, dict)
-                or "id" not in entry
-                or not isinstance(entry.get("file_name"), str)
-            ):
-                raise ConversionError(
-                    "a pair needs 'id' and 'file_name'",
-                    file=file,
-                    record=record,
-                    reason="bad_record",
-                )
-            if entry["id"] in pairs:
-                raise ConversionError(
-                    f"duplicate image id {entry['id']!r} (first at {pairs[entry['id']]['record']})",
-                    file=file,
-                    record=record,
-                    reason="duplicate_image_id",
-                )
-            phrase = entry.get("text_input")
-            if not isinstance(phrase, str) or not phrase.strip():
-                raise ConversionError(
-                    "pair has no text_input (the noun phrase)",
-                    file=file,
-                    record=record,
-                    reason="missing_noun_phrase",
-                )
-            phrase = phrase.strip()
-            name = entry["file_name"]
-            size = [entry.get("width"), entry.get("height")]
-            item = items.get(name)
-            if item is None:
-                item = {
-                    "image": str(images_dir / name),
-                    "image_id": name,
-                    "size": size,
-                    "negative_phrases": [],
-                    "annotations": [],
-                    "file": str(file),
-                    "record": f"file_name {name!r}",
-                }
-            elif item["size"] != size:
-                raise ConversionError(
-                    f"pair declares size {size} but an earlier pair of {name!r} declares {item['size']}",
-                    file=file,
-                    record=record,
-                    reason="mask_size_mismatch",
-                )
-            if phrase in phrases.get(name, {}):
-                raise ConversionError(
-                    f"phrase {phrase!r} already given for {name!r} at {phrases[name][phrase]}",
-                    file=file,
-                    record=record,
-                    reason="duplicate_phrase",
-                )
+            plan.add_pair(entry, i)
         except ConversionError as e:
             policy.fail(e)
-            continue
-        items[name] = item
-        phrases.setdefault(name, {})[phrase] = record
-        pairs[entry["id"]] = {
-            "item": item,
-            "phrase": phrase,
-            "record": record,
-            "annotations": [],
-            "refs": 0,
-        }
-
     for i, ann in enumerate(anns):
-        ann_id = ann.get("id", f"#{i}") if isinstance(ann, dict) else f"#{i}"
-        record = f"annotation id {ann_id!r}"
         try:
-            if not isinstance(ann, dict):
-                raise ConversionError(
-                    "an annotation must be a json object", file=file, record=record
-                )
-            pair = pairs.get(ann.get("image_id"))
-            if pair is None:
-                raise ConversionError(
-                    f"annotation for unknown image id {ann.get('image_id')!r}",
-                    file=file,
-                    record=record,
-                    reason="unknown_image_id",
-                )
-            pair["refs"] += 1
-            if "category_id" in ann and ann["category_id"] not in categories:
-                raise ConversionError(
-                    f"unknown category id {ann['category_id']!r}",
-                    file=file,
-                    record=record,
-                    reason="unknown_category",
-                )
-            pair["annotations"].append(
-                {
-                    "record": record,
-                    "segmentation": check_segmentation(ann.get("segmentation"), file, record),
-                    "bbox": None
-                    if ann.get("bbox") is None
-                    else _box_to_pixels(
-                        check_bbox(ann["bbox"], file, record), pair["item"]["size"], file, record
-                    ),
-                    "category": categories.get(ann.get("category_id"), pair["phrase"]),
-                    "noun_phrase": pair["phrase"],
-                    "attributes": check_attributes(ann.get("attributes"), file, record),
-                    "iscrowd": bool(ann.get("iscrowd", 0)),
-                }
-            )
+            plan.add_annotation(ann, i, categories)
         except ConversionError as e:
             policy.fail(e)
-
-    for pair in pairs.values():  # pairs in file order, so objects keep the file's order
+    for pair in plan.pairs.values():  # pairs in file order, so objects keep the file's order
         pair["item"]["annotations"].extend(pair["annotations"])
         if pair["refs"] == 0:  # a pair whose annotations were all skipped is not a negative
             pair["item"]["negative_phrases"].append(pair["phrase"])
-    return list(items.values())
+    return list(plan.items.values())
+
+
+@dataclass
+class _Plan:
+    """The pairs and per-image items of one SA-Co file, while it is read."""
+
+    file: Path
+    images_dir: Path
+    #: pair id -> {"item", "phrase", "record", "annotations", "refs"}
+    pairs: dict[Any, dict[str, Any]] = field(default_factory=dict)
+    #: file_name -> item
+    items: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: file_name -> phrase -> record of its pair
+    phrases: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def add_pair(self, entry: Any, index: int) -> None:
+        """Check one ``images[]`` pair; merge it into the item of its ``file_name``."""
+        file = self.file
+        record = f"images[{index}]" + (
+            f" (id {entry.get('id')!r})" if isinstance(entry, dict) else ""
+        )
+        if (
+            not isinstance(entry, dict)
+            or "id" not in entry
+            or not isinstance(entry.get("file_name"), str)
+        ):
+            raise ConversionError(
+                "a pair needs 'id' and 'file_name'", file=file, record=record, reason="bad_record"
+            )
+        if entry["id"] in self.pairs:
+            raise ConversionError(
+                f"duplicate image id {entry['id']!r} (first at {self.pairs[entry['id']]['record']})",
+                file=file,
+                record=record,
+                reason="duplicate_image_id",
+            )
+        phrase = entry.get("text_input")
+        if not isinstance(phrase, str) or not phrase.strip():
+            raise ConversionError(
+                "pair has no text_input (the noun phrase)",
+                file=file,
+                record=record,
+                reason="missing_noun_phrase",
+            )
+        phrase = phrase.strip()
+        name = entry["file_name"]
+        item = self._item(name, [entry.get("width"), entry.get("height")], record)
+        if phrase in self.phrases.get(name, {}):
+            raise ConversionError(
+                f"phrase {phrase!r} already given for {name!r} at {self.phrases[name][phrase]}",
+                file=file,
+                record=record,
+                reason="duplicate_phrase",
+            )
+        self.items[name] = item
+        self.phrases.setdefault(name, {})[phrase] = record
+        pair = {"item": item, "phrase": phrase, "record": record, "annotations": [], "refs": 0}
+        self.pairs[entry["id"]] = pair
+
+    def _item(self, name: str, size: list[Any], record: str) -> dict[str, Any]:
+        """The item of ``file_name`` ``name`` (new, or the one an earlier pair made)."""
+        item = self.items.get(name)
+        if item is None:
+            return {
+                "image": str(self.images_dir / name),
+                "image_id": name,
+                "size": size,
+                "negative_phrases": [],
+                "annotations": [],
+                "file": str(self.file),
+                "record": f"file_name {name!r}",
+            }
+        if item["size"] != size:
+            raise ConversionError(
+                f"pair declares size {size} but an earlier pair of {name!r} declares {item['size']}",
+                file=self.file,
+                record=record,
+                reason="mask_size_mismatch",
+            )
+        return item
+
+    def add_annotation(self, ann: Any, index: int, categories: dict[Any, str]) -> None:
+        """Check one ``annotations[]`` entry and attach it to its pair."""
+        file = self.file
+        ann_id = ann.get("id", f"#{index}") if isinstance(ann, dict) else f"#{index}"
+        record = f"annotation id {ann_id!r}"
+        if not isinstance(ann, dict):
+            raise ConversionError("an annotation must be a json object", file=file, record=record)
+        pair = self.pairs.get(ann.get("image_id"))
+        if pair is None:
+            raise ConversionError(
+                f"annotation for unknown image id {ann.get('image_id')!r}",
+                file=file,
+                record=record,
+                reason="unknown_image_id",
+            )
+        pair["refs"] += 1
+        if "category_id" in ann and ann["category_id"] not in categories:
+            raise ConversionError(
+                f"unknown category id {ann['category_id']!r}",
+                file=file,
+                record=record,
+                reason="unknown_category",
+            )
+        segmentation = check_segmentation(ann.get("segmentation"), file, record)
+        bbox = None
+        if ann.get("bbox") is not None:
+            box = check_bbox(ann["bbox"], file, record)
+            bbox = _box_to_pixels(box, pair["item"]["size"], file, record)
+        pair["annotations"].append(
+            {
+                "record": record,
+                "segmentation": segmentation,
+                "bbox": bbox,
+                "category": categories.get(ann.get("category_id"), pair["phrase"]),
+                "noun_phrase": pair["phrase"],
+                "attributes": check_attributes(ann.get("attributes"), file, record),
+                "iscrowd": bool(ann.get("iscrowd", 0)),
+            }
+        )
 
 
 def convert_saco(

@@ -28,7 +28,7 @@ import numpy as np
 
 from sam_hf.data import rle
 from sam_hf.data.schema import FEATURES, make_object
-from sam_hf.data.synthetic.orchard import encode_png, smooth_noise
+from sam_hf.data.synthetic.drawing import encode_png, smooth_noise
 
 SHAPES: tuple[str, ...] = (
     "circle",
