@@ -14,7 +14,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from sam_hf.data import rle
-from sam_hf.data.output import ConversionError, Report
+from sam_hf.data.report import ConversionError, Report
 from sam_hf.data.schema import FEATURES, attributes_dict
 from sam_hf.data.sources.coco import convert_coco_text
 from sam_hf.data.sources.jsonpoly import convert_json_polygons
