@@ -459,13 +459,6 @@ def render_card(name: str, report: Report | None = None) -> DatasetCard:
     return DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
 
 
-def write_card(name: str, folder: str | os.PathLike[str], report: Report | None = None) -> Path:
-    """Write the card as ``folder/README.md``."""
-    path = Path(folder) / "README.md"
-    path.write_text(str(render_card(name, report)), encoding="utf-8")
-    return path
-
-
 #: Files every prepared folder holds at its top (checked before converting, see below).
 PREPARED_FILES = ("README.md", "dataset_dict.json")
 
