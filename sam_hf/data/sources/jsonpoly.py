@@ -240,7 +240,8 @@ def prepare_json_polygons(
 ) -> tuple[Report, Path]:
     """Convert a per-image JSON tree and save it (``save_to_disk``) with its card as README.md.
 
-    ``out`` is checked before converting; ``overwrite`` as in :func:`prepare_minneapple`.
+    ``out`` is checked before converting; ``overwrite`` as in
+    :func:`sam_hf.data.sources.minneapple.prepare_minneapple`.
     """
     check_prepared_output(out, PREPARE_COMMAND, overwrite=overwrite)
     report = Report()
