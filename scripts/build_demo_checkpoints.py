@@ -20,6 +20,12 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
+from sam_hf.config import Sam2Config, Sam3Config, parse_args
+from sam_hf.tasks.core import Sam2Task, Sam3Task
+from sam_hf.training.loop import train
+
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "sam_hf" / "assets" / "checkpoints"
 
@@ -30,11 +36,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--family", choices=["sam2", "sam3"], required=True)
     args, overrides = ap.parse_known_args(argv)
-
-    from sam_hf.config.args import Sam2Config, Sam3Config, parse_args
-    from sam_hf.tasks.core import Sam2Task, Sam3Task
-    from sam_hf.training.loop import train
-
     recipe = ROOT / "recipes" / "pretrain" / f"{args.family}_tiny_shapes.yaml"
     config_cls, task = (
         (Sam2Config, Sam2Task()) if args.family == "sam2" else (Sam3Config, Sam3Task())
@@ -43,8 +44,6 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     results = train(cfg, task)
     minutes = (time.time() - t0) / 60
-    import torch
-
     where = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "the CPU"
 
     target = ASSETS / f"{args.family}-tiny-shapes"

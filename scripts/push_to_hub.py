@@ -20,7 +20,7 @@ import logging
 import sys
 from pathlib import Path
 
-from sam_hf.hub import dataset_url, describe_push_failure, push_dataset, push_output
+from sam_hf.hub.push import dataset_url, describe_push_failure, push_dataset, push_output
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -20,8 +20,8 @@ from PIL import Image
 from test_lora import tiny_sam2, tiny_sam3
 from transformers import Sam2ImageProcessor, Sam2Model, Sam2Processor
 
-from sam_hf import hub
-from sam_hf.config.args import Sam2Config, load_config, save_config
+from sam_hf.config import Sam2Config, load_config, save_config
+from sam_hf.hub import cards, push
 from sam_hf.models import lora
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,7 +139,7 @@ def test_adapter_only_push_uploads_exactly_the_adapter(tmp_path, monkeypatch, va
     out, _ = make_run(tmp_path, use_lora=True, merge_lora=False)
     api = FakeApi()
     with caplog.at_level(logging.DEBUG):
-        hub.push_output(out, "me/sam2-apples-lora", private=True, api=api)
+        push.push_output(out, "me/sam2-apples-lora", private=True, api=api)
     assert set(api.uploaded) == {
         "adapter_config.json",
         "adapter_model.safetensors",
@@ -171,7 +171,7 @@ def test_merged_push_uploads_the_final_folder(tmp_path, monkeypatch, validator):
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     out, _ = make_run(tmp_path, use_lora=True, merge_lora=True)
     api = FakeApi()
-    hub.push_output(out, "me/sam2-apples", private=False, api=api)
+    push.push_output(out, "me/sam2-apples", private=False, api=api)
     assert set(api.uploaded) == {
         "config.json",
         "model.safetensors",
@@ -200,7 +200,7 @@ def test_cli_push_takes_the_token_from_the_environment_only(
         made.append(FakeApi(**kwargs))
         return made[-1]
 
-    monkeypatch.setattr(hub, "HfApi", fake_hf_api)
+    monkeypatch.setattr(push, "HfApi", fake_hf_api)
     spec = importlib.util.spec_from_file_location(
         "push_to_hub", ROOT / "scripts" / "push_to_hub.py"
     )
@@ -226,18 +226,18 @@ def test_cli_push_takes_the_token_from_the_environment_only(
 
 def test_push_without_any_token_says_how_to_log_in(tmp_path, monkeypatch, validator):
     monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setattr(hub, "get_token", lambda: None)
+    monkeypatch.setattr(push, "get_token", lambda: None)
     out, _ = make_run(tmp_path, use_lora=False, merge_lora=False)
     with pytest.raises(RuntimeError, match="hf auth login"):
-        hub.push_output(out, "me/sam2-apples")
+        push.push_output(out, "me/sam2-apples")
 
 
 def test_push_refuses_a_run_without_the_expected_folder(tmp_path, validator):
     out, _ = make_run(tmp_path, use_lora=True, merge_lora=False)
     with pytest.raises(FileNotFoundError, match="holds no model"):
-        hub.push_output(out, "me/x", api=FakeApi(), adapter_only=False)
+        push.push_output(out, "me/x", api=FakeApi(), adapter_only=False)
     with pytest.raises(FileNotFoundError, match="has the run finished"):
-        hub.push_output(out, "me/x", api=FakeApi(), model_subdir="best")
+        push.push_output(out, "me/x", api=FakeApi(), model_subdir="best")
 
 
 # ------------------------------------------------------------------------------------ card
@@ -245,10 +245,10 @@ def test_push_refuses_a_run_without_the_expected_folder(tmp_path, validator):
 
 def test_card_metadata_table_and_hub_validation(tmp_path, validator):
     out, cfg = make_run(tmp_path, use_lora=False, merge_lora=False)
-    card = hub.make_model_card(
+    card = cards.make_model_card(
         out, cfg, RESULTS, "sam2", "https://huggingface.co/datasets/me/apples", repo_id="me/m"
     )
-    hub.check_card(card)
+    cards.check_card(card)
     reparsed = ModelCard(str(card))
     assert reparsed.data.to_dict() == card.data.to_dict()
     assert reparsed.data.pipeline_tag == "mask-generation"
@@ -279,18 +279,18 @@ def test_card_names_hub_base_model_and_its_license(tmp_path):
         "use_lora": True,
         "merge_lora": False,
     }
-    card = hub.make_model_card(tmp_path, cfg, {}, None, repo_id="me/sam3-apples")
+    card = cards.make_model_card(tmp_path, cfg, {}, None, repo_id="me/sam3-apples")
     assert card.data.base_model == "facebook/sam3"
     assert card.data.license == "other" and card.data.license_name == "sam-license"
     assert "No evaluation results were found" in card.text
     assert 'Sam3Model.from_pretrained("facebook/sam3")' in card.text
     assert 'text="apple"' in card.text
     cfg2 = {"family": "sam2", "model_type": "sam2.1-hiera-tiny"}
-    card2 = hub.make_model_card(tmp_path, cfg2, {}, None, repo_id="me/s")
+    card2 = cards.make_model_card(tmp_path, cfg2, {}, None, repo_id="me/s")
     assert card2.data.base_model == "facebook/sam2.1-hiera-tiny"
     assert card2.data.license == "apache-2.0"
     with pytest.raises(ValueError, match="sam2 or sam3"):
-        hub.usage_snippet("sam1", "me/x", False, "b")
+        cards.usage_snippet("sam1", "me/x", False, "b")
 
 
 def _run_snippet(code: str, cwd: Path, monkeypatch) -> dict:
@@ -305,12 +305,12 @@ def _run_snippet(code: str, cwd: Path, monkeypatch) -> dict:
 def test_sam2_usage_snippets_run(tmp_path, monkeypatch):
     out, _ = make_run(tmp_path, use_lora=True, merge_lora=True)
     final = out / "final"
-    code = hub.usage_snippet("sam2", str(final), False, "unused")
+    code = cards.usage_snippet("sam2", str(final), False, "unused")
     scope = _run_snippet(code, tmp_path, monkeypatch)
     assert isinstance(scope["model"], Sam2Model)
     assert tuple(scope["masks"].shape) == (1, 1, 96, 128) and scope["masks"].dtype == torch.bool
 
-    code = hub.usage_snippet("sam2", str(final / "adapter"), True, str(tmp_path / "base"))
+    code = cards.usage_snippet("sam2", str(final / "adapter"), True, str(tmp_path / "base"))
     scope = _run_snippet(code, tmp_path, monkeypatch)
     assert type(scope["model"]) is Sam2Model  # merged back into a plain model
     assert tuple(scope["masks"].shape) == (1, 1, 96, 128)
@@ -326,7 +326,7 @@ def test_sam3_usage_snippet_runs(tmp_path, monkeypatch):
     Sam3Processor(
         image_processor=Sam3ImageProcessor(size={"height": 224, "width": 224}), tokenizer=tok
     ).save_pretrained(repo)
-    code = hub.usage_snippet(
+    code = cards.usage_snippet(
         "sam3", str(repo), False, "unused", example_phrase="red apple", score_threshold=0.0
     )
     assert 'text="red apple"' in code
@@ -366,7 +366,7 @@ def test_push_dataset_uploads_card_then_data(tmp_path, monkeypatch, validator):
 
     monkeypatch.setattr(datasets.DatasetDict, "push_to_hub", fake_push)
     api = FakeApi()
-    assert hub.push_dataset(folder, "me/apples", private=True, api=api) == "me/apples"
+    assert push.push_dataset(folder, "me/apples", private=True, api=api) == "me/apples"
     assert [c[0] for c in api.calls] == ["create_repo", "upload_file"]
     assert api.calls[0][1]["repo_type"] == "dataset" and api.calls[0][1]["private"] is True
     assert api.uploaded == {"README.md": (folder / "README.md").read_bytes()}
@@ -384,4 +384,4 @@ def test_push_dataset_uploads_card_then_data(tmp_path, monkeypatch, validator):
     bare = tmp_path / "bare"
     make_prepared_dataset(bare, with_card=False)
     with pytest.raises(FileNotFoundError, match="no data card"):
-        hub.push_dataset(bare, "me/bare", api=FakeApi())
+        push.push_dataset(bare, "me/bare", api=FakeApi())
