@@ -19,7 +19,7 @@ from huggingface_hub import constants as hf_constants
 from huggingface_hub import errors as hf_errors
 from huggingface_hub import hf_hub_download
 
-from sam_hf.config.errors import ConfigError
+from sam_hf.config import ConfigError
 from sam_hf.config.validate import MODEL_SOURCES, check_checkpoint_family, check_model_name
 
 #: File suffixes that make a name a checkpoint path rather than a Hub id.

@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from transformers import Sam2Config, Sam2ImageProcessor, Sam2Model, Sam2Processor
 
-from sam_hf.config.errors import ConfigError
+from sam_hf.config import ConfigError
+from sam_hf.config.validate import SAM2_MODEL_TYPES
 from sam_hf.models.common import reinit_for_small_widths
 from sam_hf.models.freezing import apply_sam2_freezing
 from sam_hf.models.loading import (
@@ -29,13 +30,7 @@ from sam_hf.models.loading import (
 
 logger = logging.getLogger(__name__)
 
-#: sam2.1 model types and the Hub checkpoints they name (parameter counts for messages).
-SAM2_HUB_IDS = {
-    "sam2.1-hiera-tiny": "facebook/sam2.1-hiera-tiny",
-    "sam2.1-hiera-small": "facebook/sam2.1-hiera-small",
-    "sam2.1-hiera-base-plus": "facebook/sam2.1-hiera-base-plus",
-    "sam2.1-hiera-large": "facebook/sam2.1-hiera-large",
-}
+#: Parameter counts of the sam2.1 model types (``SAM2_MODEL_TYPES``: their Hub ids), for messages.
 _SIZES = {
     "sam2.1-hiera-tiny": "39M",
     "sam2.1-hiera-small": "46M",
@@ -67,7 +62,7 @@ def _sam1_error(name: str, sam1: str) -> ConfigError:
     return ConfigError(
         f"{name!r} is a SAM1 (ViT) model; sam_hf fine-tunes SAM2, whose backbones are Hiera. "
         f"The nearest SAM2 checkpoint is model_type: {SAM1_TO_SAM2[sam1]} "
-        f"({SAM2_HUB_IDS[SAM1_TO_SAM2[sam1]]}); vit_h -> sam2.1-hiera-large, vit_l -> "
+        f"({SAM2_MODEL_TYPES[SAM1_TO_SAM2[sam1]]}); vit_h -> sam2.1-hiera-large, vit_l -> "
         f"sam2.1-hiera-base-plus, vit_b -> sam2.1-hiera-small. All SAM2 choices: {options}."
     )
 
@@ -89,9 +84,9 @@ def canonical_model_type(name: str) -> str:
         if key.startswith(prefix):
             rest = short.get(key[len(prefix) :], key[len(prefix) :])
             cand = f"sam2.1-hiera-{rest}"
-            if cand in SAM2_HUB_IDS:
+            if cand in SAM2_MODEL_TYPES:
                 return cand
-    raise ConfigError(f"model_type {raw!r} is unknown; choose one of {sorted(SAM2_HUB_IDS)}.")
+    raise ConfigError(f"model_type {raw!r} is unknown; choose one of {sorted(SAM2_MODEL_TYPES)}.")
 
 
 def tiny_sam2_config(resolution: int = 256) -> Sam2Config:
@@ -256,7 +251,7 @@ def build_sam2(cfg: Any) -> tuple[Sam2Model, Sam2Processor]:
     """
     name = str(cfg.model_name_or_path or "").strip()
     model_type = getattr(cfg, "model_type", None)
-    hub_from_type = SAM2_HUB_IDS[canonical_model_type(model_type)] if model_type else None
+    hub_from_type = SAM2_MODEL_TYPES[canonical_model_type(model_type)] if model_type else None
     low = name.lower()
     if low in _SAM1_HUB_IDS:
         raise _sam1_error(name, _SAM1_HUB_IDS[low])

@@ -29,7 +29,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.sam3.image_processing_sam3 import Sam3ImageProcessor
 from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
-from sam_hf.config.errors import ConfigError
+from sam_hf.config import ConfigError
 from sam_hf.data.tokenizer import SAM3_CONTEXT_LENGTH, build_clip_tokenizer
 from sam_hf.losses.sam3 import Sam3Loss
 from sam_hf.models.common import enable_activation_checkpointing, reinit_for_small_widths
