@@ -26,7 +26,6 @@ from test_convert_coco import POLY, coco_doc, saco_doc, write_coco, write_jsonpo
 from test_converters import write_split
 
 import sam_hf
-from sam_hf.data import output
 
 #: The marker name the README documents (spelled out: the contract, not an import).
 OUTPUT_MARKER = ".sam_hf_output.json"
@@ -332,7 +331,7 @@ def test_a_merge_killed_halfway_is_finished_by_the_next_overwrite(
                 raise KeyboardInterrupt
         real_replace(a, b)
 
-    monkeypatch.setattr(output.os, "replace", dies_on_second_file)
+    monkeypatch.setattr(os, "replace", dies_on_second_file)  # the merge of data/output.py
     with pytest.raises(KeyboardInterrupt):
         load_script(name).main(args_for(name, src, out, "--overwrite"))
     monkeypatch.undo()
@@ -365,7 +364,7 @@ def test_a_failed_swap_puts_the_previous_output_back(
             raise OSError("simulated: rename failed")
         real_rename(a, b)
 
-    monkeypatch.setattr(output.os, "rename", new_folder_cannot_move)
+    monkeypatch.setattr(os, "rename", new_folder_cannot_move)  # the swap of data/leftovers.py
     with pytest.raises(OSError, match="simulated"):
         load_script("prepare_mineapple").main(args)
     monkeypatch.undo()

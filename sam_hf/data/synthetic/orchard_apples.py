@@ -58,6 +58,8 @@ def negative_phrases(
 def _clip_box(
     cx: float, cy: float, half: float, height: int, width: int
 ) -> tuple[int, int, int, int] | None:
+    """Pixel box ``(x0, y0, x1, y1)`` (ends exclusive) of a square around (cx, cy), clipped to
+    the canvas; None when nothing of it is on the canvas."""
     x0, x1 = max(int(np.floor(cx - half)), 0), min(int(np.ceil(cx + half)) + 1, width)
     y0, y1 = max(int(np.floor(cy - half)), 0), min(int(np.ceil(cy + half)) + 1, height)
     if x0 >= x1 or y0 >= y1:
