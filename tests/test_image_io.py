@@ -22,6 +22,7 @@ from test_convert_coco import write_coco
 from test_converters import _convert
 
 from sam_hf.data import rle
+from sam_hf.data.images import load_image, orient_array, orient_bbox
 from sam_hf.data.report import Report
 from sam_hf.data.sources.coco import convert_coco_text
 from sam_hf.data.transforms import SegmentationDataset
@@ -209,8 +210,6 @@ def test_training_view_of_a_row_still_holding_exif_follows_its_masks(
 
 
 def test_orientation_helpers_match_pil_for_all_eight_orientations() -> None:
-    from sam_hf.data.images import load_image, orient_array, orient_bbox
-
     raw = np.random.default_rng(0).integers(0, 256, (5, 7), dtype=np.uint8)
     m = np.zeros((5, 7), bool)
     m[1:3, 2:6] = True
