@@ -246,7 +246,7 @@ def print_ratio(name: str, value: float) -> None:
 DEMO_OVERRIDES: dict[str, Any] = {
     "model_name_or_path": "sam2-tiny",
     "resolution": 256,
-    "mixed_precision": "no",
+    "bf16": False,
     "report_to": ["none"],
 }
 
@@ -267,7 +267,7 @@ def recipe_config(
     says, so the benchmark measures its settings. The YAML's path is kept on the config
     object as ``_yaml`` for :func:`describe_config`.
     """
-    from sam_hf.config.args import Sam2Config, load_config
+    from sam_hf.config import Sam2Config, load_config
 
     path = yaml or recipe_yaml()
     values = {**DEMO_OVERRIDES, "output_dir": str(output_dir), **overrides}
@@ -340,7 +340,8 @@ def precollate(dataset: Any, collator: Any, batch_size: int) -> list[dict[str, A
 
 def tiny_sam2(cfg: Any) -> tuple[Any, Any]:
     """``(Sam2ForTraining, processor)`` for ``cfg`` (the tiny random model at demo scale)."""
-    from sam_hf.models.sam2 import Sam2ForTraining, build_sam2
+    from sam_hf.models.sam2 import build_sam2
+    from sam_hf.models.sam2_training import Sam2ForTraining
 
     model, processor = build_sam2(cfg)
     return Sam2ForTraining(model, cfg), processor
@@ -360,11 +361,11 @@ def full_size_sam2(cfg: Any) -> tuple[Any, Any]:
     from transformers import Sam2Config, Sam2Model
 
     from sam_hf.models.sam2 import (
-        Sam2ForTraining,
         build_sam2_processor,
         set_sam2_resolution,
         tie_fourier_features,
     )
+    from sam_hf.models.sam2_training import Sam2ForTraining
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(cfg.seed))
@@ -403,14 +404,14 @@ def sam2_large_config(resolution: int = 1024) -> Any:
     return set_sam2_resolution(Sam2Config(vision_config=vision), resolution)
 
 
-def trainer_optimizer(module: Any, kind: str = "adamw") -> Any:
+def trainer_optimizer(module: Any, kind: str = "adamw_torch") -> Any:
     """The trainer's own optimizer for ``module`` (``build_optimizer`` with the recipe
-    defaults: weight-decay groups, frozen parameters left out) with ``optimizer: kind``."""
-    from sam_hf.config.args import Sam2Config, parse_args
+    defaults: weight-decay groups, frozen parameters left out) with ``optim: kind``."""
+    from sam_hf.config import Sam2Config, parse_args
     from sam_hf.training.loop import build_optimizer
 
     out = Path(tempfile.gettempdir()) / "sam_hf_benchmark"
-    cfg = parse_args(Sam2Config, ["--optimizer", kind, "--output_dir", str(out)])
+    cfg = parse_args(Sam2Config, ["--optim", kind, "--output_dir", str(out)])
     return build_optimizer(cfg, module)
 
 

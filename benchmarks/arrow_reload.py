@@ -40,7 +40,7 @@ def main() -> None:
     C.set_threads(args.threads)
     C.quiet_libraries()
 
-    from sam_hf.data.output import Report
+    from sam_hf.data.report import Report
     from sam_hf.data.sources.minneapple import convert_minneapple
 
     tmp = C.temp_dir("arrow")

@@ -105,18 +105,15 @@ def hiera_tiny_config(resolution: int) -> Any:
 def build_module(cfg: Any) -> tuple[Any, Any]:
     from transformers import Sam2Model
 
-    from sam_hf.models.sam2 import (
-        Sam2ForTraining,
-        apply_freeze,
-        build_sam2_processor,
-        tie_fourier_features,
-    )
+    from sam_hf.models.freezing import apply_sam2_freezing
+    from sam_hf.models.sam2 import build_sam2_processor, tie_fourier_features
+    from sam_hf.models.sam2_training import Sam2ForTraining
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(cfg.seed))
         model = Sam2Model(hiera_tiny_config(cfg.resolution))
         tie_fourier_features(model)
-    apply_freeze(model, cfg)
+    apply_sam2_freezing(model, cfg)
     return Sam2ForTraining(model, cfg), build_sam2_processor(cfg.resolution)
 
 
@@ -222,7 +219,9 @@ def main() -> None:
 
     from sam_hf.data.collate import Sam2Collator
     from sam_hf.data.transforms import SegmentationDataset
-    from sam_hf.features import cache
+    from sam_hf.features import keys
+    from sam_hf.features.dataset import CachedEmbeddingCollator, CachedEmbeddingDataset
+    from sam_hf.features.store import EmbeddingCache
     from sam_hf.training.loop import EpochShuffleSampler, build_optimizer
 
     tmp = C.temp_dir("cache")
@@ -234,9 +233,9 @@ def main() -> None:
             freeze_image_encoder=True,
             color_jitter=0.0,
             cache_embeddings="true",
-            mixed_precision="no",
+            bf16=False,
             learning_rate=1e-5,
-            lr_scheduler="constant",
+            lr_scheduler_type="constant",
         )
         recipe_objects = int(cfg.max_objects_per_image)
         module, processor = build_module(cfg)
@@ -277,28 +276,28 @@ def main() -> None:
         # ---- one-time cache fill (not part of any epoch time)
         ip = processor.image_processor
         m = module.model
-        key = cache.cache_key(
+        key = keys.cache_key(
             family="sam2",
             model_id="benchmark:sam2.1-hiera-tiny-random",
             revision=None,
             resolution=cfg.resolution,
-            weights=cache.weights_hash(m.vision_encoder, [m.no_memory_embedding]),
+            weights=keys.weights_hash(m.vision_encoder, [m.no_memory_embedding]),
             fingerprint=dd["train"]._fingerprint,
             image_mean=ip.image_mean,
             image_std=ip.image_std,
         )
-        store = cache.EmbeddingCache(tmp / "data" / cache.CACHE_DIRNAME, key)
+        store = EmbeddingCache(tmp / "data" / keys.CACHE_DIRNAME, key)
         plain = SegmentationDataset(
             dd["train"], cfg.resolution, ip.image_mean, ip.image_std, cfg.seed, train=False
         )
-        variants = cache.flip_variants(cfg.hflip_prob)
+        variants = keys.flip_variants(cfg.hflip_prob)
         t0 = time.perf_counter()
         written = store.fill(
             lambda i: plain[i]["pixel_values"], n, variants, module.encoder_features
         )
         fill_s = time.perf_counter() - t0
         size_mb = sum(p.stat().st_size for p in Path(store.dir).glob("*.safetensors")) / 2**20
-        cached_ds = cache.CachedEmbeddingDataset(ds, store)
+        cached_ds = CachedEmbeddingDataset(ds, store)
         enc_s = encoder_seconds(module, plain[0]["pixel_values"])
 
         optimizer = build_optimizer(cfg, module)
@@ -307,7 +306,7 @@ def main() -> None:
 
         def collators(max_objects: int) -> tuple[Any, Any]:
             c = Sam2Collator(dataclasses.replace(cfg, max_objects_per_image=max_objects), True)
-            return c, cache.CachedEmbeddingCollator(c)
+            return c, CachedEmbeddingCollator(c)
 
         step_s: dict[tuple[str, int], list[float]] = {}
         prompted: dict[int, list[int]] = {}  # cap -> [objects, images] over all its epochs
@@ -319,8 +318,10 @@ def main() -> None:
             dataset.set_epoch(e)
             order = list(sampler)
             steps = 0.0
-            for i in range(0, n, cfg.batch_size):
-                batch = collator([dataset[j] for j in order[i : i + cfg.batch_size]])
+            for i in range(0, n, cfg.per_device_train_batch_size):
+                batch = collator(
+                    [dataset[j] for j in order[i : i + cfg.per_device_train_batch_size]]
+                )
                 seen = prompted.setdefault(cap, [0, 0])
                 seen[0] += int(batch["object_valid"].sum())
                 seen[1] += int(batch["object_valid"].shape[0])
@@ -366,7 +367,9 @@ def main() -> None:
         ds.set_epoch(epoch_counter[0])
         _, cached_collate = collators(recipe_objects)
         t0 = time.perf_counter()
-        first = cached_collate([cached_ds[j] for j in range(min(n, cfg.batch_size))])
+        first = cached_collate(
+            [cached_ds[j] for j in range(min(n, cfg.per_device_train_batch_size))]
+        )
         data_s = time.perf_counter() - t0
         parts = cached_step_breakdown(module, optimizer, first, cfg.max_grad_norm)
         step_total = sum(parts.values())

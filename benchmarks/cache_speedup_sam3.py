@@ -150,7 +150,8 @@ def build_module(cfg: Any, task: Any) -> tuple[Any, Any]:
     """
     from transformers import Sam3Model
 
-    from sam_hf.models.sam3 import apply_sam3_freezing, build_sam3_processor, set_sam3_resolution
+    from sam_hf.models.freezing import apply_sam3_freezing
+    from sam_hf.models.sam3 import build_sam3_processor, set_sam3_resolution
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(cfg.seed))
@@ -297,8 +298,10 @@ def main() -> None:
     C.set_threads(args.threads)
     C.quiet_libraries()
 
-    from sam_hf.config.args import Sam3Config, load_config
-    from sam_hf.features import cache
+    from sam_hf.config import Sam3Config, load_config
+    from sam_hf.features.dataset import CachedEmbeddingCollator, CachedEmbeddingDataset
+    from sam_hf.features.keys import flip_variants
+    from sam_hf.features.store import PhraseFeatures
     from sam_hf.training.loop import EpochShuffleSampler, build_optimizer
 
     yaml = C.ROOT / "recipes" / "sam3_coco_text.yaml"
@@ -314,7 +317,7 @@ def main() -> None:
                 "freeze_text_encoder": True,
                 "color_jitter": 0.0,
                 "cache_embeddings": "true",
-                "mixed_precision": "no",
+                "bf16": False,
                 "gradient_checkpointing": False,
                 "gradient_accumulation_steps": 1,
                 "dataset_path": str(tmp / "data"),
@@ -369,20 +372,20 @@ def main() -> None:
         task.prepare_data(cfg)
         # Fills the phrase cache, then the train and eval image caches (timed by the task).
         train, _ = task.build_datasets(cfg, processor)
-        if not (task.cache_on and isinstance(train, cache.CachedEmbeddingDataset)):
+        if not (task.cache_on and isinstance(train, CachedEmbeddingDataset)):
             raise SystemExit("Sam3Task did not turn the image cache on; nothing to compare.")
         features = module.text_cache
-        if not isinstance(features, cache.PhraseFeatures):
+        if not isinstance(features, PhraseFeatures):
             raise SystemExit("Sam3Task did not turn the phrase cache on; nothing to compare.")
         plain = train.base
         n = len(train)
         cached_collate = task.collator(cfg, train=True)
-        if not isinstance(cached_collate, cache.CachedEmbeddingCollator):
+        if not isinstance(cached_collate, CachedEmbeddingCollator):
             raise SystemExit("Sam3Task.collator did not wrap Sam3Collator for the cache.")
         plain_collate = cached_collate.inner
         print(
             f"data: {n} synthetic orchard training images of {args.image_size[0]}x"
-            f"{args.image_size[1]} px (zoom {args.zoom:g}), coco_text form, {cfg.batch_size} per "
+            f"{args.image_size[1]} px (zoom {args.zoom:g}), coco_text form, {cfg.per_device_train_batch_size} per "
             f"batch"
         )
         C.print_machine()
@@ -400,8 +403,8 @@ def main() -> None:
             sampler.set_epoch(epoch)
             dataset.set_epoch(epoch)
             order = list(sampler)
-            for i in range(0, n, cfg.batch_size):
-                yield collate([dataset[j] for j in order[i : i + cfg.batch_size]])
+            for i in range(0, n, cfg.per_device_train_batch_size):
+                yield collate([dataset[j] for j in order[i : i + cfg.per_device_train_batch_size]])
 
         # ---- the arms compute the same thing: first batch, eval mode (no dropout), no grad
         module.eval()
@@ -458,7 +461,7 @@ def main() -> None:
         ca = C.median(times["cached"].get(args.clock))
         fills = {name: t.get(args.clock)[0] for name, t in task.fills.items()}
         image_dir = Path(train.cache.dir)
-        variants = cache.flip_variants(plain.hflip_prob)
+        variants = flip_variants(plain.hflip_prob)
         text_mb = sum(
             folder_mb(d)
             for d in image_dir.parent.iterdir()

@@ -61,8 +61,8 @@ def _arms(
         batch_size=batch_size,
         sampler=sampler,
         collate_fn=collator,
-        num_workers=cfg.num_workers,
-        pin_memory=cfg.pin_memory,
+        num_workers=cfg.dataloader_num_workers,
+        pin_memory=cfg.dataloader_pin_memory,
     )
     # batches whose images all had no object train nothing; leave them out of the model arm
     batches = [b for b in C.precollate(ds, collator, batch_size) if b["pixel_values"].shape[0]]
@@ -164,12 +164,12 @@ def main() -> None:
     tmp = C.temp_dir("data")
     try:
         cfg = C.recipe_config(tmp / "out")
-        clock = "cpu" if cfg.num_workers == 0 else "wall"
+        clock = "cpu" if cfg.dataloader_num_workers == 0 else "wall"
         module, processor = C.tiny_sam2(cfg)
         size = tuple(int(v) for v in cfg.synthetic_image_size)
         dd = C.orchard_dataset(tmp, args.num_images, size, cfg.seed, cfg.synthetic_zoom)
         data_block, model_block, n_data, n_model = _arms(
-            cfg, module, processor, dd["train"], cfg.batch_size
+            cfg, module, processor, dd["train"], cfg.per_device_train_batch_size
         )
         print(
             C.describe_config(

@@ -8,7 +8,7 @@ SAM2.1-hiera-large at 1024 px, batch 2 images x 8 point-prompted objects. Each o
 a few AdamW training steps (forward, mask focal + dice loss on every predicted mask, backward,
 step) in a fresh model; the first step is warm-up, the rest are timed. Options:
 fp32 | bf16 autocast | bf16 + activation checkpointing (sam_hf.models.common) | the same with
-bitsandbytes' 8-bit AdamW (``optimizer: adamw_8bit``, built by the trainer's
+bitsandbytes' 8-bit AdamW (``optim: adamw_bnb_8bit``, built by the trainer's
 ``build_optimizer``) | bf16 + checkpointing with the vision encoder frozen (left out of the
 optimizer). Prints one line per option and, last, ``RATIO sam3_full_bf16_ckpt_gb <peak GB>``:
 the lowest peak of a *full* fine-tune of SAM3 (every parameter trained) with bf16 and
@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from transformers import Sam2Model, Sam3Config, Sam3Model
 
-from sam_hf.models.common import enable_activation_checkpointing, set_requires_grad
+from sam_hf.models.common import enable_activation_checkpointing
+from sam_hf.models.freezing import set_requires_grad
 from sam_hf.models.sam2 import tiny_sam2_config
 from sam_hf.models.sam3 import tiny_sam3_config
 
@@ -93,7 +94,7 @@ def run(name: str, build, make_step, option: str, steps: int, dev: torch.device)
         enable_activation_checkpointing(model)
     if "frozen" in option:
         set_requires_grad(model.vision_encoder, False)
-    opt = C.trainer_optimizer(model, "adamw_8bit" if "8bit" in option else "adamw")
+    opt = C.trainer_optimizer(model, "adamw_bnb_8bit" if "8bit" in option else "adamw_torch")
     step = make_step(model, dev)
     dtype = torch.bfloat16 if "bf16" in option else None
     if cuda:

@@ -113,9 +113,7 @@ def main() -> None:
     tmp = C.temp_dir("loop")
     try:
         # A constant learning rate (no warmup) so both arms apply identical updates.
-        cfg = C.recipe_config(
-            tmp / "out", lr_scheduler="constant", warmup_epochs=0.0, warmup_steps=0
-        )
+        cfg = C.recipe_config(tmp / "out", lr_scheduler_type="constant", warmup_steps=0)
         module, processor = C.tiny_sam2(cfg)
         dd = C.orchard_dataset(
             tmp, args.num_images, (cfg.resolution, cfg.resolution), cfg.seed, cfg.synthetic_zoom
@@ -123,7 +121,9 @@ def main() -> None:
         ds = C.segmentation_dataset(dd["train"], cfg, processor)
         batches = [
             b
-            for b in C.precollate(ds, Sam2Collator(cfg, train=True), cfg.batch_size)
+            for b in C.precollate(
+                ds, Sam2Collator(cfg, train=True), cfg.per_device_train_batch_size
+            )
             if b["num_objects"]
         ]
 
@@ -142,7 +142,7 @@ def main() -> None:
         print(C.describe_config(cfg, ["model_name_or_path", "resolution", "batch_size"]))
         print(
             f"model: Sam2ForTraining on the tiny SAM2 config, {C.count_parameters(module):,} "
-            f"parameters; {len(batches)} pre-collated batches of up to {cfg.batch_size} images "
+            f"parameters; {len(batches)} pre-collated batches of up to {cfg.per_device_train_batch_size} images "
             f"({sum(b['num_objects'] for b in batches)} prompted objects, "
             f"max_objects_per_image={cfg.max_objects_per_image}, prompt_type={cfg.prompt_type})"
         )

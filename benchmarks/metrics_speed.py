@@ -7,12 +7,12 @@ masks 0 where DAVIS and we score 1). Metrics are computed per image on its (K, H
 stacks, as the SAM2 evaluation does.
 
 - IoU: pycocotools -- ``mask.encode`` of each stack, ``mask.iou`` on the RLEs (per pair) --
-  against ``sam_hf.metrics.core.mask_iou``;
+  against ``sam_hf.metrics.masks.mask_iou``;
 - Dice: numpy -- per-instance ``count_nonzero`` of the intersection and of each mask --
-  against ``sam_hf.metrics.core.dice``;
+  against ``sam_hf.metrics.masks.dice``;
 - Boundary F1: the DAVIS 2017 ``f_measure`` recipe, written here with numpy and OpenCV
   (``seg2bmap`` boundaries, ``cv2.dilate`` with skimage's ``disk``, per instance) -- against
-  ``sam_hf.metrics.core.boundary_f1``.
+  ``sam_hf.metrics.masks.boundary_f1``.
 
 Before timing, each reference's values are asserted equal to ours (exactly, element by
 element). Each metric's arms run interleaved (order alternating) over ``--rounds`` rounds;
@@ -164,7 +164,7 @@ def main() -> None:
     C.set_threads(args.threads)
     C.quiet_libraries()
 
-    from sam_hf.metrics.core import boundary_f1, dice, mask_iou
+    from sam_hf.metrics.masks import boundary_f1, dice, mask_iou
 
     images = make_masks(args.num_images, args.seed)
     tensors = [(torch.from_numpy(p), torch.from_numpy(g)) for p, g in images]

@@ -1,6 +1,6 @@
 """Optimizer-state memory of AdamW against bitsandbytes' 8-bit AdamW, counted from real tensors.
 
-``optimizer: adamw_8bit`` is the trainer's memory saver for full fine-tunes: AdamW keeps two
+``optim: adamw_bnb_8bit`` is the trainer's memory saver for full fine-tunes: AdamW keeps two
 fp32 moments per parameter (8 bytes), the 8-bit variant one byte per moment plus an fp32
 scale per 256-element block for every tensor of >= 4096 elements (smaller tensors keep fp32
 moments). This script measures what that comes to on real model shapes instead of trusting
@@ -53,7 +53,7 @@ MIN_8BIT_SIZE = 4096
 #: The most elements materialised at once when SAM3 is measured in chunks.
 CHUNK_ELEMENTS = 64 * 2**20
 
-ARMS = ("adamw", "adamw_8bit")
+ARMS = ("adamw_torch", "adamw_bnb_8bit")
 
 
 @dataclass
@@ -65,10 +65,10 @@ class Measured:
     params_in_small_tensors: int = 0
     weight_bytes: int = 0
     grad_bytes: int = 0
-    adamw_state: int = 0
-    adamw_8bit_state: int = 0
-    adamw_step_s: float = 0.0
-    adamw_8bit_step_s: float = 0.0
+    adamw_torch_state: int = 0
+    adamw_bnb_8bit_state: int = 0
+    adamw_torch_step_s: float = 0.0
+    adamw_bnb_8bit_step_s: float = 0.0
 
     def add(self, other: Measured) -> None:
         for k, v in vars(other).items():
@@ -164,13 +164,13 @@ def report(m: Measured) -> None:
     print(f"\n{m.name}: {n:,} trainable parameters ({small / n:.2%} in tensors < {MIN_8BIT_SIZE})")
     for label, value in (("weights", m.weight_bytes), ("grads", m.grad_bytes)):
         print(f"  {label:<21s} {value / 2**20:9.1f} MiB  {value / n:.4f} bytes/param")
-    for kind, label in (("adamw", "AdamW state"), ("adamw_8bit", "AdamW8bit state")):
+    for kind, label in (("adamw_torch", "AdamW state"), ("adamw_bnb_8bit", "AdamW8bit state")):
         value, seconds = getattr(m, f"{kind}_state"), getattr(m, f"{kind}_step_s")
         print(
             f"  {label:<21s} {value / 2**20:9.1f} MiB  {value / n:.4f} bytes/param"
             f"  (one step on this CPU: {seconds:.2f} s)"
         )
-    print(f"  AdamW state / AdamW8bit state: {m.adamw_state / m.adamw_8bit_state:.4f}")
+    print(f"  AdamW state / AdamW8bit state: {m.adamw_torch_state / m.adamw_bnb_8bit_state:.4f}")
 
 
 def implied_for_sam3(basis: Measured, sam3_params: int) -> None:
@@ -179,8 +179,8 @@ def implied_for_sam3(basis: Measured, sam3_params: int) -> None:
     per = {
         "weights (fp32)": basis.weight_bytes / basis.params,
         "grads (fp32)": basis.grad_bytes / basis.params,
-        "AdamW state": basis.adamw_state / basis.params,
-        "AdamW8bit state": basis.adamw_8bit_state / basis.params,
+        "AdamW state": basis.adamw_torch_state / basis.params,
+        "AdamW8bit state": basis.adamw_bnb_8bit_state / basis.params,
     }
     print(
         f"\nSAM3 ({sam3_params:,} parameters, full fine-tune) x the bytes/param measured above "
@@ -255,7 +255,7 @@ def main() -> None:
 
     implied_for_sam3(results[-1], sam3_params)
     last = results[-1]
-    C.print_ratio("optimizer_memory", last.adamw_state / last.adamw_8bit_state)
+    C.print_ratio("optimizer_memory", last.adamw_torch_state / last.adamw_bnb_8bit_state)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sam_hf.config.args import Sam2Config
+from sam_hf.config import Sam2Config
 from sam_hf.recipe import cli, run_recipe
 from sam_hf.tasks.core import Sam2Task
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sam_hf.config.args import ConfigError, parse_args
+from sam_hf.config import ConfigError, parse_args
 from sam_hf.training.checkpointing import RunError
 from sam_hf.training.loop import Task, TrainingInterrupted, train
 

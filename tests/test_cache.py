@@ -1,4 +1,4 @@
-"""The frozen-encoder embedding cache (sam_hf.features.cache): cached training equals uncached training,
+"""The frozen-encoder embedding cache (sam_hf.features): cached training equals uncached training,
 the cache key follows everything the features depend on, a second run reuses the cache
 without running the encoder, and impossible combinations are config errors."""
 
@@ -47,8 +47,6 @@ def overrides(out: Path, data: Path, **kw) -> dict:
         "output_dir": str(out),
         "max_steps": 4,
         "per_device_train_batch_size": 2,
-        "eval_steps": 0,
-        "save_steps": 0,
         "logging_steps": 1,
         "max_objects_per_image": 4,
         "freeze_image_encoder": True,

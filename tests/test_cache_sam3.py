@@ -57,8 +57,6 @@ def overrides(out: Path, data: Path, **kw) -> dict:
         "output_dir": str(out),
         "max_steps": 4,
         "per_device_train_batch_size": 2,
-        "eval_steps": 0,
-        "save_steps": 0,
         "eval_on_start": False,
         "freeze_vision_encoder": True,
         "freeze_text_encoder": True,
@@ -204,7 +202,14 @@ def test_cached_sam3_resume_equals_straight_run(tmp_path):
     data = tmp_path / "data"
     straight = overrides(tmp_path / "straight", data, cache_embeddings=True, max_steps=5)
     sam3_coco_text.main(argv(straight))
-    part = overrides(tmp_path / "resumed", data, cache_embeddings=True, max_steps=2, save_steps=2)
+    part = overrides(
+        tmp_path / "resumed",
+        data,
+        cache_embeddings=True,
+        max_steps=2,
+        save_strategy="steps",
+        save_steps=2,
+    )
     sam3_coco_text.main(argv(part))
     rest = overrides(
         tmp_path / "resumed",

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import pytest
 
-from sam_hf.config.args import ConfigError, Sam2Config, Sam3Config, load_config
+from sam_hf.config import ConfigError, Sam2Config, Sam3Config, load_config
 from sam_hf.tasks.core import Sam2Task, Sam3Task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +59,7 @@ SAM3_COMPANIONS: dict[tuple[str, Any], dict[str, Any]] = {
 
 # Choices that must be refused before anything is built, and why.
 REFUSED = {
-    ("mixed_precision", "fp16"): "fp16 needs a CUDA GPU",
+    ("fp16", True): "fp16: true needs a CUDA GPU",
     ("freeze_tracker", False): "freeze_tracker: false is not supported",
     ("push_to_hub", True): "push_to_hub: true needs hub_model_id",
 }
@@ -106,8 +106,10 @@ def _base(family: str, data: Path, out: Path) -> dict[str, Any]:
         "dataset_path": str(data),
         "output_dir": str(out),
         "max_steps": 2,
-        "batch_size": 2,
+        "per_device_train_batch_size": 2,
+        "eval_strategy": "steps",
         "eval_steps": 1,  # an evaluation after step 1 gives the plateau scheduler a metric
+        "save_strategy": "steps",
         "save_steps": 1,
         "logging_steps": 1,
         "log_images": 1,

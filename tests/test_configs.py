@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
-from sam_hf.config.args import (
+from sam_hf.config import (
     ConfigError,
     Sam2Config,
     Sam3Config,
@@ -14,15 +16,17 @@ from sam_hf.config.args import (
     save_config,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def test_yaml_then_cli_override(tmp_path):
     y = tmp_path / "c.yaml"
-    y.write_text("learning_rate: 1.0e-4\nbatch_size: 4\nreport_to: [none]\n")
+    y.write_text("learning_rate: 1.0e-4\nper_device_train_batch_size: 4\nreport_to: [none]\n")
     cfg = parse_args(
         Sam2Config, ["--config", str(y), "--learning_rate", "3e-5", "--freeze_image_encoder"]
     )
     assert cfg.learning_rate == pytest.approx(3e-5)
-    assert cfg.batch_size == 4
+    assert cfg.per_device_train_batch_size == 4
     assert cfg.freeze_image_encoder is True
 
 
@@ -33,13 +37,13 @@ def test_equals_form_lists_and_dicts():
             "--report_to=wandb,tensorboard",
             "--extra_loss_weights",
             "{boundary: 2.0}",
-            "--resume",
-            "auto",
+            "--resume_from_checkpoint",
+            "true",
         ],
     )
     assert cfg.report_to == ["wandb", "tensorboard"]
     assert cfg.extra_loss_weights == {"boundary": 2.0}
-    assert cfg.resume == "auto"
+    assert cfg.resume_from_checkpoint == "true"
 
 
 def test_unknown_key_suggests_the_close_one():
@@ -50,15 +54,15 @@ def test_unknown_key_suggests_the_close_one():
 def test_unknown_key_in_yaml_names_the_file(tmp_path):
     y = tmp_path / "bad.yaml"
     y.write_text("num_epoch: 3\n")
-    with pytest.raises(ConfigError, match=r"num_epoch.*bad\.yaml.*num_epochs"):
+    with pytest.raises(ConfigError, match=r"num_epoch.*bad\.yaml.*num_train_epochs"):
         load_config(Sam2Config, y)
 
 
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--batch_size", "0"], "batch_size must be >= 1"),
-        (["--batch_size", "two"], "batch_size: expected an integer"),
+        (["--per_device_train_batch_size", "0"], "batch_size must be >= 1"),
+        (["--per_device_train_batch_size", "two"], "batch_size: expected an integer"),
         (["--learning_rate", "fast"], "learning_rate: expected a number"),
         (
             ["--prompt_type", "scribble"],
@@ -69,8 +73,11 @@ def test_unknown_key_in_yaml_names_the_file(tmp_path):
         (["--num_points", "2"], "num_points must be 1 or 3-5"),
         (["--resolution", "1000"], "multiple of 32"),
         (["--report_to", "mlflow"], "report_to: 'mlflow' is not allowed"),
-        (["--resume", "auto", "--init_from", "x"], "resume and init_from exclude each other"),
-        (["--mixed_precision", "fp16"], "fp16 needs a CUDA GPU"),
+        (
+            ["--resume_from_checkpoint", "true", "--init_from", "x"],
+            "resume_from_checkpoint and init_from exclude each other",
+        ),
+        (["--fp16"], "fp16: true needs a CUDA GPU"),
     ],
 )
 def test_bad_values_fail_with_a_fix(args, message):
@@ -100,13 +107,80 @@ def test_saved_config_round_trips(tmp_path):
     assert again == cfg
 
 
-def test_help_lists_keys_with_defaults(capsys):
+def test_help_has_usage_config_and_every_choice(capsys):
+    """--help is HfArgumentParser's: a usage line, --config, every key with its default and,
+    for Literal keys, its choices."""
     with pytest.raises(SystemExit) as e:
-        parse_args(Sam2Config, ["--help"])
+        parse_args(Sam2Config, ["--help"], prog="recipes/sam2_mineapple.py")
     assert e.value.code == 0
     out = capsys.readouterr().out
-    assert "--learning_rate (float, default 0.0001)" in out
-    assert "--prompt_type" in out
+    assert out.startswith("usage: recipes/sam2_mineapple.py [-h] [--config FILE.yaml]")
+    assert "--learning_rate LEARNING_RATE" in out and "(default: 0.0001)" in out
+    assert "{point,box,mixed}" in out  # prompt_type's choices
+    assert "reduce_lr_on_plateau" in out and "{adamw_torch,adamw_bnb_8bit}" in out
+    for section in ("TrainingArgs", "Sam2PromptArgs", "HubArgs"):
+        assert section in out
+
+
+def test_transformers_style_command_line():
+    """What users type for transformers' scripts: a bare --bf16, --no_<flag>, space-separated
+    lists, a YAML mapping for lr_scheduler_kwargs, --key=value and negative numbers."""
+    cfg = parse_args(
+        Sam2Config,
+        [
+            "--config", str(ROOT / "recipes" / "sam2_demo.yaml"),
+            "--per_device_train_batch_size", "2",
+            "--bf16",
+            "--no_eval_on_start",
+            "--report_to", "tensorboard", "wandb",
+            "--lr_scheduler_type", "reduce_lr_on_plateau",
+            "--lr_scheduler_kwargs", "{factor: 0.3, patience: 1}",
+            "--max_steps=4",
+            "--adam_beta1", "-0.0",
+        ],
+    )  # fmt: skip
+    assert cfg.per_device_train_batch_size == 2 and cfg.bf16 is True and cfg.fp16 is None
+    assert cfg.eval_on_start is False and cfg.report_to == ["tensorboard", "wandb"]
+    assert cfg.lr_scheduler_kwargs == {"factor": 0.3, "patience": 1}
+    assert cfg.max_steps == 4 and cfg.adam_beta1 == 0.0
+    assert parse_args(Sam2Config, ["--bf16", "false"]).bf16 is False
+
+
+def test_old_names_say_what_they_are_called_now():
+    with pytest.raises(ConfigError, match="It is called per_device_train_batch_size here"):
+        parse_args(Sam2Config, ["--batch_size", "2"])
+    with pytest.raises(ConfigError, match="It is called lr_scheduler_type here"):
+        load_config(Sam2Config, overrides={"lr_scheduler": "cosine"})
+
+
+def test_nested_guide_layout_is_mapped_with_one_line(tmp_path, capsys):
+    y = tmp_path / "guide.yaml"
+    y.write_text(
+        "model:\n  checkpoint: sam2-tiny\n  freeze_image_encoder: true\n"
+        "training:\n  batch_size: 3\n  num_epochs: 7\n  mixed_precision: bf16\n"
+        "  optimizer: adamw_8bit\n  lr_scheduler: plateau\n"
+        "loss:\n  focal: 10\n  bce: 1\n"
+    )
+    cfg = load_config(Sam2Config, y)
+    assert cfg.model_name_or_path == "sam2-tiny" and cfg.freeze_image_encoder
+    assert cfg.per_device_train_batch_size == 3 and cfg.num_train_epochs == 7
+    assert cfg.bf16 is True and cfg.fp16 is False
+    assert cfg.optim == "adamw_bnb_8bit" and cfg.lr_scheduler_type == "reduce_lr_on_plateau"
+    assert cfg.loss_focal == 10 and cfg.loss_bce == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "uses the nested layout; mapped" in err[0]
+    assert "training.batch_size -> per_device_train_batch_size" in err[0]
+    assert "loss.focal -> loss_focal" in err[0]
+
+
+def test_validation_runs_for_configs_built_in_python():
+    """__post_init__ validates, so a config built without the parser is checked too."""
+    with pytest.raises(ConfigError, match="per_device_train_batch_size must be >= 1"):
+        Sam2Config(per_device_train_batch_size=0)
+    with pytest.raises(ConfigError, match="eval_strategy: steps needs eval_steps >= 1"):
+        Sam2Config(eval_strategy="steps")
+    with pytest.raises(ConfigError, match="cosine_with_min_lr needs exactly one of min_lr"):
+        Sam2Config(lr_scheduler_type="cosine_with_min_lr")
 
 
 def test_shipped_recipe_yamls_are_valid():

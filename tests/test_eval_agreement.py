@@ -45,10 +45,8 @@ def test_trainer_final_eval_equals_evaluate_sam3_on_final(tmp_path, monkeypatch)
             "--synthetic_image_size", "[80, 80]",
             "--output_dir", str(run),
             "--max_steps", "1",
-            "--batch_size", "2",  # evaluated 2 images a batch; evaluate.py takes 4
+            "--per_device_train_batch_size", "2",  # evaluated 2 images a batch; evaluate.py takes 4
             "--eval_on_start", "false",
-            "--eval_steps", "0",
-            "--save_steps", "0",
             "--log_images", "0",
             "--score_threshold", "0.3",  # not the metrics' 0.5: both sides must apply it
         ]
@@ -96,7 +94,7 @@ def test_trainer_final_eval_equals_evaluate_sam3_on_final(tmp_path, monkeypatch)
     [([], (0, 0.5, False)), (["--seed", "3", "--negative-ratio", "1"], (3, 1.0, False))],
 )
 def test_pair_settings_come_from_the_training_config_unless_given(tmp_path, flags, want):
-    from sam_hf.eval.protocols import EvalSettings, resolve_settings
+    from sam_hf.eval.settings import EvalSettings, resolve_settings
 
     scripts = evaluate_cli.build_parser().parse_args(
         ["sam3", "--model", "m", "--data", "d", *flags]

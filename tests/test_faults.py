@@ -19,7 +19,7 @@ import pytest
 import torch
 from toy_task import ToyModule, ToyTask, final_weights, launch_toy, toy_config
 
-from sam_hf.config.args import ConfigError
+from sam_hf.config import ConfigError
 from sam_hf.training import checkpointing
 from sam_hf.training.checkpointing import CheckpointError, DiskFullError, RunError
 from sam_hf.training.loop import TrainingInterrupted, train
@@ -32,7 +32,7 @@ def cfg_for(out: Path, *extra: str):
         out,
         "--learning_rate",
         "0.05",
-        "--lr_scheduler",
+        "--lr_scheduler_type",
         "cosine",
         "--warmup_steps",
         "2",
@@ -149,7 +149,7 @@ def test_two_trainings_at_once_on_one_folder(tmp_path):
     """Run A trains in a subprocess; run B on the same folder (another seed) is refused at
     once naming A; A ends normally with all its outputs and its own config."""
     out = tmp_path / "run"
-    a = launch_toy(out, "--save_steps", "1", sleep_s=0.2)
+    a = launch_toy(out, "--save_strategy", "steps", "--save_steps", "1", sleep_s=0.2)
     try:
         wait_for_log(out, "step 2 ", a)
         t0 = time.perf_counter()
@@ -174,12 +174,22 @@ def test_two_trainings_at_once_on_one_folder(tmp_path):
 
 def test_resume_with_other_settings_is_refused_unless_allowed(tmp_path):
     out = tmp_path / "run"
-    train(cfg_for(out, "--max_steps", "4", "--save_steps", "2"), ToyTask())
+    train(
+        cfg_for(out, "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2"), ToyTask()
+    )
     before = snapshot(out)
     with pytest.raises(ConfigError) as e:
         train(
             cfg_for(
-                out, "--max_steps", "6", "--resume", "auto", "--seed", "1", "--hflip_prob", "0.5"
+                out,
+                "--max_steps",
+                "6",
+                "--resume_from_checkpoint",
+                "true",
+                "--seed",
+                "1",
+                "--hflip_prob",
+                "0.5",
             ),
             ToyTask(),
         )
@@ -195,8 +205,8 @@ def test_resume_with_other_settings_is_refused_unless_allowed(tmp_path):
             out,
             "--max_steps",
             "6",
-            "--resume",
-            "auto",
+            "--resume_from_checkpoint",
+            "true",
             "--seed",
             "1",
             "--hflip_prob",
@@ -219,13 +229,18 @@ def _truncate(path: Path, keep: float = 0.5) -> None:
 
 
 def test_a_damaged_newest_checkpoint_is_skipped(tmp_path):
-    const = ("--lr_scheduler", "constant")
+    const = ("--lr_scheduler_type", "constant")
     straight = tmp_path / "straight"
     train(cfg_for(straight, "--max_steps", "8", *const), ToyTask())
     out = tmp_path / "run"
-    train(cfg_for(out, "--max_steps", "6", "--save_steps", "2", *const), ToyTask())
+    train(
+        cfg_for(out, "--max_steps", "6", "--save_strategy", "steps", "--save_steps", "2", *const),
+        ToyTask(),
+    )
     _truncate(out / "checkpoints" / "step-6" / "model.safetensors")
-    res = train(cfg_for(out, "--max_steps", "8", "--resume", "auto", *const), ToyTask())
+    res = train(
+        cfg_for(out, "--max_steps", "8", "--resume_from_checkpoint", "true", *const), ToyTask()
+    )
     assert res["train"]["global_step"] == 8
     log = (out / "training.log").read_text()
     assert "skipping damaged checkpoint step-6" in log
@@ -237,12 +252,14 @@ def test_a_damaged_newest_checkpoint_is_skipped(tmp_path):
 
 def test_resume_path_to_a_damaged_checkpoint_names_the_file_and_writes_nothing(tmp_path):
     out = tmp_path / "run"
-    train(cfg_for(out, "--max_steps", "4", "--save_steps", "2"), ToyTask())
+    train(
+        cfg_for(out, "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2"), ToyTask()
+    )
     bad = out / "checkpoints" / "step-4"
     _truncate(bad / "optimizer.bin")
     before = snapshot(out)
     with pytest.raises(CheckpointError) as e:
-        train(cfg_for(out, "--max_steps", "6", "--resume", str(bad)), ToyTask())
+        train(cfg_for(out, "--max_steps", "6", "--resume_from_checkpoint", str(bad)), ToyTask())
     msg = str(e.value)
     assert "\n" not in msg
     assert f"{bad / 'optimizer.bin'} is truncated" in msg
@@ -252,7 +269,9 @@ def test_resume_path_to_a_damaged_checkpoint_names_the_file_and_writes_nothing(t
 
 def test_leftovers_of_killed_saves_are_cleaned_up(tmp_path):
     out = tmp_path / "run"
-    train(cfg_for(out, "--max_steps", "4", "--save_steps", "2"), ToyTask())
+    train(
+        cfg_for(out, "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2"), ToyTask()
+    )
     ck = out / "checkpoints"
     (ck / ".tmp-step-6").mkdir()
     (ck / ".tmp-step-6" / "model.safetensors").write_bytes(b"half")
@@ -260,7 +279,7 @@ def test_leftovers_of_killed_saves_are_cleaned_up(tmp_path):
     (out / ".tmp-final").mkdir()
     os.replace(out / "best", out / ".old-best")  # killed between the two renames of an export
     (out / ".eval_results.json.tmp").write_text("{")
-    res = train(cfg_for(out, "--max_steps", "6", "--resume", "auto"), ToyTask())
+    res = train(cfg_for(out, "--max_steps", "6", "--resume_from_checkpoint", "true"), ToyTask())
     assert res["train"]["global_step"] == 6
     hidden = sorted(p.name for d in (out, ck) for p in d.iterdir() if p.name.startswith("."))
     assert hidden == []
@@ -308,7 +327,7 @@ def test_sigterm_saves_a_checkpoint_and_the_resume_is_exact(tmp_path, monkeypatc
     assert e.value.checkpoint == out / "checkpoints" / "step-4"
     assert "Stopped by SIGTERM at step 4" in (out / "training.log").read_text()
     assert not (out / "final").exists() and not (out / "run.lock").exists()
-    res = train(cfg_for(out, "--max_steps", "9", "--resume", "auto"), ToyTask())
+    res = train(cfg_for(out, "--max_steps", "9", "--resume_from_checkpoint", "true"), ToyTask())
     assert res["train"]["global_step"] == 9
     assert_same_weights(final_weights(straight), final_weights(out))
 
@@ -316,7 +335,7 @@ def test_sigterm_saves_a_checkpoint_and_the_resume_is_exact(tmp_path, monkeypatc
 @pytest.mark.slow  # training subprocesses
 def test_sigterm_to_a_training_process_then_resume_is_bit_exact(tmp_path):
     """SIGTERM to a real training process between checkpoints (only epoch ends save): it
-    saves, prints one line and exits 143; --resume auto ends bit-identical to a run that was
+    saves, prints one line and exits 143; --resume_from_checkpoint true ends bit-identical to a run that was
     never interrupted."""
     ref = launch_toy(tmp_path / "ref")
     out = tmp_path / "run"
@@ -328,7 +347,10 @@ def test_sigterm_to_a_training_process_then_resume_is_bit_exact(tmp_path):
         err = proc.stderr.read().decode()
         assert rc == 143, err[-2000:]
         line = err.strip().splitlines()[-1]
-        assert line.startswith("Stopped by SIGTERM at step ") and "--resume auto" in line
+        assert (
+            line.startswith("Stopped by SIGTERM at step ")
+            and "--resume_from_checkpoint true" in line
+        )
         step = int(line.split("at step ")[1].split(":")[0])
         assert 8 <= step < 12  # not an epoch end (6, 12, ...): the save came from the signal
         assert (out / "checkpoints" / f"step-{step}").is_dir()
@@ -339,7 +361,7 @@ def test_sigterm_to_a_training_process_then_resume_is_bit_exact(tmp_path):
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    resumed = launch_toy(out, "--resume", "auto")
+    resumed = launch_toy(out, "--resume_from_checkpoint", "true")
     assert resumed.wait(timeout=240) == 0, resumed.stderr.read().decode()[-2000:]
     assert_same_weights(final_weights(tmp_path / "ref"), final_weights(out))
 
@@ -367,14 +389,17 @@ def test_disk_full_while_saving_a_checkpoint_says_where_and_how_much(tmp_path, m
     monkeypatch.setattr(Accelerator, "save_state", failing_save)
     out = tmp_path / "run"
     with pytest.raises(DiskFullError) as e:
-        train(cfg_for(out, "--max_steps", "6", "--save_steps", "2"), ToyTask())
+        train(
+            cfg_for(out, "--max_steps", "6", "--save_strategy", "steps", "--save_steps", "2"),
+            ToyTask(),
+        )
     msg = str(e.value)
     prev = out / "checkpoints" / "step-2"
     prev_size = sum(p.stat().st_size for p in prev.rglob("*") if p.is_file())
     assert f"Out of disk space writing checkpoint step-4 to {out / 'checkpoints' / 'step-4'}" in msg
     assert " free there" in msg
     assert f"the previous one ({prev}) takes {checkpointing.fmt_bytes(prev_size)}" in msg
-    assert "--resume auto" in msg and "\n" not in msg
+    assert "--resume_from_checkpoint true" in msg and "\n" not in msg
     assert not (out / "checkpoints" / ".tmp-step-4").exists()  # the partial save is gone
     assert checkpointing.verify_checkpoint(prev) is None
     assert not (out / "run.lock").exists()
@@ -416,8 +441,12 @@ def test_offline_hub_pushes_never_stop_training(tmp_path, monkeypatch):
         out,
         "--max_steps",
         "6",
+        "--save_strategy",
+        "steps",
         "--save_steps",
         "2",
+        "--eval_strategy",
+        "steps",
         "--eval_steps",
         "2",
         "--push_to_hub",
@@ -452,13 +481,17 @@ def test_a_failed_checkpoint_push_is_retried_at_the_next_checkpoint(tmp_path, mo
         if len(attempts) == 1:
             raise ConnectionError("Connection reset by peer")
 
-    monkeypatch.setattr("sam_hf.hub.push_output", flaky_push)
+    monkeypatch.setattr("sam_hf.hub.push.push_output", flaky_push)
     cfg = cfg_for(
         tmp_path / "run",
         "--max_steps",
         "4",
+        "--save_strategy",
+        "steps",
         "--save_steps",
         "2",
+        "--eval_strategy",
+        "steps",
         "--eval_steps",
         "2",
         "--push_to_hub",
@@ -481,7 +514,7 @@ def test_a_failed_checkpoint_push_is_retried_at_the_next_checkpoint(tmp_path, mo
 
 def test_voided_steps_are_made_up_under_max_steps(tmp_path):
     """img3 poisons one window per epoch. max_steps promises optimizer steps: 12 happen (2
-    epochs would give 10). Under num_epochs the epochs are the promise (tests/test_trainer.py)."""
+    epochs would give 10). Under num_train_epochs the epochs are the promise (tests/test_trainer.py)."""
     out = tmp_path / "run"
     res = train(cfg_for(out, "--max_steps", "12"), ToyTask(nan_ids={"img3"}))
     assert res["train"]["global_step"] == 12

@@ -157,7 +157,9 @@ def test_imports_inside_functions_are_optional_dependencies():
                 else:
                     continue
                 for name in names:
-                    if not any(name == d or name.startswith(d + ".") for d in OPTIONAL_DEPENDENCIES):
+                    if not any(
+                        name == d or name.startswith(d + ".") for d in OPTIONAL_DEPENDENCIES
+                    ):
                         wrong.append(f"{mod}:{node.lineno} {fn.name}() imports {name}")
     assert not wrong, "move these imports to the module top:\n" + "\n".join(wrong)
 
@@ -176,7 +178,7 @@ def test_functions_fit_on_a_screen(limit):
 
 def test_files_stay_small():
     big = []
-    for mod, path in modules().items():
+    for path in modules().values():
         n = len(path.read_text().splitlines())
         if n > MAX_FILE_LINES:
             big.append(f"{path.relative_to(PACKAGE.parent)} is {n} lines")

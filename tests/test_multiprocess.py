@@ -29,7 +29,7 @@ def _run(out: Path, nproc: int) -> dict:
         str(HERE / "toy_task.py"),
         "--output_dir",
         str(out),
-        "--batch_size",
+        "--per_device_train_batch_size",
         "2",
         "--max_steps",
         "2",

@@ -1,4 +1,4 @@
-"""``optimizer: adamw_8bit``: bitsandbytes' 8-bit AdamW through the shared trainer.
+"""``optim: adamw_bnb_8bit``: bitsandbytes' 8-bit AdamW through the shared trainer.
 
 Users pick it to cut AdamW's 8 bytes of state per parameter to about 2, so the tests check
 what that choice promises: training still learns, the state really is 8-bit (measured from
@@ -18,7 +18,7 @@ import torch
 from toy_task import ToyModule, ToyTask, final_weights, toy_config
 
 import sam_hf.training.loop as trainer_mod
-from sam_hf.config.args import ConfigError
+from sam_hf.config import ConfigError
 from sam_hf.training.loop import build_optimizer, train
 
 #: bitsandbytes keeps tensors smaller than this (its ``min_8bit_size`` default) in fp32.
@@ -32,11 +32,11 @@ WIDE = {"width": 32, "middle": 1}
 def cfg_for(out: Path, *extra: str):
     return toy_config(
         out,
-        "--optimizer",
-        "adamw_8bit",
+        "--optim",
+        "adamw_bnb_8bit",
         "--learning_rate",
         "0.01",
-        "--lr_scheduler",
+        "--lr_scheduler_type",
         "constant",
         *extra,
     )
@@ -109,7 +109,13 @@ def test_adamw_8bit_state_is_a_quarter_of_adamw(tmp_path, captured_optimizers):
     train(cfg_for(tmp_path / "a8", "--max_steps", "2", "--eval_on_start", "false"), ToyTask(**WIDE))
     train(
         cfg_for(
-            tmp_path / "a32", "--max_steps", "2", "--eval_on_start", "false", "--optimizer", "adamw"
+            tmp_path / "a32",
+            "--max_steps",
+            "2",
+            "--eval_on_start",
+            "false",
+            "--optim",
+            "adamw_torch",
         ),
         ToyTask(**WIDE),
     )
@@ -130,9 +136,15 @@ def test_adamw_8bit_resume_equals_straight_run(tmp_path):
     """
     pytest.importorskip("bitsandbytes")
     train(cfg_for(tmp_path / "a", "--max_steps", "9"), ToyTask(**WIDE))
-    train(cfg_for(tmp_path / "b", "--max_steps", "4", "--save_steps", "4"), ToyTask(**WIDE))
+    train(
+        cfg_for(
+            tmp_path / "b", "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "4"
+        ),
+        ToyTask(**WIDE),
+    )
     resumed = train(
-        cfg_for(tmp_path / "b", "--max_steps", "9", "--resume", "auto"), ToyTask(**WIDE)
+        cfg_for(tmp_path / "b", "--max_steps", "9", "--resume_from_checkpoint", "true"),
+        ToyTask(**WIDE),
     )
     assert resumed["train"]["global_step"] == 9
     a, b = final_weights(tmp_path / "a"), final_weights(tmp_path / "b")
@@ -152,5 +164,5 @@ def test_missing_bitsandbytes_says_how_to_install(tmp_path, monkeypatch):
     # a None entry in sys.modules makes `import bitsandbytes` raise ImportError
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)
     cfg = cfg_for(tmp_path / "x")
-    with pytest.raises(ConfigError, match=r"adamw_8bit needs bitsandbytes.*pip install"):
+    with pytest.raises(ConfigError, match=r"adamw_bnb_8bit needs bitsandbytes.*pip install"):
         build_optimizer(cfg, ToyModule(**WIDE))

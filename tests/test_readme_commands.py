@@ -248,7 +248,9 @@ CASES: list[Case] = [
         "accelerate launch recipes/sam2_mineapple.py --learning_rate 3e-5 --prompt_type box",
         **GUIDE_OFFLINE,
     ),
-    Case("accelerate launch recipes/sam2_mineapple.py --resume auto", **GUIDE_OFFLINE),
+    Case(
+        "accelerate launch recipes/sam2_mineapple.py --resume_from_checkpoint true", **GUIDE_OFFLINE
+    ),
     # --- Data ---
     Case(
         "python scripts/prepare_mineapple.py --source DIR --out OUT [--val-fraction 0.1]",
@@ -308,13 +310,13 @@ CASES: list[Case] = [
     ),
     # --- The demo checkpoints ---
     Case(
-        "python scripts/build_demo_checkpoints.py --family sam2 --max_steps 1500 --save_steps 0",
+        "python scripts/build_demo_checkpoints.py --family sam2 --max_steps 1500",
         "skip",
         reason="pretrains the shipped tiny SAM2 for 1,500 steps: ~3 min on an H100, far longer "
         "on this CPU, beyond the budget of this test",
     ),
     Case(
-        "python scripts/build_demo_checkpoints.py --family sam3 --save_steps 0 --eval_steps 1000",
+        "python scripts/build_demo_checkpoints.py --family sam3 --eval_strategy steps --eval_steps 1000",
         "skip",
         reason="pretrains the shipped tiny SAM3 for 3,000 steps: 9 min on this CPU by the "
         "README's own measure, beyond the budget of this test",

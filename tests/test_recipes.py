@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT / "recipes"))
 import sam2_mineapple  # noqa: E402
 import sam3_coco_text  # noqa: E402
 
-from sam_hf.config.args import ConfigError  # noqa: E402
+from sam_hf.config import ConfigError  # noqa: E402
 
 
 def sam2_args(out: Path, data: Path, *extra: str) -> list[str]:
@@ -39,10 +39,10 @@ def sam2_args(out: Path, data: Path, *extra: str) -> list[str]:
         str(out),
         "--max_steps",
         "4",
-        "--batch_size",
+        "--per_device_train_batch_size",
         "2",
-        "--eval_steps",
-        "0",
+        "--save_strategy",
+        "steps",
         "--save_steps",
         "2",
         "--logging_steps",
@@ -83,10 +83,10 @@ def test_sam2_recipe_outputs_load_with_plain_transformers(sam2_run):
 def test_sam2_resume_equals_straight_run(sam2_run, tmp_path):
     """4 steps straight == 2 steps, a stop, and 2 resumed steps (bit for bit)."""
     root, data, _ = sam2_run
-    const = ["--lr_scheduler", "constant", "--warmup_steps", "0", "--eval_on_start", "false"]
+    const = ["--lr_scheduler_type", "constant", "--warmup_steps", "0", "--eval_on_start", "false"]
     sam2_mineapple.main(sam2_args(tmp_path / "a", data, *const))
     sam2_mineapple.main(sam2_args(tmp_path / "b", data, *const, "--max_steps", "2"))
-    sam2_mineapple.main(sam2_args(tmp_path / "b", data, *const, "--resume", "auto"))
+    sam2_mineapple.main(sam2_args(tmp_path / "b", data, *const, "--resume_from_checkpoint", "true"))
     a = load_file(str(tmp_path / "a" / "final" / "model.safetensors"))
     b = load_file(str(tmp_path / "b" / "final" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -189,12 +189,8 @@ def test_sam3_recipe_outputs_load_with_plain_transformers(tmp_path):
             str(out),
             "--max_steps",
             "2",
-            "--batch_size",
+            "--per_device_train_batch_size",
             "2",
-            "--eval_steps",
-            "0",
-            "--save_steps",
-            "0",
         ]
     )
     for key in (
@@ -222,7 +218,7 @@ def test_a_config_error_prints_once_without_a_traceback(launcher, tmp_path):
     import subprocess
 
     recipe = [str(ROOT / "recipes" / "sam2_mineapple.py"), "--config"]
-    recipe += [str(ROOT / "recipes" / "sam2_demo.yaml"), "--batch_size", "0"]
+    recipe += [str(ROOT / "recipes" / "sam2_demo.yaml"), "--per_device_train_batch_size", "0"]
     recipe += ["--output_dir", str(tmp_path / "run")]
     if launcher == "python":
         cmd, code = [sys.executable, *recipe], 2
@@ -249,7 +245,7 @@ def test_a_mistyped_dataset_path_is_an_error_not_a_new_synthetic_orchard(tmp_pat
         sam2_mineapple.main(argv)
     assert f"python scripts/prepare_mineapple.py --source DIR --out {typo}" in str(err.value)
     assert not typo.exists() and not (tmp_path / "run" / "final").exists()
-    from sam_hf.config.args import Sam2Config, load_config
+    from sam_hf.config import Sam2Config, load_config
 
     explicit = {"dataset_path": str(typo), "synthetic_num_images": "4"}
     assert (

@@ -10,7 +10,7 @@ import pytest
 import torch
 from toy_task import ToyTask
 
-from sam_hf.config.args import ConfigError, Sam2Config, parse_args
+from sam_hf.config import ConfigError, Sam2Config, parse_args
 from sam_hf.training.loop import check_output_dir, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,10 +22,12 @@ def test_resume_loads_nothing_through_pickle(tmp_path, monkeypatch):
     args = [
         "--output_dir",
         str(tmp_path),
-        "--batch_size",
+        "--per_device_train_batch_size",
         "2",
         "--max_steps",
         "3",
+        "--save_strategy",
+        "steps",
         "--save_steps",
         "2",
     ]
@@ -38,7 +40,10 @@ def test_resume_loads_nothing_through_pickle(tmp_path, monkeypatch):
         return real_load(*a, **kw)
 
     monkeypatch.setattr(torch, "load", spy)
-    train(parse_args(Sam2Config, [*args, "--max_steps", "4", "--resume", "auto"]), ToyTask())
+    train(
+        parse_args(Sam2Config, [*args, "--max_steps", "4", "--resume_from_checkpoint", "true"]),
+        ToyTask(),
+    )
     assert calls, "resume loaded no state at all"
     assert all(c is True for c in calls), calls
     ckpt = tmp_path / "checkpoints" / "step-2"

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 from toy_task import ToyTask, final_weights, launch_toy, toy_config
 
-from sam_hf.config.args import ConfigError
+from sam_hf.config import ConfigError
 from sam_hf.training import checkpointing
 from sam_hf.training.loop import check_output_dir, train
 
@@ -24,7 +24,14 @@ HERE = Path(__file__).resolve().parent
 
 def cfg_for(out: Path, *extra: str):
     return toy_config(
-        out, "--learning_rate", "0.05", "--lr_scheduler", "cosine", "--warmup_steps", "2", *extra
+        out,
+        "--learning_rate",
+        "0.05",
+        "--lr_scheduler_type",
+        "cosine",
+        "--warmup_steps",
+        "2",
+        *extra,
     )
 
 
@@ -57,17 +64,31 @@ def test_resume_mid_epoch_equals_straight_run(tmp_path):
     the two parts equals the straight one); the SIGKILL test below covers a real crash.
     """
     straight = train(
-        cfg_for(tmp_path / "a", "--max_steps", "9", "--lr_scheduler", "constant"), ToyTask()
+        cfg_for(tmp_path / "a", "--max_steps", "9", "--lr_scheduler_type", "constant"), ToyTask()
     )
     train(
         cfg_for(
-            tmp_path / "b", "--max_steps", "4", "--save_steps", "4", "--lr_scheduler", "constant"
+            tmp_path / "b",
+            "--max_steps",
+            "4",
+            "--save_strategy",
+            "steps",
+            "--save_steps",
+            "4",
+            "--lr_scheduler_type",
+            "constant",
         ),
         ToyTask(),
     )
     resumed = train(
         cfg_for(
-            tmp_path / "b", "--max_steps", "9", "--resume", "auto", "--lr_scheduler", "constant"
+            tmp_path / "b",
+            "--max_steps",
+            "9",
+            "--resume_from_checkpoint",
+            "true",
+            "--lr_scheduler_type",
+            "constant",
         ),
         ToyTask(),
     )
@@ -76,10 +97,18 @@ def test_resume_mid_epoch_equals_straight_run(tmp_path):
 
 
 def test_gradient_accumulation_matches_bigger_batch(tmp_path):
-    big = cfg_for(tmp_path / "big", "--batch_size", "4", "--max_steps", "3", "--max_grad_norm", "0")
+    big = cfg_for(
+        tmp_path / "big",
+        "--per_device_train_batch_size",
+        "4",
+        "--max_steps",
+        "3",
+        "--max_grad_norm",
+        "0",
+    )
     acc = cfg_for(
         tmp_path / "acc",
-        "--batch_size",
+        "--per_device_train_batch_size",
         "2",
         "--gradient_accumulation_steps",
         "2",
@@ -118,7 +147,7 @@ def test_early_stopping_and_checkpoint_limit(tmp_path):
     # learning rate so small the metric cannot improve after the first eval
     cfg = cfg_for(
         out,
-        "--num_epochs",
+        "--num_train_epochs",
         "10",
         "--learning_rate",
         "1e-12",
@@ -138,13 +167,14 @@ def test_early_stopping_and_checkpoint_limit(tmp_path):
 
 
 def test_plateau_schedule_lowers_the_lr_when_the_metric_stalls(tmp_path):
-    """``lr_scheduler: plateau`` steps on the evaluation metric (never per optimizer step, which
+    """``lr_scheduler_type: reduce_lr_on_plateau`` steps on the evaluation metric (never per optimizer step, which
     crashed at the first step when Accelerate wrapped it) and multiplies the LR by its factor
-    once the metric stops improving for more than ``plateau_patience`` evaluations."""
+    once the metric stops improving for more than ``patience`` evaluations."""
     out = tmp_path / "plateau"
     # an LR so small the metric cannot move: eval 1 sets the best, eval 2 does not improve
-    cfg = cfg_for(out, "--num_epochs", "3", "--learning_rate", "1e-12", "--warmup_steps", "0")
-    cfg.lr_scheduler, cfg.plateau_patience, cfg.plateau_factor = "plateau", 0, 0.5
+    cfg = cfg_for(out, "--num_train_epochs", "3", "--learning_rate", "1e-12", "--warmup_steps", "0")
+    cfg.lr_scheduler_type = "reduce_lr_on_plateau"
+    cfg.lr_scheduler_kwargs = {"patience": 0, "factor": 0.5}
     res = train(cfg, ToyTask())
     assert res["train"]["global_step"] == 3 * 6
     lrs = [
@@ -164,9 +194,9 @@ def test_guide_sam3_accumulation_runs_every_epoch_on_a_split_of_5(tmp_path):
     out = tmp_path / "guide"
     cfg = cfg_for(
         out,
-        "--num_epochs",
+        "--num_train_epochs",
         "30",
-        "--batch_size",
+        "--per_device_train_batch_size",
         "1",
         "--gradient_accumulation_steps",
         "4",
@@ -181,11 +211,13 @@ def test_guide_sam3_accumulation_runs_every_epoch_on_a_split_of_5(tmp_path):
 
 def test_resume_ignores_partial_checkpoint(tmp_path):
     out = tmp_path / "p"
-    train(cfg_for(out, "--max_steps", "4", "--save_steps", "2"), ToyTask())
+    train(
+        cfg_for(out, "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2"), ToyTask()
+    )
     # a crash while writing step-6 leaves only a temporary folder behind
     (out / "checkpoints" / ".tmp-step-6").mkdir()
     (out / "checkpoints" / "step-8").mkdir()  # no completion marker: not a checkpoint
-    assert checkpointing.find_resume_checkpoint(out, "auto").name == "step-4"
+    assert checkpointing.find_resume_checkpoint(out, "true").name == "step-4"
     with pytest.raises(FileNotFoundError, match="not a complete sam_hf checkpoint"):
         checkpointing.find_resume_checkpoint(out, str(out / "checkpoints" / "step-8"))
 
@@ -199,18 +231,20 @@ def test_unwritable_output_dir_fails_before_training(tmp_path):
 
 def test_batch_larger_than_dataset(tmp_path):
     with pytest.raises(ConfigError, match="batch_size 20 is larger than the training split"):
-        train(cfg_for(tmp_path / "x", "--batch_size", "20"), ToyTask())
+        train(cfg_for(tmp_path / "x", "--per_device_train_batch_size", "20"), ToyTask())
 
 
 @pytest.mark.slow  # training subprocesses killed and restarted
 def test_sigkill_at_random_points_then_resume_is_bit_exact(tmp_path):
-    ref = launch_toy(tmp_path / "ref", "--save_steps", "1")
+    ref = launch_toy(tmp_path / "ref", "--save_strategy", "steps", "--save_steps", "1")
     assert ref.wait(timeout=240) == 0, ref.stderr.read().decode()[-2000:]
     out = tmp_path / "killed"
     rng = torch.Generator().manual_seed(0)
     kills = 0
     for _ in range(3):
-        proc = launch_toy(out, "--save_steps", "1", "--resume", "auto")
+        proc = launch_toy(
+            out, "--save_strategy", "steps", "--save_steps", "1", "--resume_from_checkpoint", "true"
+        )
         # wait until this attempt has made progress past a random number of new checkpoints
         start = (
             len(list((out / "checkpoints").glob("step-*"))) if (out / "checkpoints").exists() else 0
@@ -229,7 +263,9 @@ def test_sigkill_at_random_points_then_resume_is_bit_exact(tmp_path):
                 break
             time.sleep(0.02)
         proc.wait(timeout=60)
-    final = launch_toy(out, "--save_steps", "1", "--resume", "auto")
+    final = launch_toy(
+        out, "--save_strategy", "steps", "--save_steps", "1", "--resume_from_checkpoint", "true"
+    )
     assert final.wait(timeout=240) == 0, final.stderr.read().decode()[-2000:]
     assert kills >= 1
     assert_same_weights(final_weights(tmp_path / "ref"), final_weights(out))
@@ -255,12 +291,12 @@ def _launch_recipe(out: Path, data: Path, *extra: str) -> subprocess.Popen:
         str(out),
         "--max_steps",
         "10",
+        "--save_strategy",
+        "steps",
         "--save_steps",
         "1",
-        "--batch_size",
+        "--per_device_train_batch_size",
         "2",
-        "--eval_steps",
-        "0",
         "--eval_on_start",
         "false",
         "--max_objects_per_image",
@@ -278,7 +314,7 @@ def _launch_recipe(out: Path, data: Path, *extra: str) -> subprocess.Popen:
 
 @pytest.mark.slow  # training subprocesses killed and restarted
 def test_sam2_recipe_killed_and_resumed_is_bit_exact(tmp_path):
-    """SIGKILL the real recipe mid-run (twice), resume with --resume auto: final weights equal
+    """SIGKILL the real recipe mid-run (twice), resume with --resume_from_checkpoint true: final weights equal
     an uninterrupted run's, bit for bit."""
     data = tmp_path / "data"
     ref = _launch_recipe(tmp_path / "ref", data)
@@ -286,7 +322,7 @@ def test_sam2_recipe_killed_and_resumed_is_bit_exact(tmp_path):
     out = tmp_path / "killed"
     kills = 0
     for target in (3, 6):
-        proc = _launch_recipe(out, data, "--resume", "auto")
+        proc = _launch_recipe(out, data, "--resume_from_checkpoint", "true")
         deadline = time.time() + 300
         while proc.poll() is None and time.time() < deadline:
             latest = checkpointing.list_checkpoints(out)
@@ -296,7 +332,7 @@ def test_sam2_recipe_killed_and_resumed_is_bit_exact(tmp_path):
                 break
             time.sleep(0.02)
         proc.wait(timeout=60)
-    final = _launch_recipe(out, data, "--resume", "auto")
+    final = _launch_recipe(out, data, "--resume_from_checkpoint", "true")
     assert final.wait(timeout=400) == 0, final.stderr.read().decode()[-2000:]
     assert kills == 2
     a = load_file(str(tmp_path / "ref" / "final" / "model.safetensors"))

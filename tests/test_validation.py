@@ -19,8 +19,7 @@ from huggingface_hub.utils import _http as hf_http
 from scripts_loader import load_script
 from transformers import Sam2Model, Sam3Model
 
-from sam_hf import hub
-from sam_hf.config.args import (
+from sam_hf.config import (
     ConfigError,
     Sam2Config,
     Sam3Config,
@@ -28,7 +27,8 @@ from sam_hf.config.args import (
     parse_args,
     save_config,
 )
-from sam_hf.models import sam2 as sam2_mod
+from sam_hf.hub import push as hub
+from sam_hf.models import loading
 from sam_hf.models.sam2 import build_sam2
 from sam_hf.models.sam3 import build_sam3
 from sam_hf.recipe import cli
@@ -126,7 +126,7 @@ def test_a_local_folder_of_the_other_family_is_refused_by_the_config():
         parse_args(Sam2Config, ["--model_name_or_path", str(CHECKPOINTS / "sam3-tiny-shapes")])
 
 
-# ----------------------------------------------------------------------- YAML and --resume
+# ----------------------------------------------------------------------- YAML and --resume_from_checkpoint
 
 
 @pytest.mark.parametrize(
@@ -156,20 +156,33 @@ def test_a_cli_mapping_that_does_not_parse_is_a_config_error():
 def test_resume_path_that_does_not_exist_lists_the_checkpoints(tmp_path):
     out = tmp_path / "run"
     for step in (20, 100):
-        (out / "checkpoints" / f"step-{step}").mkdir(parents=True)
-    missing = out / "checkpoints" / "step-50"
+        (out / f"checkpoint-{step}").mkdir(parents=True)
+    missing = out / "checkpoint-50"
     with pytest.raises(ConfigError) as e:
-        parse_args(Sam2Config, ["--output_dir", str(out), "--resume", str(missing)])
+        parse_args(Sam2Config, ["--output_dir", str(out), "--resume_from_checkpoint", str(missing)])
     msg = str(e.value)
-    assert msg.startswith(f"resume: {missing} does not exist; checkpoints in {out / 'checkpoints'}")
-    assert msg.index("step-20") < msg.index("step-100")  # by step, not by name
-    assert "--resume auto" in msg
-    with pytest.raises(ConfigError, match=r"there are no checkpoints in .*empty"):
-        parse_args(Sam3Config, ["--output_dir", str(tmp_path / "empty"), "--resume", str(missing)])
-    # an existing path and auto pass (what the path holds is checked when training starts)
-    assert parse_args(Sam2Config, ["--output_dir", str(out), "--resume", "auto"]).resume == "auto"
-    ok = str(out / "checkpoints" / "step-20")
-    assert parse_args(Sam2Config, ["--output_dir", str(out), "--resume", ok]).resume == ok
+    assert msg.startswith(f"resume_from_checkpoint: {missing} does not exist; checkpoints in {out}")
+    assert msg.index("checkpoint-20") < msg.index("checkpoint-100")  # by step, not by name
+    assert "--resume_from_checkpoint true" in msg
+    with pytest.raises(ConfigError, match=r"there are no checkpoint-N folders in .*empty"):
+        parse_args(
+            Sam3Config,
+            ["--output_dir", str(tmp_path / "empty"), "--resume_from_checkpoint", str(missing)],
+        )
+    # an existing path and true pass (what the path holds is checked when training starts)
+    assert (
+        parse_args(
+            Sam2Config, ["--output_dir", str(out), "--resume_from_checkpoint", "true"]
+        ).resume_from_checkpoint
+        == "true"
+    )
+    ok = str(out / "checkpoint-20")
+    assert (
+        parse_args(
+            Sam2Config, ["--output_dir", str(out), "--resume_from_checkpoint", ok]
+        ).resume_from_checkpoint
+        == ok
+    )
 
 
 def _load_recipe(name: str):
@@ -195,7 +208,11 @@ def _load_recipe(name: str):
             "The SAM3 recipe has no model_type: it takes its checkpoint from model_name_or_path",
         ),
         ("sam2_mineapple", ["--learning_rate", "inf"], "learning_rate must be a finite number"),
-        ("sam2_mineapple", ["--resume", "no/such/step-3"], "resume: no/such/step-3 does not"),
+        (
+            "sam2_mineapple",
+            ["--resume_from_checkpoint", "no/such/checkpoint-3"],
+            "resume_from_checkpoint: no/such/checkpoint-3 does not",
+        ),
     ],
 )
 def test_recipes_exit_2_with_one_line(recipe, args, message, capsys):
@@ -367,7 +384,7 @@ def test_hub_failures_are_one_line(family, case, monkeypatch, no_weights):
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     make_exc, expected = HUB_FAILURES[case]
-    monkeypatch.setattr(sam2_mod, "hf_hub_download", _raising(make_exc()))
+    monkeypatch.setattr(loading, "hf_hub_download", _raising(make_exc()))
     with pytest.raises(ConfigError) as e:
         _build(family, "nobody/no-such-model")
     msg = _one_line(e)
@@ -409,7 +426,7 @@ def test_wrong_family_is_refused_before_any_weights(
     assert msg.startswith(f"{local} holds a {model_type!r} model, not {family.upper()}"), msg
     assert expected in msg
     # the same config.json behind a Hub id: only config.json is fetched, then refused
-    monkeypatch.setattr(sam2_mod, "hf_hub_download", lambda *a, **k: str(local / "config.json"))
+    monkeypatch.setattr(loading, "hf_hub_download", lambda *a, **k: str(local / "config.json"))
     with pytest.raises(ConfigError, match="not SAM"):
         _build(family, "someone/other-model")
 

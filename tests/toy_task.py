@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from sam_hf.config.args import Sam2Config, parse_args
+from sam_hf.config import Sam2Config, parse_args
 from sam_hf.data.transforms import sample_seed
 
 
@@ -29,9 +29,9 @@ def toy_config(out: Path, *extra: str) -> Sam2Config:
         [
             "--output_dir",
             str(out),
-            "--batch_size",
+            "--per_device_train_batch_size",
             "2",
-            "--num_epochs",
+            "--num_train_epochs",
             "2",
             "--logging_steps",
             "1",
@@ -186,7 +186,7 @@ def launch_toy(out: Path, *extra: str, sleep_s: float = 0.0) -> subprocess.Popen
     args = [
         "--output_dir",
         str(out),
-        "--batch_size",
+        "--per_device_train_batch_size",
         "2",
         "--learning_rate",
         "0.05",
@@ -194,7 +194,7 @@ def launch_toy(out: Path, *extra: str, sleep_s: float = 0.0) -> subprocess.Popen
         "24",
         "--save_total_limit",
         "3",
-        "--lr_scheduler",
+        "--lr_scheduler_type",
         "cosine",
         "--warmup_steps",
         "3",

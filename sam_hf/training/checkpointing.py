@@ -5,7 +5,7 @@ A checkpoint is written into ``checkpoints/.tmp-step-N`` and renamed to ``checkp
 only when complete (a rename is atomic on one filesystem); ``checkpoints/latest`` is a small
 text file replaced atomically after the rename. A run killed at any instant therefore leaves
 either the previous complete checkpoint or the new one, never a half-written one that
-``--resume auto`` would pick. Each checkpoint also holds the resolved config of the run that
+``--resume_from_checkpoint true`` would pick. Each checkpoint also holds the resolved config of the run that
 wrote it (``training_config.yaml``) and the size of every file (``manifest.json``), so a resume
 can refuse a checkpoint of another configuration and skip one that was damaged afterwards
 (truncated by a copy, a full disk, a broken filesystem) instead of failing deep inside
@@ -34,7 +34,8 @@ from typing import Any
 
 import yaml
 
-from sam_hf.config.args import ConfigError
+from sam_hf.config import ConfigError
+from sam_hf.config.validate import resume_is_latest
 
 logger = logging.getLogger(__name__)
 
@@ -54,22 +55,24 @@ DAMAGED_SUFFIX = ".damaged"
 #: weights of the steps already planned. Every other key (seed, model, data, resolution, prompt
 #: simulation, queries, loss weights, optimizer and schedule, batch size and accumulation, the
 #: metric that picks best/) changes results, so a checkpoint saved under another value is not
-#: "this run" and ``--resume`` refuses it unless ``resume_ignore_config_mismatch`` is true. The
+#: "this run" and ``--resume_from_checkpoint`` refuses it unless ``resume_ignore_config_mismatch`` is true. The
 #: optimizer's own hyper-parameters are included although load_state restores them: a changed
 #: --learning_rate would otherwise be silently ignored.
 RESUME_FREE_KEYS = frozenset(
     {
         "output_dir",  # the same run may have been moved
-        "resume",
+        "resume_from_checkpoint",
         "resume_ignore_config_mismatch",
         "init_from",  # excluded with resume anyway
-        "num_epochs",  # extending (or shortening) a run is what resume is for
+        "num_train_epochs",  # extending (or shortening) a run is what resume is for
         "max_steps",
         "early_stopping_patience",  # a stopping rule, like max_steps
         "eval_steps",  # evaluation/checkpoint cadence and logging: no effect on the weights
         "eval_on_start",
-        "eval_each_epoch",
-        "eval_batch_size",
+        "eval_strategy",
+        "save_strategy",
+        "load_best_model_at_end",
+        "per_device_eval_batch_size",
         "save_steps",
         "save_total_limit",
         "logging_steps",
@@ -80,10 +83,10 @@ RESUME_FREE_KEYS = frozenset(
         "wandb_project",
         "push_to_hub",
         "hub_model_id",
-        "hub_private",
+        "hub_private_repo",
         "hub_strategy",
-        "num_workers",  # speed only: samples are seeded per (seed, epoch, index)
-        "pin_memory",
+        "dataloader_num_workers",  # speed only: samples are seeded per (seed, epoch, index)
+        "dataloader_pin_memory",
         "cache_embeddings",  # cached and uncached training are bit-identical (tests/test_cache*)
         "gradient_checkpointing",  # recomputes the same activations
         # how a missing dataset_path would be generated: dataset_path itself is compared
@@ -131,15 +134,16 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
 
 
 def find_resume_checkpoint(output_dir: str | os.PathLike, resume: str) -> Path | None:
-    """Resolve ``--resume``: ``auto`` -> newest complete checkpoint (or None), else a path."""
-    if resume == "auto":
+    """Resolve ``--resume_from_checkpoint``: ``true`` -> newest complete checkpoint (or None),
+    else a path."""
+    if resume_is_latest(resume):
         ckpts = list_checkpoints(output_dir)
         return ckpts[-1] if ckpts else None
     path = Path(resume)
     if not (path / COMPLETE_MARK).is_file():
         raise FileNotFoundError(
-            f"--resume {resume}: not a complete sam_hf checkpoint (no {COMPLETE_MARK} inside). "
-            f"Use --resume auto or one of {[str(p) for p in list_checkpoints(output_dir)]}."
+            f"--resume_from_checkpoint {resume}: not a complete sam_hf checkpoint (no {COMPLETE_MARK} inside). "
+            f"Use --resume_from_checkpoint true or one of {[str(p) for p in list_checkpoints(output_dir)]}."
         )
     return path
 
@@ -224,15 +228,15 @@ def verify_checkpoint(path: str | os.PathLike) -> str | None:
 def select_resume_checkpoint(
     output_dir: str | os.PathLike, resume: str
 ) -> tuple[Path | None, list[str], list[Path]]:
-    """The checkpoint ``--resume`` continues from (verified), warnings, and the damaged
+    """The checkpoint ``--resume_from_checkpoint`` continues from (verified), warnings, and the damaged
     checkpoints that were skipped.
 
-    ``auto``: the newest *intact* checkpoint (damaged newer ones are skipped, each with a
+    ``true``: the newest *intact* checkpoint (damaged newer ones are skipped, each with a
     warning naming the file), ``None`` when there is no checkpoint at all; every checkpoint
     damaged is an error (starting fresh would overwrite them). A path: that checkpoint, or an
     error naming the damaged file. Reads only.
     """
-    if resume == "auto":
+    if resume_is_latest(resume):
         notes: list[str] = []
         damaged: list[Path] = []
         for ckpt in reversed(list_checkpoints(output_dir)):
@@ -241,12 +245,12 @@ def select_resume_checkpoint(
                 return ckpt, notes, damaged
             damaged.append(ckpt)
             notes.append(
-                f"--resume auto: skipping damaged checkpoint {ckpt.name} ({problem}); it is "
+                f"--resume_from_checkpoint true: skipping damaged checkpoint {ckpt.name} ({problem}); it is "
                 f"kept as {ckpt.name}{DAMAGED_SUFFIX}."
             )
         if damaged:
             raise CheckpointError(
-                f"--resume auto: every checkpoint in {Path(output_dir) / CKPT_DIR} is damaged "
+                f"--resume_from_checkpoint true: every checkpoint in {Path(output_dir) / CKPT_DIR} is damaged "
                 f"(newest: {verify_checkpoint(damaged[0])}); nothing to resume from."
             )
         return None, notes, damaged
@@ -259,16 +263,16 @@ def select_resume_checkpoint(
     if problem:
         older = [str(p) for p in list_checkpoints(path.parent.parent) if p != path]
         raise CheckpointError(
-            f"--resume {resume}: {problem}. Resume from another checkpoint"
+            f"--resume_from_checkpoint {resume}: {problem}. Resume from another checkpoint"
             + (f" ({', '.join(older)})" if older else "")
-            + " or with --resume auto, which skips damaged ones."
+            + " or with --resume_from_checkpoint true, which skips damaged ones."
         )
     return path, [], []
 
 
 def set_aside_damaged(ckpts: list[Path]) -> None:
     """Rename skipped damaged checkpoints to ``step-N.damaged``: kept for inspection, but no
-    longer candidates for ``--resume auto`` or counted by ``save_total_limit``."""
+    longer candidates for ``--resume_from_checkpoint true`` or counted by ``save_total_limit``."""
     for c in ckpts:
         target = c.with_name(c.name + DAMAGED_SUFFIX)
         if target.exists():
@@ -306,7 +310,9 @@ def check_resume_config(ckpt: Path, current: dict, resume: str, ignore: bool) ->
     them; with ``ignore`` return the same list as a warning instead."""
     saved, source = saved_config(ckpt)
     if saved is None:
-        return [f"--resume {resume}: {ckpt} has no saved config; its settings are not checked."]
+        return [
+            f"--resume_from_checkpoint {resume}: {ckpt} has no saved config; its settings are not checked."
+        ]
     diffs = config_differences(saved, current)
     if not diffs:
         return []
@@ -315,11 +321,11 @@ def check_resume_config(ckpt: Path, current: dict, resume: str, ignore: bool) ->
     )
     if ignore:
         return [
-            f"--resume {resume}: {ckpt} was trained with other settings ({listed}); resuming "
+            f"--resume_from_checkpoint {resume}: {ckpt} was trained with other settings ({listed}); resuming "
             "anyway (resume_ignore_config_mismatch)."
         ]
     raise ConfigError(
-        f"--resume {resume}: checkpoint {ckpt} was trained with other settings (from {source}): "
+        f"--resume_from_checkpoint {resume}: checkpoint {ckpt} was trained with other settings (from {source}): "
         f"{listed}. Resuming would not continue that run. Use the checkpoint's values, another "
         "--output_dir, or --resume_ignore_config_mismatch true to resume anyway."
     )
@@ -384,7 +390,7 @@ def disk_full_error(
     return DiskFullError(
         f"Out of disk space writing {what} to {target}: {free} free there, {need} "
         f"({first_line[:160]}). Free space or choose another --output_dir (lower "
-        "save_total_limit to keep fewer checkpoints), then continue with --resume auto: the "
+        "save_total_limit to keep fewer checkpoints), then continue with --resume_from_checkpoint true: the "
         "last complete checkpoint is intact."
     )
 
@@ -469,7 +475,7 @@ def load_checkpoint(accelerator: Any, path: str | os.PathLike) -> dict:
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise CheckpointError(
             f"Could not load checkpoint {path}: {e.__class__.__name__}: {first[:300]}. "
-            "Resume from an older checkpoint (--resume PATH)."
+            "Resume from an older checkpoint (--resume_from_checkpoint PATH)."
         ) from e
     state = json.loads((Path(path) / COMPLETE_MARK).read_text())
     return state

@@ -11,7 +11,7 @@ checkpoint only needs the model, optimizer, scheduler, RNG states (``save_state`
 micro-batches of the current epoch were consumed; resuming skips exactly those.
 
 Faults (see ``sam_hf.training.checkpointing``): a run holds ``output_dir/run.lock`` for its whole life;
-``--resume`` checks the checkpoint's integrity and config before anything is written; SIGTERM
+``--resume_from_checkpoint`` checks the checkpoint's integrity and config before anything is written; SIGTERM
 saves a checkpoint and stops (:class:`TrainingInterrupted`, exit 143 in the recipes); a full
 disk while saving is a :class:`~sam_hf.training.checkpointing.DiskFullError` naming path and sizes; a
 failed Hub push during training is logged and retried and never stops training.
@@ -40,8 +40,10 @@ from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import broadcast_object_list, set_seed
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
+from transformers import get_scheduler
 
-from sam_hf.config.args import ConfigError, save_config, to_dict
+from sam_hf.config import ConfigError, save_config, to_dict
+from sam_hf.config.precision import mixed_precision
 from sam_hf.training import checkpointing
 from sam_hf.training.checkpointing import RunError
 
@@ -71,7 +73,9 @@ class TrainingInterrupted(Exception):
             if checkpoint is not None
             else "no optimizer step had been taken, nothing to save"
         )
-        super().__init__(f"Stopped by {name} at step {step}: {saved}. Continue with --resume auto.")
+        super().__init__(
+            f"Stopped by {name} at step {step}: {saved}. Continue with --resume_from_checkpoint true."
+        )
 
 
 class StopRequest:
@@ -207,7 +211,8 @@ def build_accelerator(cfg: Any) -> Accelerator:
     trackers = [t for t in cfg.report_to if t != "none"]
     return Accelerator(
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        mixed_precision=cfg.mixed_precision,
+        # Unset bf16/fp16 leave the choice to `accelerate launch` / `accelerate config`.
+        mixed_precision=mixed_precision(cfg),
         log_with=trackers or None,
         project_dir=cfg.output_dir,
         # SAM2's mask-prompt embedding and SAM3's geometry encoder get no gradient in steps
@@ -216,7 +221,6 @@ def build_accelerator(cfg: Any) -> Accelerator:
         # The schedule counts optimizer steps of this run; Accelerate's default would step
         # it num_processes times per optimizer step (finishing a cosine early on N ranks).
         step_scheduler_with_optimizer=False,
-        cpu=not torch.cuda.is_available(),
     )
 
 
@@ -309,7 +313,7 @@ def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 def build_optimizer(cfg: Any, module: torch.nn.Module) -> torch.optim.Optimizer:
     """AdamW over the trainable parameters (frozen ones get no state), or bitsandbytes' 8-bit
-    AdamW for ``optimizer: adamw_8bit``.
+    AdamW for ``optim: adamw_bnb_8bit``.
 
     The 8-bit variant keeps both moments of every tensor with >= 4096 elements as one byte per
     element plus an fp32 scale per 256-element block (~2 bytes/param instead of AdamW's 8);
@@ -319,7 +323,7 @@ def build_optimizer(cfg: Any, module: torch.nn.Module) -> torch.optim.Optimizer:
     if not any(g["params"] for g in groups):
         raise ConfigError("Every parameter is frozen: unfreeze a part or enable LoRA.")
     kw = dict(lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon)
-    if cfg.optimizer == "adamw_8bit":
+    if cfg.optim == "adamw_bnb_8bit":
         # Its CPU backend warns at import about an optional 4-bit matmul kernel package that
         # the optimizer never uses; keep that misleading "pip install kernels" out of the log.
         logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
@@ -327,39 +331,44 @@ def build_optimizer(cfg: Any, module: torch.nn.Module) -> torch.optim.Optimizer:
             import bitsandbytes as bnb
         except ImportError as e:
             raise ConfigError(
-                "optimizer adamw_8bit needs bitsandbytes: `pip install 'bitsandbytes>=0.50.2'` "
-                "(or set optimizer: adamw)."
+                "optim adamw_bnb_8bit needs bitsandbytes: `pip install 'bitsandbytes>=0.50.2'` "
+                "(or set optim: adamw_torch)."
             ) from e
         return bnb.optim.AdamW8bit(groups, **kw)
     return torch.optim.AdamW(groups, **kw)
 
 
-def build_scheduler(
-    cfg: Any, optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int
-) -> Any:
-    """Linear warmup then cosine/linear decay to ``min_lr_ratio`` (or constant / plateau)."""
-    if cfg.lr_scheduler == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer,
-            mode="max" if cfg.greater_is_better else "min",
-            factor=cfg.plateau_factor,
-            patience=cfg.plateau_patience,
-        )
-    warmup = cfg.warmup_steps or int(round(cfg.warmup_epochs * steps_per_epoch))
-    warmup = min(warmup, max(total_steps - 1, 0))
-    floor = cfg.min_lr_ratio
+def warmup_steps(cfg: Any, total_steps: int) -> int:
+    """TrainingArguments' ``warmup_steps``: a whole number of steps, or a fraction in (0, 1)
+    of all optimizer steps (rounded up, as transformers does)."""
+    w = cfg.warmup_steps
+    steps = math.ceil(w * total_steps) if 0 < w < 1 else int(w)
+    return min(steps, max(total_steps - 1, 0))
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        if cfg.lr_scheduler == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-        if cfg.lr_scheduler == "linear":
-            return floor + (1 - floor) * (1 - progress)
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+def build_scheduler(cfg: Any, optimizer: torch.optim.Optimizer, total_steps: int) -> Any:
+    """``transformers.get_scheduler`` with the config's type, warmup and kwargs.
+
+    ``reduce_lr_on_plateau`` watches ``metric_for_best_model``, so its ``mode`` follows
+    ``greater_is_better`` unless given (torch's default "min" would cut the LR whenever the
+    IoU *improves*).
+    """
+    kwargs = dict(cfg.lr_scheduler_kwargs)
+    if cfg.lr_scheduler_type == "reduce_lr_on_plateau":
+        kwargs.setdefault("mode", "max" if cfg.greater_is_better else "min")
+    return get_scheduler(
+        cfg.lr_scheduler_type,
+        optimizer,
+        num_warmup_steps=warmup_steps(cfg, total_steps),
+        num_training_steps=total_steps,
+        scheduler_specific_kwargs=kwargs,
+    )
+
+
+def every(cfg: Any, kind: str, step: int) -> bool:
+    """Whether ``step`` is an ``eval``/``save`` step under ``<kind>_strategy: steps``."""
+    n = getattr(cfg, f"{kind}_steps")
+    return getattr(cfg, f"{kind}_strategy") == "steps" and bool(n) and step % n == 0
 
 
 def is_plateau(scheduler: Any) -> bool:
@@ -570,15 +579,17 @@ def on_main_process(accelerator: Accelerator, fn: Callable[[], Any]) -> Any:
 
 
 def check_resume(cfg: Any) -> tuple[Path | None, list[str], list[Path]]:
-    """What ``--resume`` continues from, checked before anything is written: the newest intact
+    """What ``--resume_from_checkpoint`` continues from, checked before anything is written: the newest intact
     checkpoint (or the given one, intact), trained with the same result-changing settings.
     Returns the checkpoint (None: start fresh), warnings, and damaged checkpoints skipped."""
-    if not cfg.resume:
+    if not cfg.resume_from_checkpoint:
         return None, [], []
-    path, notes, damaged = checkpointing.select_resume_checkpoint(cfg.output_dir, cfg.resume)
+    path, notes, damaged = checkpointing.select_resume_checkpoint(
+        cfg.output_dir, cfg.resume_from_checkpoint
+    )
     if path is not None:
         notes += checkpointing.check_resume_config(
-            path, to_dict(cfg), cfg.resume, cfg.resume_ignore_config_mismatch
+            path, to_dict(cfg), cfg.resume_from_checkpoint, cfg.resume_ignore_config_mismatch
         )
     return path, notes, damaged
 
@@ -587,13 +598,18 @@ def train(cfg: Any, task: Task) -> dict:
     """Run a whole fine-tune as configured; returns ``eval_results`` (also written to disk).
 
     Before anything is written to ``output_dir`` the run takes its lock (a second run on the
-    folder is refused, naming the first) and checks what ``--resume`` continues from; only
+    folder is refused, naming the first) and checks what ``--resume_from_checkpoint`` continues from; only
     then do ``training.log``, ``config.yaml`` and the rest appear. Raises
     :class:`TrainingInterrupted` after saving a checkpoint when SIGTERM arrives.
     """
     check_output_dir(cfg.output_dir)
     check_trackers(cfg)
     accelerator = build_accelerator(cfg)
+    # The saved config records the precision the run used, also when the launcher chose it.
+    cfg.bf16, cfg.fp16 = (
+        accelerator.mixed_precision == "bf16",
+        accelerator.mixed_precision == "fp16",
+    )
     with run_logging(accelerator, cfg.output_dir) as open_log_file:
         lock = on_main_process(accelerator, lambda: checkpointing.acquire_run_lock(cfg.output_dir))
         try:
@@ -647,42 +663,44 @@ def _run(
         task.prepare_data(cfg)
     module, processor = task.build_model(cfg)  # init_from and LoRA are applied inside
     train_ds, eval_ds = task.build_datasets(cfg, processor)
-    if cfg.batch_size > len(train_ds):
+    if cfg.per_device_train_batch_size > len(train_ds):
         raise ConfigError(
-            f"batch_size {cfg.batch_size} is larger than the training split ({len(train_ds)} "
+            f"batch_size {cfg.per_device_train_batch_size} is larger than the training split ({len(train_ds)} "
             "images); lower batch_size or add data."
         )
 
     sampler = EpochShuffleSampler(len(train_ds), cfg.seed)
     train_dl = DataLoader(
         train_ds,
-        batch_size=cfg.batch_size,
+        batch_size=cfg.per_device_train_batch_size,
         sampler=sampler,
         collate_fn=task.collator(cfg, train=True),
-        num_workers=cfg.num_workers,
-        pin_memory=cfg.pin_memory,
+        num_workers=cfg.dataloader_num_workers,
+        pin_memory=cfg.dataloader_pin_memory,
         drop_last=False,
     )
     eval_dl = DataLoader(
         eval_ds,
-        batch_size=cfg.eval_batch_size or cfg.batch_size,
+        batch_size=cfg.per_device_eval_batch_size or cfg.per_device_train_batch_size,
         shuffle=False,
         collate_fn=task.collator(cfg, train=False),
-        num_workers=cfg.num_workers,
-        pin_memory=cfg.pin_memory,
+        num_workers=cfg.dataloader_num_workers,
+        pin_memory=cfg.dataloader_pin_memory,
     )
 
     optimizer = build_optimizer(cfg, module)
-    micro_per_epoch = math.ceil(len(train_ds) / (cfg.batch_size * accelerator.num_processes))
+    micro_per_epoch = math.ceil(
+        len(train_ds) / (cfg.per_device_train_batch_size * accelerator.num_processes)
+    )
     # Accelerate also steps on the last, shorter accumulation window of an epoch.
     steps_per_epoch = math.ceil(micro_per_epoch / cfg.gradient_accumulation_steps)
     if cfg.max_steps > 0:
         total_steps = cfg.max_steps
-        num_epochs = math.ceil(total_steps / steps_per_epoch)
+        num_train_epochs = math.ceil(total_steps / steps_per_epoch)
     else:
-        num_epochs = cfg.num_epochs
-        total_steps = num_epochs * steps_per_epoch
-    scheduler = build_scheduler(cfg, optimizer, total_steps, steps_per_epoch)
+        num_train_epochs = cfg.num_train_epochs
+        total_steps = num_train_epochs * steps_per_epoch
+    scheduler = build_scheduler(cfg, optimizer, total_steps)
     module, optimizer, train_dl, eval_dl, scheduler = accelerator.prepare(
         module, optimizer, train_dl, eval_dl, scheduler
     )
@@ -700,8 +718,11 @@ def _run(
             state.epoch,
             state.batches_in_epoch,
         )
-    elif cfg.resume:
-        logger.info("--resume auto: no complete checkpoint in %s, starting fresh.", cfg.output_dir)
+    elif cfg.resume_from_checkpoint:
+        logger.info(
+            "--resume_from_checkpoint true: no complete checkpoint in %s, starting fresh.",
+            cfg.output_dir,
+        )
 
     trackers = [t for t in cfg.report_to if t != "none"]
     if trackers:
@@ -713,7 +734,9 @@ def _run(
 
     results_path = out_dir / "eval_results.json"
     results: dict = (
-        json.loads(results_path.read_text()) if (cfg.resume and results_path.is_file()) else {}
+        json.loads(results_path.read_text())
+        if (cfg.resume_from_checkpoint and results_path.is_file())
+        else {}
     )
     if cfg.eval_on_start and "initial" not in results:
         results["initial"] = evaluate(accelerator, module, eval_dl, task)
@@ -803,9 +826,9 @@ def _run(
     if stop_requested():
         stop_now()
     # max_steps promises optimizer steps: steps voided by a non-finite loss are made up with
-    # more batches (epochs run on past num_epochs' estimate); num_epochs promises epochs.
+    # more batches (epochs run on past num_train_epochs' estimate); num_train_epochs promises epochs.
     for epoch in itertools.count(state.epoch):
-        if stop or (cfg.max_steps <= 0 and epoch >= num_epochs):
+        if stop or (cfg.max_steps <= 0 and epoch >= num_train_epochs):
             break
         state.epoch = epoch
         skip = state.batches_in_epoch
@@ -870,10 +893,10 @@ def _run(
                 accelerator.log(log, step=state.global_step)
                 logger.info("step %d %s", state.global_step, _fmt(log))
             done = state.global_step >= total_steps
-            if cfg.eval_steps and state.global_step % cfg.eval_steps == 0 and not done:
+            if every(cfg, "eval", state.global_step) and not done:
                 run_eval()
                 stop = stop or stop_early(cfg, state)
-            if cfg.save_steps and state.global_step % cfg.save_steps == 0:
+            if every(cfg, "save", state.global_step):
                 checkpoint()
             if stats["stop"]:
                 stop_now()
@@ -885,8 +908,9 @@ def _run(
             # a full epoch: evaluate and checkpoint at its end
             stop = state.global_step >= total_steps
             state.epoch, state.batches_in_epoch = epoch + 1, 0
-            if cfg.eval_each_epoch:
+            if cfg.eval_strategy == "epoch":
                 run_eval()
+            if cfg.save_strategy == "epoch":
                 checkpoint()
             stop = stop or stop_early(cfg, state)
             if stop_requested():
@@ -906,7 +930,7 @@ def _run(
                 "%d optimizer steps were voided by non-finite losses: the %d epochs ran %d "
                 "optimizer steps instead of %d (set max_steps to have them made up).",
                 state.nonfinite_total,
-                num_epochs,
+                num_train_epochs,
                 state.global_step,
                 total_steps,
             )
@@ -978,7 +1002,8 @@ class HubPushes:
         return ok
 
     def _push(self, subdir: str, step: int, final: bool) -> bool:
-        from sam_hf.hub import describe_push_failure, first_line, push_error_kind, push_output
+        from sam_hf.hub.push import describe_push_failure, push_error_kind, push_output
+        from sam_hf.models.loading import first_line
 
         if self.given_up and not final:
             return False
@@ -987,7 +1012,7 @@ class HubPushes:
                 push_output(
                     self.cfg.output_dir,
                     self.cfg.hub_model_id,
-                    self.cfg.hub_private,
+                    self.cfg.hub_private_repo,
                     cfg=self.cfg,
                     family=self.task.family,
                     model_subdir=subdir,
