@@ -52,6 +52,12 @@ COMPANIONS: dict[tuple[str, Any], dict[str, Any]] = {
     ("cache_embeddings", "true"): {"color_jitter": 0.0, "freeze_image_encoder": True},
     ("merge_lora", True): {"use_lora": True},
     ("lora_target_groups", None): {"use_lora": True},
+    # the base schedule evaluates and saves every step; other strategies take no *_steps
+    ("eval_strategy", "epoch"): {"eval_steps": None},
+    ("eval_strategy", "no"): {"eval_steps": None},
+    ("save_strategy", "epoch"): {"save_steps": None},
+    ("save_strategy", "no"): {"save_steps": None},
+    ("lr_scheduler_type", "cosine_with_min_lr"): {"lr_scheduler_kwargs": {"min_lr_rate": 0.1}},
 }
 SAM3_COMPANIONS: dict[tuple[str, Any], dict[str, Any]] = {
     ("cache_embeddings", "true"): {"color_jitter": 0.0, "freeze_vision_encoder": True},
@@ -81,6 +87,9 @@ def _bool_or_literal_choices(config_cls: type, yaml_path: Path) -> dict[str, lis
         elif tp is bool:
             # the demo YAML's own value runs in every other case
             out[f.name] = [not getattr(resolved, f.name)]
+        elif set(typing.get_args(tp)) == {bool, type(None)}:
+            # unset (None) defers to accelerate and runs in every other case
+            out[f.name] = [True, False]
     return out
 
 
