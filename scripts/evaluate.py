@@ -36,15 +36,11 @@ from pathlib import Path
 
 import torch
 
-from sam_hf.eval.protocols import (
-    SAM2_PROMPTS,
-    EvalSettings,
-    EvaluationError,
-    ModelSpec,
-    run_evaluation,
-    select_images,
-)
+from sam_hf.eval.data import load_split, select_images
 from sam_hf.eval.report import write_report
+from sam_hf.eval.run import ModelSpec, run_evaluation
+from sam_hf.eval.settings import SAM2_PROMPTS, EvalSettings
+from sam_hf.eval.sources import EvaluationError
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -235,13 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     except (EvaluationError, OSError, ValueError) as e:  # noqa: B014 - messages, not tracebacks
         print(f"error: {e}", file=sys.stderr)
         return 2
-    # 3. Tables, plots and overlays.
-    import datasets
-
-    dd = datasets.load_from_disk(args.data)
-    ds = select_images(
-        dd[args.split] if isinstance(dd, datasets.DatasetDict) else dd, ev.settings.max_images
-    )
+    # 3. Tables, plots and overlays (of the images every model saw).
+    ds = select_images(load_split(args.data, args.split)[0], ev.settings.max_images)
     written = write_report(ev, ds, args.out)
     print(f"wrote {len(written)} files to {args.out}:")
     for p in written:

@@ -68,15 +68,8 @@ from sam_hf.data import rle
 from sam_hf.data.images import ImageReadError, load_image
 from sam_hf.data.overlays import instance_colors, overlay_masks
 from sam_hf.data.queries import normalize_phrase
-from sam_hf.eval.protocols import (
-    EvaluationError,
-    LoadedModel,
-    load_model,
-    resolve_source,
-    sam2_decode,
-    to_model_coords,
-    upsample_masks,
-)
+from sam_hf.eval.sam2 import sam2_decode, to_model_coords, upsample_masks
+from sam_hf.eval.sources import EvaluationError, LoadedModel, load_model, resolve_source
 
 logger = logging.getLogger("sam_hf")
 

@@ -17,6 +17,7 @@ import pytest
 import yaml
 from scripts_loader import load_script
 
+from sam_hf.eval.settings import EvalSettings, resolve_settings
 from sam_hf.tasks.core import Sam3Task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,8 +95,6 @@ def test_trainer_final_eval_equals_evaluate_sam3_on_final(tmp_path, monkeypatch)
     [([], (0, 0.5, False)), (["--seed", "3", "--negative-ratio", "1"], (3, 1.0, False))],
 )
 def test_pair_settings_come_from_the_training_config_unless_given(tmp_path, flags, want):
-    from sam_hf.eval.settings import EvalSettings, resolve_settings
-
     scripts = evaluate_cli.build_parser().parse_args(
         ["sam3", "--model", "m", "--data", "d", *flags]
     )

@@ -1,4 +1,4 @@
-"""scripts/evaluate.py and sam_hf.eval.protocols / sam_hf.eval.report on tiny random models.
+"""scripts/evaluate.py and sam_hf.eval (protocols, report, run curves) on tiny random models.
 
 The central check recomputes the report's numbers independently: the saved models are loaded
 with plain ``from_pretrained``, run through the training wrappers' own ``predict`` on collator
@@ -24,17 +24,15 @@ from sam_hf.data import rle
 from sam_hf.data.prompts import sample_correction_clicks
 from sam_hf.data.sources.coco import convert_coco_text
 from sam_hf.data.synthetic.orchard import make_synthetic_orchard
-from sam_hf.eval.protocols import (
-    EvaluationError,
+from sam_hf.eval.run_curves import log_history, plot_run, read_trainer_state
+from sam_hf.eval.sam2 import (
     click_summary,
     correction_click,
     from_model_coords,
-    load_model,
     number_of_clicks,
-    resolve_source,
     to_model_coords,
 )
-from sam_hf.eval.report import parse_training_log, plot_run
+from sam_hf.eval.sources import EvaluationError, load_model, resolve_source
 from sam_hf.metrics.matching import remap_scores
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -486,35 +484,62 @@ def test_default_outputs_are_untracked_and_readme_commands_name_the_demo_data():
 
 # ------------------------------------------------------------------------------- run curves
 
-LOG = """\
-2026-01-01 10:00:00,000 INFO Resolved config:
-2026-01-01 10:00:01,000 INFO Initial eval: mean_iou=0.1 mean_dice=0.2 num_objects=10
-2026-01-01 10:00:02,000 INFO step 1 train/loss=2.5 train/loss_focal=0.5 train/lr=1e-05
-2026-01-01 10:00:03,000 INFO step 10 train/loss=1.5 train/loss_focal=0.25 train/lr=0.0001
-2026-01-01 10:00:04,000 INFO Eval at step 10: mean_iou=0.3 mean_dice=0.4 num_objects=10
-2026-01-01 10:00:05,000 INFO step 20 train/loss=nan train/loss_focal=0.2 train/lr=5e-05
-2026-01-01 10:00:06,000 INFO Resumed from checkpoints/step-10: step 10, epoch 1, 0 batches into it.
-2026-01-01 10:00:07,000 INFO step 20 train/loss=1.0 train/loss_focal=0.2 train/lr=5e-05
-2026-01-01 10:00:08,000 INFO Final eval: mean_iou=0.5 mean_dice=0.6 num_objects=10
-"""
+
+def _trainer_state() -> dict:
+    """A trainer_state.json as the HF Trainer writes it: log_history in logging order."""
+    train = [
+        (1, 2.5, 0.5, 1e-5, 3.0),
+        (10, 1.5, 0.25, 1e-4, 2.0),
+        (20, float("nan"), 0.2, 5e-5, 1.5),  # a non-finite loss is drawn as a gap
+        (30, 1.0, 0.15, 2e-5, 1.2),
+    ]
+    history = [{"step": 0, "epoch": 0.0, "eval_mean_iou": 0.1, "eval_mean_dice": 0.2}]
+    for step, loss, focal, lr, grad_norm in train:
+        entry = {"step": step, "epoch": step / 10, "loss": loss, "loss_focal": focal}
+        history.append({**entry, "learning_rate": lr, "grad_norm": grad_norm})
+        if step in (10, 30):
+            iou, dice = {10: (0.2, 0.3), 30: (0.4, 0.5)}[step]
+            history.append(
+                {
+                    "step": step,
+                    "epoch": step / 10,
+                    "eval_mean_iou": iou,
+                    "eval_mean_dice": dice,
+                    "eval_num_objects": 10,
+                    "eval_runtime": 0.5,  # timings are not metrics
+                    "eval_samples_per_second": 8.0,
+                }
+            )
+    history.append({"step": 30, "epoch": 3.0, "train_loss": 1.6, "train_runtime": 12.0})
+    return {"global_step": 30, "best_global_step": 30, "best_metric": 0.4, "log_history": history}
 
 
-def test_training_log_parsing_and_run_plots(tmp_path):
+def test_trainer_state_history_and_run_plots(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    (run / "training.log").write_text(LOG)
-    (run / "eval_results.json").write_text(json.dumps({"best": {"step": 20, "mean_iou": 0.5}}))
-    parsed = parse_training_log(run / "training.log")
-    assert list(parsed["train"]) == [1, 10, 20]
-    assert parsed["train"][20]["train/loss"] == 1.0  # the resumed line replaces the NaN one
-    assert parsed["train"][1]["train/lr"] == pytest.approx(1e-5)
-    assert parsed["eval"] == {
-        0: {"mean_iou": 0.1, "mean_dice": 0.2, "num_objects": 10.0},
-        10: {"mean_iou": 0.3, "mean_dice": 0.4, "num_objects": 10.0},
-        20: {"mean_iou": 0.5, "mean_dice": 0.6, "num_objects": 10.0},
+    (run / "trainer_state.json").write_text(json.dumps(_trainer_state(), indent=2))
+    (run / "eval_results.json").write_text(json.dumps({"best": {"step": 30, "mean_iou": 0.4}}))
+    history = log_history(read_trainer_state(run / "trainer_state.json"))
+    assert list(history["train"]) == [1, 10, 20, 30]  # the end-of-training summary is no step
+    assert history["train"][10] == {
+        "loss": 1.5,
+        "loss_focal": 0.25,
+        "learning_rate": pytest.approx(1e-4),
+        "grad_norm": 2.0,
+    }
+    assert np.isnan(history["train"][20]["loss"])
+    assert history["eval"] == {
+        0: {"mean_iou": 0.1, "mean_dice": 0.2},
+        10: {"mean_iou": 0.2, "mean_dice": 0.3, "num_objects": 10.0},
+        30: {"mean_iou": 0.4, "mean_dice": 0.5, "num_objects": 10.0},
     }
     written = plot_run(run, tmp_path / "plots")
     assert [p.name for p in written] == ["loss_curves.png", "eval_curves.png"]
     assert all(p.stat().st_size > 5000 for p in written)
     assert plot_run_cli.main([str(run)]) == 0 and (run / "eval_curves.png").is_file()
     assert plot_run_cli.main([str(tmp_path / "nope")]) == 2
+    # a state without anything to draw, or not JSON at all, is a one-line error
+    (run / "trainer_state.json").write_text(json.dumps({"log_history": []}))
+    assert plot_run_cli.main([str(run)]) == 2
+    (run / "trainer_state.json").write_text("{")
+    assert plot_run_cli.main([str(run)]) == 2

@@ -1,0 +1,16 @@
+"""Evaluation: how far is SAM2's prompt expertise from SAM3's concept understanding on *your*
+data, before and after fine-tuning?
+
+Both families are scored on the same images of a prepared split, each with its own protocol,
+plus columns that mean the same for both. By job, in import order:
+
+* :mod:`~sam_hf.eval.sources`: what a model source names, and loading it;
+* :mod:`~sam_hf.eval.settings`: what decides the numbers (read from the fine-tune's config);
+* :mod:`~sam_hf.eval.data`: the evaluated images and their batches;
+* :mod:`~sam_hf.eval.compare`: per-model results, fine-tuned vs baseline, SAM2 vs SAM3;
+* :mod:`~sam_hf.eval.sam2` / :mod:`~sam_hf.eval.sam3`: the two protocols;
+* :mod:`~sam_hf.eval.run`: every model in turn on the same images;
+* :mod:`~sam_hf.eval.report`, :mod:`~sam_hf.eval.plots`, :mod:`~sam_hf.eval.overlay_grid`:
+  writing it down (tables, charts, best/worst overlays);
+* :mod:`~sam_hf.eval.run_curves`: a training run's loss and metric curves.
+"""

@@ -1,0 +1,236 @@
+"""Charts of an evaluation: metric bars, the SAM2-vs-SAM3 gap, IoU histograms, clicks.
+
+Colour says which model and hatching which prompt, and every bar carries its value, so a
+chart reads without the tables. Figures are drawn on :class:`matplotlib.figure.Figure`
+directly (no pyplot state, no display, no global backend switch) and saved as PNG.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+
+from sam_hf.eval.compare import Evaluation
+from sam_hf.eval.names import (
+    COMMON,
+    METRIC_NAMES,
+    SAM2_TABLE,
+    SAM3_BARS,
+    metric_name,
+    protocol_order,
+)
+
+
+def save_figure(fig: Figure, path: Path, dpi: int = 130) -> Path:
+    """Lay ``fig`` out tightly and write it to ``path`` as PNG."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    return path
+
+
+def _model_colors(ev: Evaluation) -> dict[str, Any]:
+    cmap = matplotlib.colormaps["tab10"]
+    return {m.label: cmap(i % 10) for i, m in enumerate(ev.models)}
+
+
+def _bar_group(ax: Any, groups: Sequence[str], series: list[tuple[str, list, Any, str]]) -> None:
+    """Grouped bars: ``series`` = [(legend label, values per group, colour, hatch)].
+
+    Colour says which model, hatching which prompt; every bar carries its value.
+    """
+    n = max(len(series), 1)
+    width = 0.8 / n
+    x = np.arange(len(groups))
+    for i, (label, values, color, hatch) in enumerate(series):
+        vals = [np.nan if v is None else float(v) for v in values]
+        pos = x - 0.4 + width * (i + 0.5)
+        with matplotlib.rc_context({"hatch.linewidth": 1.3}):
+            bars = ax.bar(
+                pos,
+                np.nan_to_num(vals, nan=0.0),
+                width,
+                label=label,
+                color=color,
+                hatch=hatch,
+                edgecolor="white",
+                linewidth=0.5,
+            )
+        for b, v in zip(bars, vals):
+            txt = "n/a" if not math.isfinite(v) else f"{v:.2f}"
+            ax.annotate(
+                txt,
+                (b.get_x() + b.get_width() / 2, max(b.get_height(), 0)),
+                ha="center",
+                va="bottom",
+                fontsize=6,
+                rotation=90,
+                xytext=(0, 2),
+                textcoords="offset points",
+            )
+    ax.set_xticks(x)
+    ax.set_xticklabels(groups, fontsize=8)
+    ax.set_ylabel("score (higher is better)", fontsize=8)
+    ax.set_ylim(0, 1.15)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+
+
+#: Hatching per protocol (bars): solid = one point / text, stripes = several points, dots = box.
+_HATCH = {"points": "///", "point": "", "box": "..", "text": ""}
+
+
+#: Line colour per protocol (histograms); "points" before "point" (prefix match).
+_PROTO_COLORS = {
+    "points": "tab:orange",
+    "point": "tab:blue",
+    "box": "tab:green",
+    "text": "tab:purple",
+}
+
+
+def _by_protocol(table: dict[str, Any], proto: str, default: Any) -> Any:
+    return next((v for k, v in table.items() if proto.startswith(k)), default)
+
+
+def _hatch(proto: str) -> str:
+    return _by_protocol(_HATCH, proto, "")
+
+
+def plot_metric_bars(ev: Evaluation, path: Path) -> Path:
+    """Per-family metric bars: SAM2 per model and prompt, SAM3 per model."""
+    colors = _model_colors(ev)
+    panels = [f for f in ("sam2", "sam3") if ev.by_family(f)]
+    fig = Figure(figsize=(6.5 * len(panels), 5.0))
+    axes = fig.subplots(1, len(panels), squeeze=False)
+    for ax, fam in zip(axes[0], panels):
+        series = []
+        if fam == "sam2":
+            groups = [METRIC_NAMES[k] for k in SAM2_TABLE]
+            for m in ev.by_family(fam):
+                for proto in sorted(m.metrics, key=protocol_order):
+                    series.append(
+                        (
+                            f"{m.label} · {proto}",
+                            [m.metrics[proto].get(k) for k in SAM2_TABLE],
+                            colors[m.label],
+                            _hatch(proto),
+                        )
+                    )
+            ax.set_title("SAM2, prompts from ground truth")
+        else:
+            groups = [metric_name(k, "sam3") for k in SAM3_BARS]
+            for m in ev.by_family(fam):
+                series.append(
+                    (m.label, [m.metrics["text"].get(k) for k in SAM3_BARS], colors[m.label], "")
+                )
+            ax.set_title("SAM3, text prompts only")
+        _bar_group(ax, groups, series)
+        ax.legend(
+            fontsize=7,
+            ncol=2 if fam == "sam2" else 4,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.14),
+            frameon=False,
+        )
+        ax.tick_params(axis="x", labelrotation=15)
+    return save_figure(fig, path)
+
+
+def plot_gap(ev: Evaluation, path: Path) -> Path:
+    """The common metrics side by side for every model and protocol (SAM2 vs SAM3)."""
+    colors = _model_colors(ev)
+    rows = ev.gap_rows()
+    fig = Figure(figsize=(max(6.5, 1.6 * len(rows) + 3), 4.2))
+    ax = fig.subplots()
+    series = [
+        (
+            f"{r['model']} · {r['prompt']}",
+            [r.get(k) for k in COMMON],
+            colors[r["model"]],
+            _hatch(r["protocol"]),
+        )
+        for r in rows
+    ]
+    _bar_group(ax, [METRIC_NAMES[k] for k in COMMON], series)
+    ax.set_title("Same instances, different prompts: SAM2 (geometry from GT) vs SAM3 (text)")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.9)
+    return save_figure(fig, path)
+
+
+def plot_iou_histograms(ev: Evaluation, path: Path) -> Path:
+    """Per-instance IoU distributions: one panel per model, one line per protocol."""
+    n = len(ev.models)
+    cols = min(n, 2)
+    rows_n = math.ceil(n / cols)
+    fig = Figure(figsize=(5.2 * cols, 3.3 * rows_n))
+    axes = fig.subplots(rows_n, cols, squeeze=False)
+    bins = np.linspace(0.0, 1.0, 21)
+    for ax, m in zip(axes.flat, ev.models):
+        for proto in sorted(m.instance_ious, key=protocol_order):
+            vals = np.asarray(m.instance_ious[proto], dtype=float)
+            if vals.size == 0:
+                continue
+            color = _by_protocol(_PROTO_COLORS, proto, "gray")
+            what = "matched IoU from text" if proto == "text" else proto
+            ax.hist(
+                np.clip(vals, 0, 1),
+                bins=bins,
+                histtype="step",
+                linewidth=1.6,
+                color=color,
+                label=f"{what} (mean {vals.mean():.2f}, n={vals.size})",
+            )
+        ax.set_title(f"{m.label} ({m.family.upper()}, {m.role})", fontsize=9)
+        ax.set_xlabel("IoU per ground-truth instance")
+        ax.set_ylabel("instances")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.3)  # headroom for the legend
+        ax.legend(fontsize=7, loc="upper center")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    return save_figure(fig, path)
+
+
+def plot_clicks(ev: Evaluation, path: Path) -> Path:
+    """Mean IoU after each click, per SAM2 model, with the NoC targets drawn in."""
+    colors = _model_colors(ev)
+    fig = Figure(figsize=(6.2, 4.0))
+    ax = fig.subplots()
+    s = ev.settings
+    for m in ev.by_family("sam2"):
+        if not m.clicks or not m.clicks["miou_per_click"]:
+            continue
+        y = m.clicks["miou_per_click"]
+        x = np.arange(1, len(y) + 1)
+        nocs = ", ".join(
+            f"NoC@{round(t * 100)} {m.clicks[f'NoC@{round(t * 100)}']:.2f}"
+            for t in s.noc_thresholds
+        )
+        ax.plot(x, y, marker="o", ms=3.5, color=colors[m.label], label=f"{m.label} ({nocs})")
+    for t in s.noc_thresholds:
+        ax.axhline(t, color="gray", ls="--", lw=0.8)
+        ax.annotate(
+            f"NoC target {t:.2f}",
+            (1, t),
+            xytext=(0, 2),
+            textcoords="offset points",
+            ha="left",
+            va="bottom",
+            fontsize=7,
+            color="gray",
+        )
+    ax.set_xlabel("clicks")
+    ax.set_ylabel("mean IoU over instances")
+    ax.set_xticks(np.arange(1, s.max_clicks + 1))
+    ax.set_ylim(0, 1.02)
+    ax.set_title("SAM2 clicks-to-IoU (corrective clicks from the error region)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    return save_figure(fig, path)
