@@ -39,7 +39,7 @@ def _load_res(coco: COCO, results: Path) -> COCO:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> dict:
-    from sam_hf.config.args import Sam3Config, load_config
+    from sam_hf.config import Sam3Config, load_config
     from sam_hf.models.sam3 import build_sam3
 
     root = tmp_path_factory.mktemp("predict")

@@ -15,7 +15,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
@@ -28,21 +27,6 @@ __all__ = ["coco_mask_ap"]
 def _numpy_masks(x: Any, name: str) -> np.ndarray:
     masks = as_masks(x, name, empty_ok=True)
     return masks if isinstance(masks, np.ndarray) else masks.cpu().numpy()
-
-
-def _encode_many(masks: np.ndarray) -> list[dict[str, Any]]:
-    """Bool (N, H, W) -> compressed RLEs in one pycocotools call.
-
-    Same output as ``sam_hf.data.rle.encode`` per mask, with one batched transpose to the
-    column-major (H, W, N) layout pycocotools wants and one encode call per image.
-    """
-    if len(masks) == 0:
-        return []
-    fortran = np.ascontiguousarray(masks.view(np.uint8).transpose(0, 2, 1)).transpose(2, 1, 0)
-    return [
-        {"size": [int(r["size"][0]), int(r["size"][1])], "counts": r["counts"].decode("ascii")}
-        for r in mask_utils.encode(fortran)
-    ]
 
 
 def _coco(images: list[dict], categories: list[dict], annotations: list[dict]) -> COCO:
@@ -94,7 +78,7 @@ def _add_annotations(
     anns: list[dict], masks: np.ndarray, image_id: int, category: int, extra: dict[str, Any]
 ) -> None:
     """Append one COCO annotation per mask; ``extra`` maps a key to per-mask values."""
-    rles = _encode_many(masks)
+    rles = rle_utils.encode_many(masks)
     areas, boxes = rle_utils.area(rles), rle_utils.to_bbox(rles)
     for k, rle in enumerate(rles):
         anns.append(
