@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -21,10 +20,10 @@ from typing import Any, Literal
 import pytest
 
 from sam_hf.config import ConfigError, Sam2Config, Sam3Config, load_config
-from sam_hf.tasks.core import Sam2Task, Sam3Task
+from sam_hf.tasks.sam2 import Sam2Task
+from sam_hf.tasks.sam3 import Sam3Task
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "recipes"))
 
 import sam2_mineapple  # noqa: E402
 import sam3_coco_text  # noqa: E402

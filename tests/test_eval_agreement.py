@@ -3,14 +3,13 @@
 A short fine-tune of the shipped tiny SAM3 with the demo YAML (which sets a non-default seed,
 ``negative_ratio`` and ``hard_negatives``), then ``evaluate.py sam3`` on the same ``final/``,
 data and split with no other option: both build their (image, phrase) pairs with
-``sam_hf.tasks.core.sam3_eval_pairs`` and score them with ``Sam3Task.compute_metrics``, so the pairs
+``sam_hf.data.views.sam3_eval_pairs`` and score them with ``Sam3Task.compute_metrics``, so the pairs
 are the same and every metric is equal exactly (not approximately).
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,10 +17,9 @@ import yaml
 from scripts_loader import load_script
 
 from sam_hf.eval.settings import EvalSettings, resolve_settings
-from sam_hf.tasks.core import Sam3Task
+from sam_hf.tasks.sam3 import Sam3Task
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "recipes"))
 
 import sam3_coco_text  # noqa: E402
 

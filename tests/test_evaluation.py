@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,7 +24,6 @@ from scripts_loader import load_script
 from sam_hf.data import rle
 from sam_hf.data.prompts import sample_correction_clicks
 from sam_hf.data.sources.coco import convert_coco_text
-from sam_hf.data.synthetic.orchard import make_synthetic_orchard
 from sam_hf.eval.run_curves import log_history, plot_run, read_trainer_state
 from sam_hf.eval.sam2 import (
     click_summary,
@@ -57,14 +57,12 @@ def _sam3_cfg(**kw):
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> dict:
+def workdir(tmp_path_factory, orchard, confident_sam3) -> dict:
     """Synthetic orchard (coco-text view) + a fine-tuned folder per family + an adapter."""
     from sam_hf.models.sam2 import build_sam2
-    from sam_hf.models.sam3 import build_sam3
 
     root = tmp_path_factory.mktemp("eval")
-    make_synthetic_orchard(root / "raw", num_images=8, seed=3, image_size=(96, 128))
-    coco = root / "raw" / "coco_text"
+    coco = orchard(num_images=8, seed=3, image_size=(96, 128)) / "coco_text"
     dd = datasets.DatasetDict(
         {
             "train": convert_coco_text(
@@ -85,11 +83,7 @@ def workdir(tmp_path_factory) -> dict:
     m2.save_pretrained(str(root / "sam2_ft"))
     p2.save_pretrained(str(root / "sam2_ft"))
     # "fine-tuned" SAM3: presence head pushed up so that predictions pass the 0.5 score cut
-    m3, p3 = build_sam3(_sam3_cfg(model_name_or_path="sam3-tiny", seed=7))
-    with torch.no_grad():
-        m3.detr_decoder.presence_head.layer3.bias.add_(8.0)
-    m3.save_pretrained(str(root / "sam3_ft"))
-    p3.save_pretrained(str(root / "sam3_ft"))
+    shutil.copytree(confident_sam3(seed=7, resolution=SAM3_RES), root / "sam3_ft")
     return {"root": root, "data": root / "data", "dd": dd}
 
 

@@ -17,7 +17,6 @@ from scripts_loader import load_script
 
 from sam_hf.data import rle
 from sam_hf.data.sources.coco import convert_coco_text
-from sam_hf.data.synthetic.orchard import make_synthetic_orchard
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,22 +37,11 @@ def _load_res(coco: COCO, results: Path) -> COCO:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory) -> dict:
-    from sam_hf.config import Sam3Config, load_config
-    from sam_hf.models.sam3 import build_sam3
-
-    root = tmp_path_factory.mktemp("predict")
-    make_synthetic_orchard(root / "raw", num_images=8, seed=5, image_size=(80, 112))
-    m3, p3 = build_sam3(
-        load_config(Sam3Config, None, {"model_name_or_path": "sam3-tiny", "resolution": SAM3_RES})
-    )
-    with torch.no_grad():  # scores above 0.5 for about half of the queries
-        m3.detr_decoder.presence_head.layer3.bias.add_(8.0)
-    m3.save_pretrained(str(root / "sam3"))
-    p3.save_pretrained(str(root / "sam3"))
-    coco = root / "raw" / "coco_text"
-    return {"root": root, "images": coco / "images", "val": coco / "annotations" / "val.json",
-            "sam3": root / "sam3"}  # fmt: skip
+def setup(orchard, confident_sam3) -> dict:
+    raw = orchard(num_images=8, seed=5, image_size=(80, 112))
+    coco = raw / "coco_text"
+    return {"root": raw.parent, "images": coco / "images", "val": coco / "annotations" / "val.json",
+            "sam3": confident_sam3(seed=42, resolution=SAM3_RES)}  # fmt: skip
 
 
 def test_text_predictions_load_against_the_split_json(setup, tmp_path):

@@ -12,29 +12,12 @@ from typing import Any
 
 import torch
 
-from sam_hf.config import ConfigError
 from sam_hf.config.cache_settings import cache_blockers, cache_mode, text_cache_blockers
 from sam_hf.config.precision import mixed_precision
 from sam_hf.features.errors import FeatureCacheError
 from sam_hf.models.freezing import encoder_is_trainable, text_encoder_is_trainable
 
 logger = logging.getLogger("sam_hf")
-
-
-def check_config(cfg: Any) -> None:
-    """Config validation: ``cache_embeddings: true`` where caching is impossible is an error.
-
-    ``true`` is about the image features (the expensive part). SAM3's phrase features follow
-    along whenever the text encoder is frozen, under ``auto`` and ``true`` alike.
-    """
-    if cache_mode(cfg) == "true":
-        blockers = cache_blockers(cfg)
-        if blockers:
-            raise ConfigError(
-                "cache_embeddings: true, but the encoder's features cannot be cached: "
-                + "; ".join(blockers)
-                + ". Set cache_embeddings: auto (or false) to train without the cache."
-            )
 
 
 def use_cache(cfg: Any, model: torch.nn.Module | None = None) -> bool:
