@@ -166,7 +166,7 @@ def build_module(cfg: Any, task: Any) -> tuple[Any, Any]:
 
 def timed_task() -> Any:
     """A ``Sam3Task`` that records the seconds each cache fill takes (behaviour unchanged)."""
-    from sam_hf.tasks.core import Sam3Task
+    from sam_hf.tasks.sam3 import Sam3Task
 
     class TimedSam3Task(Sam3Task):
         def __init__(self) -> None:

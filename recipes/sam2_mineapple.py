@@ -13,7 +13,7 @@ from pathlib import Path
 
 from sam_hf.config import Sam2Config
 from sam_hf.recipe import cli, run_recipe
-from sam_hf.tasks.core import Sam2Task
+from sam_hf.tasks.sam2 import Sam2Task
 
 
 def main(argv: list[str] | None = None) -> dict:

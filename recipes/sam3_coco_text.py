@@ -13,7 +13,7 @@ from pathlib import Path
 
 from sam_hf.config import Sam3Config
 from sam_hf.recipe import cli, run_recipe
-from sam_hf.tasks.core import Sam3Task
+from sam_hf.tasks.sam3 import Sam3Task
 
 
 def main(argv: list[str] | None = None) -> dict:

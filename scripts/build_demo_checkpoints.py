@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from sam_hf.config import Sam2Config, Sam3Config, parse_args
-from sam_hf.tasks.core import Sam2Task, Sam3Task
+from sam_hf.tasks.sam2 import Sam2Task
+from sam_hf.tasks.sam3 import Sam3Task
 from sam_hf.training.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]

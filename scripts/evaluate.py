@@ -20,7 +20,7 @@ Options left unset (``--seed``, ``--max-images``, ``--negative-ratio``, ``--hard
 read from the training config saved with the fine-tuned model (``final/training_config.yaml``),
 else the recipes' defaults apply: on a run's ``final/`` and the run's evaluation split, SAM3 is
 scored on the very (image, phrase) pairs -- built by the same function,
-``sam_hf.tasks.core.sam3_eval_pairs`` -- and with the same metrics as the run's final evaluation.
+``sam_hf.data.views.sam3_eval_pairs`` -- and with the same metrics as the run's final evaluation.
 
 Writes (``--out``, default ``outputs/eval_sam2``, ``outputs/eval_sam3`` or ``outputs/compare``)
 OUT/report.md, OUT/report.json, OUT/report.csv, PNG plots, an overlay grid of the best

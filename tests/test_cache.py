@@ -17,7 +17,7 @@ from sam_hf.config.cache_settings import cache_blockers
 from sam_hf.features.dataset import CachedEmbeddingDataset
 from sam_hf.features.keys import CACHE_DIRNAME
 from sam_hf.models.sam2_training import Sam2ForTraining
-from sam_hf.tasks.core import Sam2Task
+from sam_hf.tasks.sam2 import Sam2Task
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes"))

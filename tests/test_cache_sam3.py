@@ -23,7 +23,7 @@ from sam_hf.features.dataset import CachedEmbeddingDataset
 from sam_hf.features.keys import CACHE_DIRNAME
 from sam_hf.features.store import PhraseFeatures
 from sam_hf.models.sam3 import Sam3ForTraining
-from sam_hf.tasks.core import Sam3Task
+from sam_hf.tasks.sam3 import Sam3Task
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes"))

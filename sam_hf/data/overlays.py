@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
 
 logger = logging.getLogger("sam_hf")
@@ -162,6 +163,64 @@ def to_uint8_image(
     if size is not None and tuple(size) != img.shape[:2]:
         img = np.asarray(Image.fromarray(img).resize((size[1], size[0]), Image.BILINEAR))
     return img
+
+
+def sam2_overlay_items(
+    samples: list[dict], preds: list[dict], image_mean: Sequence[float], image_std: Sequence[float]
+) -> list[dict]:
+    """Images at original size with predicted vs true instance masks (SAM2: prediction ``k``
+    answers the prompt of object ``k``), for :func:`log_overlays`."""
+    by_id = {p["image_id"]: p for p in preds}
+    items = []
+    for s in samples:
+        p = by_id.get(s["image_id"])
+        if p is None:  # an image without objects has no prompts, so no prediction
+            continue
+        image = to_uint8_image(s["pixel_values"], image_mean, image_std, s["orig_size"])
+        items.append(
+            {
+                "image": image,
+                "pred_masks": p["pred_masks"].bool().cpu().numpy(),
+                "gt_masks": p["gt_masks"].bool().cpu().numpy(),
+                "image_id": s["image_id"],
+            }
+        )
+    return items
+
+
+def sam3_overlay_items(
+    samples: list[dict],
+    preds: list[dict],
+    image_mean: Sequence[float],
+    image_std: Sequence[float],
+    score_threshold: float,
+) -> list[dict]:
+    """Per image: kept predictions (score >= threshold) of its positive phrases vs their
+    ground truth, labelled with the phrase, so a wrong concept shows as a wrong label."""
+    by_id = {p["image_id"]: p for p in preds}
+    items = []
+    for s in samples:
+        pairs = by_id[s["image_id"]]["pairs"]
+        h, w = s["orig_size"]
+        pred, pred_labels, gt, gt_labels = [], [], [], []
+        for pair in pairs:
+            keep = pair["scores"] >= score_threshold
+            pred.append(pair["pred"][keep])
+            pred_labels += [pair["phrase"]] * int(keep.sum())
+            gt.append(pair["gt"])
+            gt_labels += [pair["phrase"]] * int(pair["gt"].shape[0])
+        empty = torch.zeros((0, h, w), dtype=torch.bool)
+        items.append(
+            {
+                "image": to_uint8_image(s["pixel_values"], image_mean, image_std, (h, w)),
+                "pred_masks": torch.cat([empty, *pred]).numpy(),
+                "gt_masks": torch.cat([empty, *gt]).numpy(),
+                "pred_labels": pred_labels,
+                "gt_labels": gt_labels,
+                "image_id": s["image_id"],
+            }
+        )
+    return items
 
 
 def _class_labels(n: int, names: Sequence[str] | None) -> dict[int, str]:

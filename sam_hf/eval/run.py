@@ -19,13 +19,13 @@ from typing import Any
 import datasets
 import torch
 
+from sam_hf.data.views import sam3_training_split
 from sam_hf.eval.compare import Evaluation, ModelEvaluation
 from sam_hf.eval.data import load_split, phrase_coverage, sam3_vocab_split, select_images
 from sam_hf.eval.sam2 import evaluate_sam2
 from sam_hf.eval.sam3 import evaluate_sam3
 from sam_hf.eval.settings import EvalSettings, resolve_settings
 from sam_hf.eval.sources import EvaluationError, LoadedModel, load_model, resolve_source
-from sam_hf.tasks.core import sam3_training_split
 
 logger = logging.getLogger("sam_hf")
 

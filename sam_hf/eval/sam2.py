@@ -6,7 +6,7 @@ Prompts are seeded by the sample seed and never stored:
 * ``points3``: that click plus 2 more drawn uniformly from the mask (``--num-points``);
 * ``box``: the exact tight box.
 
-Each is its own row of per-instance metrics (:meth:`sam_hf.tasks.core.Sam2Task.compute_metrics`:
+Each is its own row of per-instance metrics (:meth:`sam_hf.tasks.sam2.Sam2Task.compute_metrics`:
 ``mean_iou``, ``mean_dice``, ``mean_boundary_f1``, ``iou_at_50``), the same numbers the trainer
 logs for its own prompt type.
 
@@ -44,7 +44,7 @@ from sam_hf.eval.data import sample_loader, to_device
 from sam_hf.eval.settings import SAM2_PROMPTS, EvalSettings, resolve_settings
 from sam_hf.eval.sources import EvaluationError, LoadedModel
 from sam_hf.metrics.masks import mask_iou
-from sam_hf.tasks.core import Sam2Task
+from sam_hf.tasks.sam2 import Sam2Task
 
 #: Objects decoded at once in the clicks protocol (bounds memory on 100+ object images).
 CLICK_CHUNK = 32

@@ -1,11 +1,11 @@
 """The SAM3 protocol: text only, every phrase of each image plus known-absent negatives.
 
-The (image, phrase) pairs are those of :func:`sam_hf.tasks.core.sam3_eval_pairs`, the function
+The (image, phrase) pairs are those of :func:`sam_hf.data.views.sam3_eval_pairs`, the function
 the trainer's evaluation builds its pairs with. Seed, ``negative_ratio``, ``hard_negatives``
 and the training images the vocabulary negatives come from are read from the training config
 saved with the fine-tuned model (:func:`sam_hf.eval.settings.resolve_settings`; the recipes'
 defaults without one), so ``evaluate.py sam3`` on a run's ``final/`` scores the pairs of the
-run's final evaluation. Scored with :meth:`sam_hf.tasks.core.Sam3Task.compute_metrics` (cgF1,
+run's final evaluation. Scored with :meth:`sam_hf.tasks.sam3.Sam3Task.compute_metrics` (cgF1,
 pmF1, IL_MCC, concept recall, grounding and attribute accuracy, COCO mask AP,
 Hungarian-matched instance IoU). The metric contract keeps predictions scoring >= 0.5; a
 different ``score_threshold`` is applied by remapping scores monotonically so that the
@@ -25,13 +25,14 @@ import torch
 from tqdm.auto import tqdm
 
 from sam_hf.data import rle
+from sam_hf.data.views import sam3_eval_pairs
 from sam_hf.eval.compare import ModelEvaluation
 from sam_hf.eval.data import sample_loader, to_device
 from sam_hf.eval.settings import EvalSettings, resolve_settings
 from sam_hf.eval.sources import LoadedModel
 from sam_hf.metrics.concepts import concept_recall
 from sam_hf.metrics.matching import matched_instance_ious, remap_scores
-from sam_hf.tasks.core import Sam3Task, sam3_eval_pairs
+from sam_hf.tasks.sam3 import Sam3Task
 
 
 def evaluate_sam3(
@@ -44,7 +45,7 @@ def evaluate_sam3(
     progress: bool = True,
 ) -> ModelEvaluation:
     """The SAM3 protocol on ``ds``: the (image, phrase) pairs of
-    :func:`sam_hf.tasks.core.sam3_eval_pairs` -- the function the trainer's evaluation builds its
+    :func:`sam_hf.data.views.sam3_eval_pairs` -- the function the trainer's evaluation builds its
     pairs with -- under ``settings``' seed, negative ratio and hard negatives, with negatives
     drawn from ``vocab_ds`` (the training images); all SAM3 metrics."""
     settings, _ = resolve_settings(settings)
