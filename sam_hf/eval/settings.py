@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from sam_hf.config import Sam3Config
+from sam_hf.data.views import SAM3_PAIR_KEYS
 from sam_hf.eval.sources import FAMILIES, EvaluationError
-from sam_hf.tasks.core import SAM3_PAIR_KEYS
 
 #: SAM2 prompt protocols: one centre point, several points, the exact box.
 SAM2_PROMPTS = ("point", "points", "box")
@@ -43,7 +43,7 @@ class EvalSettings:
     max_clicks: int = 10
     noc_thresholds: tuple[float, ...] = NOC_THRESHOLDS
     score_threshold: float | None = None  # None: the run's, else 0.5 (resolve_settings)
-    #: SAM3 pairs (:func:`sam_hf.tasks.core.sam3_eval_pairs`): negatives per positive phrase,
+    #: SAM3 pairs (:func:`sam_hf.data.views.sam3_eval_pairs`): negatives per positive phrase,
     #: attribute-swapped negatives, and the training images vocabulary negatives come from
     negative_ratio: float | None = None
     hard_negatives: bool | None = None
