@@ -191,3 +191,14 @@ def test_shipped_recipe_yamls_are_valid():
         load_config(Sam2Config, root / name)
     for name in ("sam3_coco_text.yaml", "sam3_demo.yaml", "pretrain/sam3_tiny_shapes.yaml"):
         load_config(Sam3Config, root / name)
+
+
+def test_a_later_strategy_drops_an_earlier_interval(tmp_path):
+    """--save_strategy no over a YAML with save_steps: the YAML's interval is dropped; an
+    interval typed with a strategy that does not use it is refused, not ignored."""
+    y = tmp_path / "c.yaml"
+    y.write_text("save_strategy: steps\nsave_steps: 500\n")
+    cfg = parse_args(Sam2Config, ["--config", str(y), "--save_strategy", "no"])
+    assert cfg.save_strategy == "no" and cfg.save_steps is None
+    with pytest.raises(ConfigError, match="save_steps 100 is used only with save_strategy: steps"):
+        parse_args(Sam2Config, ["--save_steps", "100"])  # default strategy: epoch

@@ -134,7 +134,23 @@ def build_config(config_cls: type, sources: list[tuple[str, dict[str, Any]]]) ->
     for _, data in sources:
         values.update(data)
     _synthetic_only_where_declared(sources, values)
+    _steps_follow_a_later_strategy(sources, values)
     return config_cls(**values)
+
+
+def _steps_follow_a_later_strategy(sources: list[tuple[str, dict]], values: dict) -> None:
+    """``--save_strategy no`` on the command line over a YAML with ``save_steps: 500``: the
+    later strategy wins and the earlier interval is dropped (it would only be ignored). An
+    interval set together with or after a non-step strategy stays, and validation refuses it."""
+    for kind in ("eval", "save"):
+        last_strategy = max(
+            (i for i, (_, d) in enumerate(sources) if f"{kind}_strategy" in d), default=-1
+        )
+        last_steps = max(
+            (i for i, (_, d) in enumerate(sources) if f"{kind}_steps" in d), default=-1
+        )
+        if last_steps < last_strategy and values.get(f"{kind}_strategy") != "steps":
+            values.pop(f"{kind}_steps", None)
 
 
 def _synthetic_only_where_declared(sources: list[tuple[str, dict]], values: dict) -> None:
