@@ -1,5 +1,10 @@
 """Data: one schema, converters into Arrow caches, transforms and prompt simulation.
 
-Submodules are imported where they are used (``from sam_hf.data.schema import FEATURES``), so
-that model code importing ``sam_hf.data.prompts`` does not pull in ``datasets``/pycocotools.
+By job: ``schema`` (the one sample schema), ``rle`` (the one RLE module), ``images`` and
+``stored_image`` (reading images as stored), ``report`` / ``checks`` / ``build`` /
+``output`` / ``leftovers`` (converting into atomic, owned output folders), ``sources/`` (one
+converter per format), ``synthetic/`` (generated data), ``cards/`` (dataset cards),
+``prepare`` / ``views`` (what a recipe trains and evaluates on), ``transforms``,
+``prompts`` (SAM2 prompt simulation), ``tokenizer`` / ``queries`` (SAM3 phrases and
+negatives), ``collate`` and ``overlays`` (masks drawn over images).
 """

@@ -1,0 +1,1 @@
+"""Dataset cards (HF card format) written next to every prepared dataset."""
