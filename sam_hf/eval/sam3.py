@@ -21,10 +21,8 @@ from typing import Any
 
 import datasets
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
-from sam_hf.data import rle
 from sam_hf.data.views import sam3_eval_pairs
 from sam_hf.eval.compare import ModelEvaluation
 from sam_hf.eval.data import sample_loader, to_device
@@ -32,6 +30,7 @@ from sam_hf.eval.settings import EvalSettings, resolve_settings
 from sam_hf.eval.sources import LoadedModel
 from sam_hf.metrics.concepts import concept_recall
 from sam_hf.metrics.matching import matched_instance_ious, remap_scores
+from sam_hf.metrics.records import sam3_pairs
 from sam_hf.tasks.sam3 import Sam3Task
 
 
@@ -87,29 +86,13 @@ def evaluate_sam3(
     return result
 
 
-def _pairs_from_records(records: Sequence[dict]) -> list[dict]:
-    pairs = []
-    for r in records:
-        for rec in r["pairs"]:
-            size = tuple(rec["size"])
-            pairs.append(
-                {
-                    "phrase": rec["phrase"],
-                    "gt": torch.from_numpy(rle.decode_many(rec["gt"], *size)),
-                    "pred": torch.from_numpy(rle.decode_many(rec["pred"], *size)),
-                    "scores": torch.tensor(rec["scores"], dtype=torch.float32),
-                }
-            )
-    return pairs
-
-
 def sam3_common_metrics(records: Sequence[dict], metrics: dict[str, Any]) -> dict[str, Any]:
     """SAM3's side of the common columns: matched instance IoU, concept and instance recall.
 
     Instance recall is :func:`sam_hf.metrics.concepts.concept_recall` with every pair put under one
     phrase, i.e. matched instances over all instances.
     """
-    pairs = _pairs_from_records(records)
+    pairs = sam3_pairs(records)
     n = sum(int(p["gt"].shape[0]) for p in pairs)
     pooled = concept_recall([{**p, "phrase": "all"} for p in pairs]) if n else float("nan")
     return {
