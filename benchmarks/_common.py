@@ -408,7 +408,7 @@ def trainer_optimizer(module: Any, kind: str = "adamw_torch") -> Any:
     """The trainer's own optimizer for ``module`` (``build_optimizer`` with the recipe
     defaults: weight-decay groups, frozen parameters left out) with ``optim: kind``."""
     from sam_hf.config import Sam2Config, parse_args
-    from sam_hf.training.loop import build_optimizer
+    from sam_hf.training.optim import build_optimizer
 
     out = Path(tempfile.gettempdir()) / "sam_hf_benchmark"
     cfg = parse_args(Sam2Config, ["--optim", kind, "--output_dir", str(out)])

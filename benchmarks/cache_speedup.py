@@ -222,7 +222,8 @@ def main() -> None:
     from sam_hf.features import keys
     from sam_hf.features.dataset import CachedEmbeddingCollator, CachedEmbeddingDataset
     from sam_hf.features.store import EmbeddingCache
-    from sam_hf.training.loop import EpochShuffleSampler, build_optimizer
+    from sam_hf.training.loaders import EpochShuffleSampler
+    from sam_hf.training.optim import build_optimizer
 
     tmp = C.temp_dir("cache")
     try:

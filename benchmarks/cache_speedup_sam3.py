@@ -302,7 +302,8 @@ def main() -> None:
     from sam_hf.features.dataset import CachedEmbeddingCollator, CachedEmbeddingDataset
     from sam_hf.features.keys import flip_variants
     from sam_hf.features.store import PhraseFeatures
-    from sam_hf.training.loop import EpochShuffleSampler, build_optimizer
+    from sam_hf.training.loaders import EpochShuffleSampler
+    from sam_hf.training.optim import build_optimizer
 
     yaml = C.ROOT / "recipes" / "sam3_coco_text.yaml"
     tmp = C.temp_dir("cache_sam3")

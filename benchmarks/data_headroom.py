@@ -51,7 +51,8 @@ def _arms(
     from torch.utils.data import DataLoader
 
     from sam_hf.data.collate import Sam2Collator
-    from sam_hf.training.loop import EpochShuffleSampler, build_optimizer
+    from sam_hf.training.loaders import EpochShuffleSampler
+    from sam_hf.training.optim import build_optimizer
 
     ds = C.segmentation_dataset(split, cfg, processor)
     collator = Sam2Collator(cfg, train=True)

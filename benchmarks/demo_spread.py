@@ -65,9 +65,9 @@ def main() -> None:
     head = ["metric", "before", *(f"seed {s}" for s in args.seeds), "mean", "sd", "min", "max"]
     print(" | ".join(head))
     for key in DEMOS[args.family][2]:
-        after = [runs[s]["final"][key] for s in args.seeds]
+        after = [runs[s][f"eval_{key}"] for s in args.seeds]
         sd = statistics.stdev(after) if len(after) > 1 else 0.0
-        before = runs[args.seeds[0]].get("initial", {}).get(key, float("nan"))
+        before = runs[args.seeds[0]].get(f"initial_eval_{key}", float("nan"))
         cells = [key, f"{before:.3f}", *(f"{a:.3f}" for a in after)]
         cells += [f"{statistics.mean(after):.3f}", f"{sd:.3f}", f"{min(after):.3f}"]
         print(" | ".join([*cells, f"{max(after):.3f}"]))

@@ -4,7 +4,7 @@ The tiny SAM2 training module (``build_sam2`` with ``sam2-tiny`` + ``Sam2ForTrai
 the recipe's demo settings) trains on batches pre-collated once by ``Sam2Collator`` and held
 in memory, so data loading is excluded from both arms:
 
-- *trainer*: ``sam_hf.training.loop.training_step`` with a real ``Accelerator`` from
+- *trainer*: ``sam_hf.training.step.training_step`` with a real ``Accelerator`` from
   ``build_accelerator``, the module, optimizer and scheduler passed through
   ``accelerator.prepare`` (accumulate context, autocast, the cross-rank finite-loss check,
   loss bookkeeping, clipping, scheduler step) -- exactly what ``train()`` calls per batch;
@@ -103,12 +103,9 @@ def main() -> None:
     C.quiet_libraries()
 
     from sam_hf.data.collate import Sam2Collator
-    from sam_hf.training.loop import (
-        build_accelerator,
-        build_optimizer,
-        build_scheduler,
-        training_step,
-    )
+    from sam_hf.training.optim import build_optimizer, build_scheduler
+    from sam_hf.training.startup import build_accelerator
+    from sam_hf.training.step import StepWindow, training_step
 
     tmp = C.temp_dir("loop")
     try:
@@ -131,9 +128,9 @@ def main() -> None:
         trainer_module = copy.deepcopy(module).train()
         opt_t = build_optimizer(cfg, trainer_module)
         total = args.check_steps + (args.rounds + 1) * args.block
-        sched = build_scheduler(cfg, opt_t, total_steps=total, steps_per_epoch=len(batches))
+        sched = build_scheduler(cfg, opt_t, total_steps=total)
         trainer_module, opt_t, sched = accelerator.prepare(trainer_module, opt_t, sched)
-        window: dict = {}
+        window = StepWindow()
 
         def trainer_step(batch: dict) -> float:
             stats = training_step(accelerator, trainer_module, opt_t, sched, batch, cfg, window)

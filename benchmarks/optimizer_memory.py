@@ -6,7 +6,7 @@ scale per 256-element block for every tensor of >= 4096 elements (smaller tensor
 moments). This script measures what that comes to on real model shapes instead of trusting
 the formula: it builds full-size models with random weights on the CPU, sets every trainable
 parameter's ``.grad`` to random values, takes one step with each optimizer -- both built by
-``sam_hf.training.loop.build_optimizer``, exactly as the trainer builds them -- and adds up the
+``sam_hf.training.optim.build_optimizer``, exactly as the trainer builds them -- and adds up the
 bytes of the tensors each optimizer then holds in its state (a storage shared by several
 entries, like bitsandbytes' quantization maps, counted once), of the weights and of the grads.
 
@@ -233,7 +233,7 @@ def main() -> None:
 
     C.print_machine()
     print(
-        f"bitsandbytes {bitsandbytes.__version__}; optimizers from sam_hf.training.loop.build_optimizer"
+        f"bitsandbytes {bitsandbytes.__version__}; optimizers from sam_hf.training.optim.build_optimizer"
     )
 
     results = []

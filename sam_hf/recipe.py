@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from sam_hf.config import ConfigError, parse_args
-from sam_hf.training.checkpointing import RunError
-from sam_hf.training.loop import Task, TrainingInterrupted, train
+from sam_hf.training.errors import RunError
+from sam_hf.training.loop import train
+from sam_hf.training.signals import TrainingInterrupted
+from sam_hf.training.task import Task
 
 
 def run_recipe(

@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(config_cls, ["--config", str(recipe), *overrides])
     t0 = time.time()
     results = train(cfg, task)
+    final_metrics = {
+        k.removeprefix("eval_"): v for k, v in results.items() if k.startswith("eval_")
+    }
     minutes = (time.time() - t0) / 60
     where = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "the CPU"
 
@@ -53,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     target.mkdir(parents=True)
     final = Path(cfg.output_dir) / "final"
     for f in final.iterdir():
-        if f.is_file() and f.name not in ("eval_results.json", "training_config.yaml"):
+        if f.is_file() and f.name not in ("eval_results.json", "training_config.yaml", "README.md"):
             shutil.copy2(f, target / f.name)
     command = " ".join(
         ["python scripts/build_demo_checkpoints.py", f"--family {args.family}", *overrides]
@@ -62,10 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         f"# {target.name}\n\n"
         f"Tiny {args.family.upper()} pretrained from random weights on generic synthetic shapes "
         f"(`sam_hf.data.synthetic.shapes`, no apples) by `{command}` with "
-        f"`recipes/pretrain/{recipe.name}` ({results['train']['global_step']} optimizer steps, "
+        f"`recipes/pretrain/{recipe.name}` ({results['global_step']} optimizer steps, "
         f"{minutes:.0f} minutes on {where}).\n\n"
         "Validation metrics on held-out shapes images at the end of pretraining:\n\n"
-        f"```json\n{json.dumps(results['final'], indent=2)}\n```\n"
+        f"```json\n{json.dumps(final_metrics, indent=2)}\n```\n"
     )
     print(f"Wrote {target}")
     return 0

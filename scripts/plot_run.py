@@ -6,7 +6,7 @@
 Reads the run's ``trainer_state.json`` (its ``log_history`` in the HF Trainer's schema:
 training entries with ``loss``, ``learning_rate``, ``grad_norm`` and per-term losses,
 evaluation entries with ``eval_<metric>`` keys; an evaluation at step 0 is the one before
-training) and marks the best step (``best_global_step``, else ``eval_results.json``).
+training) and marks the best step (``best_global_step``; the metric from ``eval_results.json``).
 Writes ``loss_curves.png`` (total and per-term loss, learning rate, grad norm) and
 ``eval_curves.png`` (one panel per validation metric).
 """

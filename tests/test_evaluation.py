@@ -512,7 +512,8 @@ def test_trainer_state_history_and_run_plots(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "trainer_state.json").write_text(json.dumps(_trainer_state(), indent=2))
-    (run / "eval_results.json").write_text(json.dumps({"best": {"step": 30, "mean_iou": 0.4}}))
+    results = {"best_global_step": 30, "metric_for_best_model": "eval_mean_iou"}
+    (run / "eval_results.json").write_text(json.dumps(results))
     history = log_history(read_trainer_state(run / "trainer_state.json"))
     assert list(history["train"]) == [1, 10, 20, 30]  # the end-of-training summary is no step
     assert history["train"][10] == {

@@ -21,8 +21,10 @@ from toy_task import ToyModule, ToyTask, final_weights, launch_toy, toy_config
 
 from sam_hf.config import ConfigError
 from sam_hf.training import checkpointing
-from sam_hf.training.checkpointing import CheckpointError, DiskFullError, RunError
-from sam_hf.training.loop import TrainingInterrupted, train
+from sam_hf.training.errors import CheckpointError, DiskFullError, RunError
+from sam_hf.training.files import fmt_bytes
+from sam_hf.training.loop import train
+from sam_hf.training.signals import TrainingInterrupted
 
 HERE = Path(__file__).resolve().parent
 
@@ -119,7 +121,7 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
             held.append(json.loads((out / "run.lock").read_text()))
 
     res = train(cfg_for(out, "--max_steps", "2"), Task())
-    assert res["train"]["global_step"] == 2
+    assert res["global_step"] == 2
     assert held and held[0]["pid"] == os.getpid() and held[0]["host"] == socket.gethostname()
     log = (out / "training.log").read_text()
     assert f"Took over the stale lock {out / 'run.lock'} of pid {dead.pid}" in log
@@ -161,10 +163,10 @@ def test_two_trainings_at_once_on_one_folder(tmp_path):
         if a.poll() is None:
             a.kill()
             a.wait()
-    results = json.loads((out / "eval_results.json").read_text())
-    assert results["train"]["global_step"] == 24
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["global_step"] == 24
     assert (out / "final" / "model.safetensors").is_file() and (out / "best").is_dir()
-    assert checkpointing.list_checkpoints(out)[-1].name == "step-24"
+    assert checkpointing.list_checkpoints(out)[-1].name == "checkpoint-24"
     assert "seed: 42" in (out / "config.yaml").read_text()
     assert not (out / "run.lock").exists()
 
@@ -194,7 +196,7 @@ def test_resume_with_other_settings_is_refused_unless_allowed(tmp_path):
             ToyTask(),
         )
     msg = str(e.value)
-    assert "checkpoints/step-4" in msg
+    assert str(out / "checkpoint-4") in msg
     assert "seed: 42 in the checkpoint, 1 now" in msg
     assert "hflip_prob: 0.0 in the checkpoint, 0.5 now" in msg
     assert "--resume_ignore_config_mismatch true" in msg
@@ -216,7 +218,7 @@ def test_resume_with_other_settings_is_refused_unless_allowed(tmp_path):
         ),
         ToyTask(),
     )
-    assert res["train"]["global_step"] == 6
+    assert res["global_step"] == 6
     log = (out / "training.log").read_text()
     warning = next(line for line in log.splitlines() if "was trained with other settings" in line)
     assert "WARNING" in warning and "seed: 42 in the checkpoint, 1 now" in warning
@@ -237,16 +239,16 @@ def test_a_damaged_newest_checkpoint_is_skipped(tmp_path):
         cfg_for(out, "--max_steps", "6", "--save_strategy", "steps", "--save_steps", "2", *const),
         ToyTask(),
     )
-    _truncate(out / "checkpoints" / "step-6" / "model.safetensors")
+    _truncate(out / "checkpoint-6" / "model.safetensors")
     res = train(
         cfg_for(out, "--max_steps", "8", "--resume_from_checkpoint", "true", *const), ToyTask()
     )
-    assert res["train"]["global_step"] == 8
+    assert res["global_step"] == 8
     log = (out / "training.log").read_text()
-    assert "skipping damaged checkpoint step-6" in log
-    assert f"{out / 'checkpoints' / 'step-6' / 'model.safetensors'} is truncated" in log
-    assert f"Resumed from {out / 'checkpoints' / 'step-4'}" in log
-    assert (out / "checkpoints" / "step-6.damaged").is_dir()  # kept, out of the rotation
+    assert "skipping damaged checkpoint checkpoint-6" in log
+    assert f"{out / 'checkpoint-6' / 'model.safetensors'} is truncated" in log
+    assert f"Resumed from {out / 'checkpoint-4'}" in log
+    assert (out / "checkpoint-6.damaged").is_dir()  # kept, out of the rotation
     assert_same_weights(final_weights(straight), final_weights(out))
 
 
@@ -255,7 +257,7 @@ def test_resume_path_to_a_damaged_checkpoint_names_the_file_and_writes_nothing(t
     train(
         cfg_for(out, "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2"), ToyTask()
     )
-    bad = out / "checkpoints" / "step-4"
+    bad = out / "checkpoint-4"
     _truncate(bad / "optimizer.bin")
     before = snapshot(out)
     with pytest.raises(CheckpointError) as e:
@@ -263,7 +265,7 @@ def test_resume_path_to_a_damaged_checkpoint_names_the_file_and_writes_nothing(t
     msg = str(e.value)
     assert "\n" not in msg
     assert f"{bad / 'optimizer.bin'} is truncated" in msg
-    assert str(out / "checkpoints" / "step-2") in msg  # where to resume from instead
+    assert str(out / "checkpoint-2") in msg  # where to resume from instead
     assert snapshot(out) == before
 
 
@@ -272,20 +274,19 @@ def test_leftovers_of_killed_saves_are_cleaned_up(tmp_path):
     train(
         cfg_for(out, "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2"), ToyTask()
     )
-    ck = out / "checkpoints"
-    (ck / ".tmp-step-6").mkdir()
-    (ck / ".tmp-step-6" / "model.safetensors").write_bytes(b"half")
-    (ck / ".old-step-2").mkdir()  # step-2 exists: an old copy of it
+    (out / ".tmp-checkpoint-6").mkdir()
+    (out / ".tmp-checkpoint-6" / "model.safetensors").write_bytes(b"half")
+    (out / ".old-checkpoint-2").mkdir()  # checkpoint-2 exists: an old copy of it
     (out / ".tmp-final").mkdir()
     os.replace(out / "best", out / ".old-best")  # killed between the two renames of an export
-    (out / ".eval_results.json.tmp").write_text("{")
+    (out / ".trainer_state.json.tmp").write_text("{")
     res = train(cfg_for(out, "--max_steps", "6", "--resume_from_checkpoint", "true"), ToyTask())
-    assert res["train"]["global_step"] == 6
-    hidden = sorted(p.name for d in (out, ck) for p in d.iterdir() if p.name.startswith("."))
+    assert res["global_step"] == 6
+    hidden = sorted(p.name for p in out.iterdir() if p.name.startswith("."))
     assert hidden == []
     assert (out / "best" / "model.safetensors").is_file()
     log = (out / "training.log").read_text()
-    assert f"Leftover of an interrupted save: removed {ck / '.tmp-step-6'}" in log
+    assert f"Leftover of an interrupted save: removed {out / '.tmp-checkpoint-6'}" in log
     assert f"restored {out / 'best'} from .old-best" in log
 
 
@@ -324,11 +325,11 @@ def test_sigterm_saves_a_checkpoint_and_the_resume_is_exact(tmp_path, monkeypatc
     assert seen == []  # the trainer's handler took it
     assert e.value.exit_code == 143
     assert e.value.step == 4  # the flag is acted on after the next optimizer step
-    assert e.value.checkpoint == out / "checkpoints" / "step-4"
+    assert e.value.checkpoint == out / "checkpoint-4"
     assert "Stopped by SIGTERM at step 4" in (out / "training.log").read_text()
     assert not (out / "final").exists() and not (out / "run.lock").exists()
     res = train(cfg_for(out, "--max_steps", "9", "--resume_from_checkpoint", "true"), ToyTask())
-    assert res["train"]["global_step"] == 9
+    assert res["global_step"] == 9
     assert_same_weights(final_weights(straight), final_weights(out))
 
 
@@ -353,7 +354,7 @@ def test_sigterm_to_a_training_process_then_resume_is_bit_exact(tmp_path):
         )
         step = int(line.split("at step ")[1].split(":")[0])
         assert 8 <= step < 12  # not an epoch end (6, 12, ...): the save came from the signal
-        assert (out / "checkpoints" / f"step-{step}").is_dir()
+        assert (out / f"checkpoint-{step}").is_dir()
         assert not (out / "final").exists()
         assert ref.wait(timeout=240) == 0, ref.stderr.read().decode()[-2000:]
     finally:
@@ -394,13 +395,13 @@ def test_disk_full_while_saving_a_checkpoint_says_where_and_how_much(tmp_path, m
             ToyTask(),
         )
     msg = str(e.value)
-    prev = out / "checkpoints" / "step-2"
+    prev = out / "checkpoint-2"
     prev_size = sum(p.stat().st_size for p in prev.rglob("*") if p.is_file())
-    assert f"Out of disk space writing checkpoint step-4 to {out / 'checkpoints' / 'step-4'}" in msg
+    assert f"Out of disk space writing checkpoint-4 to {out / 'checkpoint-4'}" in msg
     assert " free there" in msg
-    assert f"the previous one ({prev}) takes {checkpointing.fmt_bytes(prev_size)}" in msg
+    assert f"the previous one ({prev}) takes {fmt_bytes(prev_size)}" in msg
     assert "--resume_from_checkpoint true" in msg and "\n" not in msg
-    assert not (out / "checkpoints" / ".tmp-step-4").exists()  # the partial save is gone
+    assert not (out / ".tmp-checkpoint-4").exists()  # the partial save is gone
     assert checkpointing.verify_checkpoint(prev) is None
     assert not (out / "run.lock").exists()
 
@@ -423,8 +424,6 @@ def test_disk_full_while_exporting_best(tmp_path, monkeypatch):
 
 class HubToyTask(ToyTask):
     """The toy task saved like a SAM2 model folder (config.json), so push_output accepts it."""
-
-    family = "sam2"
 
     def save_pretrained(self, module, processor, out_dir, cfg):
         super().save_pretrained(module, processor, out_dir, cfg)
@@ -460,28 +459,36 @@ def test_offline_hub_pushes_never_stop_training(tmp_path, monkeypatch):
         train(cfg, HubToyTask())
     assert "Training finished" in str(e.value) and "offline" in str(e.value)
     assert f"python scripts/push_to_hub.py {out} --repo-id me/toy" in str(e.value)
-    results = json.loads((out / "eval_results.json").read_text())
-    assert results["train"]["global_step"] == 6
-    failures = results["train"]["hub_push_failures"]
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["global_step"] == 6
+    failures = results["hub_push_failures"]
+    # the model push of the first save fails offline: no more pushes until the final one
     assert [(f["step"], f["folder"], f["kind"]) for f in failures] == [
-        (2, "best", "offline"),
+        (2, "model", "offline"),
         (6, "final", "offline"),
     ]
+    assert json.loads((out / "train_results.json").read_text())["hub_push_failures"] == failures
     assert (out / "final" / "model.safetensors").is_file()
+    assert not (out / ".tmp-hub-model").exists()  # the export for the push is removed
     log = (out / "training.log").read_text()
     assert "push_to_hub is on but HF_HUB_OFFLINE is set" in log
-    assert "Hub push of best/ at step 2 failed (offline: " in log
+    assert "Hub push of the model at step 2 failed (offline: " in log
 
 
 def test_a_failed_checkpoint_push_is_retried_at_the_next_checkpoint(tmp_path, monkeypatch):
     attempts: list[str] = []
+    uploads: list[tuple[str, str]] = []
 
     def flaky_push(output_dir, repo_id, private=True, **kw):
         attempts.append(kw["model_subdir"])
         if len(attempts) == 1:
             raise ConnectionError("Connection reset by peer")
 
+    def upload(checkpoint, repo_id, path_in_repo, private):
+        uploads.append((checkpoint.name, path_in_repo))
+
     monkeypatch.setattr("sam_hf.hub.push.push_output", flaky_push)
+    monkeypatch.setattr("sam_hf.training.hub_pushes.upload_checkpoint", upload)
     cfg = cfg_for(
         tmp_path / "run",
         "--max_steps",
@@ -502,10 +509,13 @@ def test_a_failed_checkpoint_push_is_retried_at_the_next_checkpoint(tmp_path, mo
         "checkpoint",
     )
     res = train(cfg, HubToyTask())
-    assert attempts == ["best", "best", "final"]
-    assert res["train"]["global_step"] == 4
-    assert res["train"]["hub_push_failures"] == [
-        {"step": 2, "folder": "best", "kind": "network", "error": "Connection reset by peer"}
+    # a network failure does not stop the other pushes: the checkpoint still goes up, and
+    # the next save pushes the model again
+    assert attempts == [".tmp-hub-model", ".tmp-hub-model", "final"]
+    assert uploads == [("checkpoint-2", "last-checkpoint"), ("checkpoint-4", "last-checkpoint")]
+    assert res["global_step"] == 4
+    assert res["hub_push_failures"] == [
+        {"step": 2, "folder": "model", "kind": "network", "error": "Connection reset by peer"}
     ]
 
 
@@ -517,8 +527,8 @@ def test_voided_steps_are_made_up_under_max_steps(tmp_path):
     epochs would give 10). Under num_train_epochs the epochs are the promise (tests/test_trainer.py)."""
     out = tmp_path / "run"
     res = train(cfg_for(out, "--max_steps", "12"), ToyTask(nan_ids={"img3"}))
-    assert res["train"]["global_step"] == 12
-    assert res["train"]["nonfinite_steps"] >= 2
+    assert res["global_step"] == 12
+    assert res["train_nonfinite_steps"] >= 2
     assert (
         "voided by non-finite losses and made up: 12 steps ran"
         in (out / "training.log").read_text()

@@ -17,23 +17,39 @@ from huggingface_hub.repocard_data import model_index_to_eval_results
 from huggingface_hub.utils import _http as hf_http
 from huggingface_hub.utils import filter_repo_objects
 from PIL import Image
+from test_faults import HubToyTask
 from test_lora import tiny_sam2, tiny_sam3
+from toy_task import toy_config
 from transformers import Sam2ImageProcessor, Sam2Model, Sam2Processor
 
 from sam_hf.config import Sam2Config, load_config, save_config
 from sam_hf.hub import cards, push
 from sam_hf.models import lora
+from sam_hf.training import hub_pushes
+from sam_hf.training.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 # the HTTP client module huggingface_hub's own error handling expects (httpx2, formerly httpx)
 HTTP = getattr(hf_http, "httpx2", None) or hf_http.httpx
 TOKEN = "hf_PLANTEDtokenNEVERtoBEwrittenXYZ123"
+#: A run's all_results.json: flat keys as transformers writes them, the before/after view as
+#: initial_eval_* / best_eval_*.
 RESULTS = {
-    "initial": {"mean_iou": 0.5, "mean_dice": 0.6, "num_objects": 12},
-    "final": {"mean_iou": 0.71234, "mean_dice": 0.8, "num_objects": 12},
-    "best": {"step": 20, "mean_iou": 0.72},
-    "train": {"global_step": 20, "num_processes": 2},
+    "epoch": 2.0,
+    "eval_mean_iou": 0.71234,
+    "eval_mean_dice": 0.8,
+    "eval_num_objects": 12,
+    "initial_eval_mean_iou": 0.5,
+    "initial_eval_mean_dice": 0.6,
+    "initial_eval_num_objects": 12,
+    "best_eval_mean_iou": 0.72,
+    "best_global_step": 20,
+    "metric_for_best_model": "eval_mean_iou",
+    "global_step": 20,
+    "num_processes": 2,
 }
+#: What final/eval_results.json holds in that run.
+FINAL = {k: v for k, v in RESULTS.items() if not k.startswith(("initial_", "best_"))}
 
 
 class FakeApi:
@@ -53,11 +69,12 @@ class FakeApi:
     ):
         self.calls.append(("upload_folder", {"repo_id": repo_id, "folder_path": folder_path, **kw}))
         root = Path(folder_path)
+        prefix = f"{kw['path_in_repo']}/" if kw.get("path_in_repo") else ""
         paths = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
         for rel in filter_repo_objects(
             paths, allow_patterns=allow_patterns, ignore_patterns=ignore_patterns
         ):
-            self.uploaded[rel] = (root / rel).read_bytes()
+            self.uploaded[prefix + rel] = (root / rel).read_bytes()
         return SimpleNamespace(repo_url=f"https://huggingface.co/{repo_id}")
 
     def upload_file(self, *, path_or_fileobj, path_in_repo, repo_id, **kw):
@@ -110,8 +127,8 @@ def make_run(tmp_path: Path, use_lora: bool, merge_lora: bool) -> tuple[Path, ob
     final.mkdir(parents=True)
     save_config(cfg, out / "config.yaml")
     save_config(cfg, final / "training_config.yaml")
-    (out / "eval_results.json").write_text(json.dumps(RESULTS))
-    (final / "eval_results.json").write_text(json.dumps(RESULTS["final"]))
+    (out / "all_results.json").write_text(json.dumps(RESULTS))
+    (final / "eval_results.json").write_text(json.dumps(FINAL))
     sam2_processor().save_pretrained(final)
     if use_lora:
         pm = lora.apply_lora(tiny_sam2(), cfg, "sam2")
@@ -155,7 +172,7 @@ def test_adapter_only_push_uploads_exactly_the_adapter(tmp_path, monkeypatch, va
         api.uploaded["adapter_model.safetensors"]
         == (out / "final" / "adapter" / "adapter_model.safetensors").read_bytes()
     )
-    assert json.loads(api.uploaded["eval_results.json"]) == RESULTS["final"]
+    assert json.loads(api.uploaded["eval_results.json"]) == FINAL
     card = ModelCard(api.uploaded["README.md"].decode())
     assert card.data.library_name == "peft" and "lora" in card.data.tags
     assert 'PeftModel.from_pretrained(base, "me/sam2-apples-lora")' in card.text
@@ -238,6 +255,84 @@ def test_push_refuses_a_run_without_the_expected_folder(tmp_path, validator):
         push.push_output(out, "me/x", api=FakeApi(), adapter_only=False)
     with pytest.raises(FileNotFoundError, match="has the run finished"):
         push.push_output(out, "me/x", api=FakeApi(), model_subdir="best")
+
+
+# ------------------------------------------------------------------------ hub_strategy
+
+
+@pytest.mark.parametrize(
+    "strategy, pushed",
+    [
+        ("end", ["sam_hf: final model at step 4"]),
+        (
+            "every_save",
+            ["sam_hf: model at step 2", "sam_hf: model at step 4", "sam_hf: final model at step 4"],
+        ),
+        (
+            "checkpoint",
+            [
+                "sam_hf: model at step 2",
+                "sam_hf: checkpoint-2 as last-checkpoint/",
+                "sam_hf: model at step 4",
+                "sam_hf: checkpoint-4 as last-checkpoint/",
+                "sam_hf: final model at step 4",
+            ],
+        ),
+        (
+            "all_checkpoints",
+            [
+                "sam_hf: model at step 2",
+                "sam_hf: checkpoint-2 as checkpoint-2/",
+                "sam_hf: model at step 4",
+                "sam_hf: checkpoint-4 as checkpoint-4/",
+                "sam_hf: final model at step 4",
+            ],
+        ),
+    ],
+)
+def test_hub_strategy_pushes_what_transformers_does(
+    strategy, pushed, tmp_path, monkeypatch, validator
+):
+    """A 4-step toy run saving at steps 2 and 4 against a fake Hub: ``end`` pushes final/
+    once; ``every_save`` also the model at every save; ``checkpoint`` also the latest
+    checkpoint as last-checkpoint/ (replacing the previous one: resumable from the Hub);
+    ``all_checkpoints`` every checkpoint-N/ as itself."""
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    api = FakeApi()
+    monkeypatch.setattr(push, "HfApi", lambda **kw: api)
+    monkeypatch.setattr(hub_pushes, "HfApi", lambda **kw: api)
+    out = tmp_path / "run"
+    cfg = toy_config(
+        out,
+        *("--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2"),
+        *("--eval_on_start", "false", "--push_to_hub", "true", "--hub_model_id", "me/toy"),
+        *("--hub_strategy", strategy),
+    )
+    res = train(cfg, HubToyTask())
+    assert res["hub_push_failures"] == []
+    uploads = [kw for name, kw in api.calls if name == "upload_folder"]
+    assert [kw["commit_message"] for kw in uploads] == pushed
+    assert all(kw["repo_id"] == "me/toy" for kw in uploads)
+    # the repo root holds the final model with its card, as final/ does
+    for name in ("config.json", "model.safetensors", "README.md", "training_config.yaml"):
+        assert api.uploaded[name] == (out / "final" / name).read_bytes(), name
+    folders = {k.split("/")[0] for k in api.uploaded if "/" in k}
+    checkpoints = [kw for kw in uploads if kw.get("path_in_repo")]
+    if strategy == "checkpoint":
+        assert folders == {"last-checkpoint"}
+        assert all(kw["delete_patterns"] == ["*"] for kw in checkpoints)  # replaced, not merged
+        state = json.loads(api.uploaded["last-checkpoint/trainer_state.json"])
+        assert state["global_step"] == 4
+        assert "last-checkpoint/optimizer.bin" in api.uploaded
+    elif strategy == "all_checkpoints":
+        assert folders == {"checkpoint-2", "checkpoint-4"}
+        for step in (2, 4):
+            local = out / f"checkpoint-{step}" / "model.safetensors"
+            assert api.uploaded[f"checkpoint-{step}/model.safetensors"] == local.read_bytes()
+    else:
+        assert folders == set() and checkpoints == []
+    assert not (out / hub_pushes.STAGING).exists()
+    assert_token_nowhere(out)
 
 
 # ------------------------------------------------------------------------------------ card

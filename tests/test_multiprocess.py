@@ -39,22 +39,21 @@ def _run(out: Path, nproc: int) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads((out / "eval_results.json").read_text())
+    return json.loads((out / "all_results.json").read_text())
 
 
 @pytest.mark.slow  # two accelerate launches, one of them with two ranks
 def test_two_ranks_gather_each_eval_image_once(tmp_path):
     one = _run(tmp_path / "one", 1)
     two = _run(tmp_path / "two", 2)
-    assert one["train"]["num_processes"] == 1
-    assert two["train"]["num_processes"] == 2
+    assert one["num_processes"] == 1
+    assert two["num_processes"] == 2
     # 5 eval images over 2 ranks: the sampler pads one rank; gather_for_metrics must drop it
-    assert (
-        two["initial"]["image_ids"] == one["initial"]["image_ids"] == [f"img{i}" for i in range(5)]
-    )
+    images = [f"img{i}" for i in range(5)]
+    assert two["initial_eval_image_ids"] == one["initial_eval_image_ids"] == images
     # DDP vs one process: the per-image IoUs are exact quotients of pixel counts of the same
     # weights' masks, gathered in another order, so only the float64 mean's summation order
     # differs (5 terms, 1.1e-16 each): abs 1e-12 is a ~2000x margin (a pixel flipped by a logit
     # within rounding of 0 would show as >= 1/256, and has not been seen)
-    assert two["initial"]["mean_iou"] == pytest.approx(one["initial"]["mean_iou"], abs=1e-12)
-    assert two["final"]["num_images"] == 5
+    assert two["initial_eval_mean_iou"] == pytest.approx(one["initial_eval_mean_iou"], abs=1e-12)
+    assert two["eval_num_images"] == 5

@@ -17,9 +17,10 @@ import pytest
 import torch
 from toy_task import ToyModule, ToyTask, final_weights, toy_config
 
-import sam_hf.training.loop as trainer_mod
 from sam_hf.config import ConfigError
-from sam_hf.training.loop import build_optimizer, train
+from sam_hf.training import optim
+from sam_hf.training.loop import train
+from sam_hf.training.optim import build_optimizer
 
 #: bitsandbytes keeps tensors smaller than this (its ``min_8bit_size`` default) in fp32.
 MIN_8BIT_SIZE = 4096
@@ -61,14 +62,14 @@ def state_bytes(optimizer: torch.optim.Optimizer, p: torch.Tensor) -> int:
 def captured_optimizers(monkeypatch) -> list[torch.optim.Optimizer]:
     """Every optimizer ``train`` builds, kept so a test can inspect its state afterwards."""
     built: list[torch.optim.Optimizer] = []
-    original = trainer_mod.build_optimizer
+    original = optim.build_optimizer
 
     def recording(cfg, module):
         opt = original(cfg, module)
         built.append(opt)
         return opt
 
-    monkeypatch.setattr(trainer_mod, "build_optimizer", recording)
+    monkeypatch.setattr(optim, "build_optimizer", recording)
     return built
 
 
@@ -79,11 +80,11 @@ def test_adamw_8bit_trains_with_8bit_state(tmp_path, captured_optimizers):
 
     (opt,) = captured_optimizers
     assert isinstance(opt, bnb.optim.AdamW8bit)
-    assert res["train"]["global_step"] == 12
+    assert res["global_step"] == 12
     losses = logged_losses(out)
     assert len(losses) == 12
     assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3, losses
-    assert res["final"]["mean_iou"] > res["initial"]["mean_iou"]
+    assert res["eval_mean_iou"] > res["initial_eval_mean_iou"]
 
     params = [p for g in opt.param_groups for p in g["params"]]
     large = [p for p in params if p.numel() >= MIN_8BIT_SIZE]
@@ -146,14 +147,14 @@ def test_adamw_8bit_resume_equals_straight_run(tmp_path):
         cfg_for(tmp_path / "b", "--max_steps", "9", "--resume_from_checkpoint", "true"),
         ToyTask(**WIDE),
     )
-    assert resumed["train"]["global_step"] == 9
+    assert resumed["global_step"] == 9
     a, b = final_weights(tmp_path / "a"), final_weights(tmp_path / "b")
     assert a.keys() == b.keys()
     for k in a:  # the same run, resumed from its own checkpoint: bitwise
         assert torch.equal(a[k], b[k]), f"{k} differs"
     # the checkpoint it resumed from holds the 8-bit moments, not fp32 copies of them
     # (bitsandbytes nests each parameter's tensors under one key of its own)
-    saved = torch.load(tmp_path / "b" / "checkpoints" / "step-4" / "optimizer.bin")
+    saved = torch.load(tmp_path / "b" / "checkpoint-4" / "optimizer.bin")
     states = [st["__bnb_optimizer_quant_state__"] for st in saved["state"].values()]
     dtypes = [st["state1"].dtype for st in states]
     assert dtypes.count(torch.uint8) == 1  # the one large tensor

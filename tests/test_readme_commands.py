@@ -692,9 +692,9 @@ def test_readme_command(command: ReadmeCommand, workspace: Workspace) -> None:
         )
     if command.text == "make demo":
         results = json.loads((ws.root / "outputs/sam2_demo/eval_results.json").read_text())
-        for stage in ("initial", "final"):
+        for prefix in ("initial_eval", "eval"):
             for metric in ("mean_iou", "mean_dice", "mean_boundary_f1"):
-                assert metric in results[stage], (stage, metric, results)
+                assert f"{prefix}_{metric}" in results, (prefix, metric, results)
 
 
 def test_commands_left_the_repository_clean(workspace: Workspace) -> None:

@@ -66,10 +66,11 @@ def test_sam2_recipe_outputs_load_with_plain_transformers(sam2_run):
 
     root, _, results = sam2_run
     out = root / "run"
-    on_disk = json.loads((out / "eval_results.json").read_text())
-    for split in ("initial", "final"):
-        assert {"mean_iou", "mean_dice", "mean_boundary_f1"} <= set(on_disk[split])
-    assert on_disk["final"] == results["final"]
+    on_disk = json.loads((out / "all_results.json").read_text())
+    for prefix in ("initial_eval", "eval"):
+        for metric in ("mean_iou", "mean_dice", "mean_boundary_f1"):
+            assert f"{prefix}_{metric}" in on_disk
+    assert on_disk == results
     model = Sam2Model.from_pretrained(out / "final")
     Sam2Processor.from_pretrained(out / "final")
     sd = load_file(str(out / "final" / "model.safetensors"))
@@ -77,6 +78,8 @@ def test_sam2_recipe_outputs_load_with_plain_transformers(sam2_run):
     assert all(torch.equal(sd[k], own[k]) for k in sd)
     assert (out / "final" / "training_config.yaml").is_file()
     assert (out / "best" / "config.json").is_file()
+    assert (out / "final" / "README.md").read_text().startswith("---\n")  # its model card
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
     assert "Resolved config" in (out / "training.log").read_text()
 
 
@@ -100,8 +103,8 @@ def test_init_from_an_earlier_fine_tune(sam2_run, tmp_path):
         )
     )
     # the new run starts from the old final weights: same initial metrics as the old final ones
-    assert res["initial"]["mean_iou"] == pytest.approx(
-        json.loads((root / "run" / "eval_results.json").read_text())["final"]["mean_iou"], abs=1e-9
+    assert res["initial_eval_mean_iou"] == pytest.approx(
+        json.loads((root / "run" / "eval_results.json").read_text())["eval_mean_iou"], abs=1e-9
     )
     with pytest.raises(ConfigError, match="holds a 'sam3' model"):
         folder = tmp_path / "other"
@@ -139,7 +142,7 @@ def test_lora_merge_and_offline_wandb(sam2_run, tmp_path, monkeypatch):
     adapted = PeftModel.from_pretrained(base, out / "final" / "adapter")
     assert adapted.peft_config["default"].r == 8
     # checkpoints hold adapters and heads only
-    ckpt = next((out / "checkpoints").glob("step-*"))
+    ckpt = next(out.glob("checkpoint-*"))
     assert (ckpt / "model.safetensors").stat().st_size < 0.5 * (
         out / "final" / "model.safetensors"
     ).stat().st_size
@@ -202,7 +205,7 @@ def test_sam3_recipe_outputs_load_with_plain_transformers(tmp_path):
         "mask_AP",
         "mean_iou",
     ):
-        assert key in results["initial"] and key in results["final"]
+        assert f"initial_eval_{key}" in results and f"eval_{key}" in results
     Sam3Model.from_pretrained(out / "final")
     processor = Sam3Processor.from_pretrained(out / "final")
     ids = processor.tokenizer("ripe red apple")["input_ids"]
@@ -228,7 +231,7 @@ def test_a_config_error_prints_once_without_a_traceback(launcher, tmp_path):
         cmd, code = [*cmd, *recipe], 1
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == code, proc.stderr[-2000:]
-    message = "Config error: batch_size must be >= 1, got 0."
+    message = "Config error: per_device_train_batch_size must be >= 1, got 0."
     assert proc.stderr.count(message) == 1, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr + proc.stdout
     assert not (tmp_path / "run").exists()  # refused before anything was written

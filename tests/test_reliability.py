@@ -11,7 +11,8 @@ import torch
 from toy_task import ToyTask
 
 from sam_hf.config import ConfigError, Sam2Config, parse_args
-from sam_hf.training.loop import check_output_dir, train
+from sam_hf.training.loop import train
+from sam_hf.training.startup import check_output_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,7 +47,7 @@ def test_resume_loads_nothing_through_pickle(tmp_path, monkeypatch):
     )
     assert calls, "resume loaded no state at all"
     assert all(c is True for c in calls), calls
-    ckpt = tmp_path / "checkpoints" / "step-2"
+    ckpt = tmp_path / "checkpoint-2"
     assert (ckpt / "model.safetensors").is_file() and not list(ckpt.glob("pytorch_model*.bin"))
 
 

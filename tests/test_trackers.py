@@ -2,7 +2,7 @@
 
 TensorBoard's hparams accept only scalars and strings, so a config with lists and mappings
 crashed every ``--report_to tensorboard`` run at start; the trainer now logs non-scalar values
-as their JSON text (``trainer.tracker_config``). These runs go through the SAM2 recipe on a
+as their JSON text (``sam_hf.training.reporting.tracker_config``). These runs go through the SAM2 recipe on a
 tiny model; the cheaper every-choice matrix (2 steps) is in test_config_choices.py.
 """
 
@@ -67,7 +67,7 @@ def _tensorboard_events(run: Path, hparams: bool = False):
 def test_tensorboard_run_logs_config_lists_losses_and_images(tmp_path):
     pytest.importorskip("tensorboard")
     results = _train(tmp_path, "tensorboard")
-    assert results["train"]["global_step"] == 3
+    assert results["global_step"] == 3
     ea = _tensorboard_events(tmp_path / "run")
     assert [e.step for e in ea.Scalars("train/loss")] == [1, 2, 3]
     assert "final/mean_iou" in ea.Tags()["scalars"]
@@ -93,7 +93,7 @@ def test_wandb_offline_and_tensorboard_together(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     results = _train(tmp_path, "tensorboard,wandb")
     wandb.teardown()  # waits until the service has written and closed the run's files
-    assert results["train"]["global_step"] == 3
+    assert results["global_step"] == 3
     assert [e.step for e in _tensorboard_events(tmp_path / "run").Scalars("train/loss")] == [
         1,
         2,
@@ -108,4 +108,4 @@ def test_wandb_offline_and_tensorboard_together(tmp_path, monkeypatch):
 def test_trackio_if_installed(tmp_path, monkeypatch):
     pytest.importorskip("trackio")
     monkeypatch.chdir(tmp_path)
-    assert _train(tmp_path, "trackio")["train"]["global_step"] == 3
+    assert _train(tmp_path, "trackio")["global_step"] == 3

@@ -1,5 +1,7 @@
 """The shared training loop: exact resume, accumulation, the non-finite guard, early stopping,
-checkpoint hygiene. Uses a small conv net (tests/toy_task.py) so each run takes seconds."""
+checkpoint hygiene, and the outputs in transformers' layout (checkpoint-N/, trainer_state.json,
+eval_results.json / all_results.json, final/ and best/ with a model card). Uses a small conv
+net (tests/toy_task.py) so each run takes seconds."""
 
 from __future__ import annotations
 
@@ -17,7 +19,9 @@ from toy_task import ToyTask, final_weights, launch_toy, toy_config
 
 from sam_hf.config import ConfigError
 from sam_hf.training import checkpointing
-from sam_hf.training.loop import check_output_dir, train
+from sam_hf.training.loop import train
+from sam_hf.training.resume import find_resume_checkpoint
+from sam_hf.training.startup import check_output_dir
 
 HERE = Path(__file__).resolve().parent
 
@@ -42,19 +46,71 @@ def assert_same_weights(a: dict, b: dict) -> None:
 
 
 def test_training_improves_and_writes_results(tmp_path):
-    res = train(cfg_for(tmp_path / "run"), ToyTask())
-    assert res["final"]["mean_iou"] > res["initial"]["mean_iou"]
-    on_disk = json.loads((tmp_path / "run" / "eval_results.json").read_text())
-    assert on_disk["final"]["mean_iou"] == pytest.approx(res["final"]["mean_iou"])
-    log = (tmp_path / "run" / "training.log").read_text()
+    out = tmp_path / "run"
+    res = train(cfg_for(out), ToyTask())
+    assert res["eval_mean_iou"] > res["initial_eval_mean_iou"]
+    # transformers' results files: flat keys; all_results = eval_results + train_results
+    evals = json.loads((out / "eval_results.json").read_text())
+    trains = json.loads((out / "train_results.json").read_text())
+    assert json.loads((out / "all_results.json").read_text()) == {**evals, **trains} == res
+    assert evals["eval_mean_iou"] == pytest.approx(res["eval_mean_iou"])
+    assert evals["epoch"] == 2.0 and evals["metric_for_best_model"] == "eval_mean_iou"
+    assert evals["best_global_step"] == 12 and evals["best_eval_mean_iou"] == res["eval_mean_iou"]
+    assert trains["global_step"] == 12 and trains["train_samples"] == 12
+    assert trains["train_loss"] > 0 and trains["train_runtime"] > 0
+    assert trains["train_samples_per_second"] > 0 and trains["train_steps_per_second"] > 0
+    log = (out / "training.log").read_text()
     assert log.count("step ") >= 6
     # the run ends with the before/after table the README quotes
     row = log.split("Before and after fine-tuning:")[1].splitlines()[2].split()
-    before, after = res["initial"]["mean_iou"], res["final"]["mean_iou"]
+    before, after = res["initial_eval_mean_iou"], res["eval_mean_iou"]
     assert row == ["mean_iou", f"{before:.4f}", f"{after:.4f}", f"{after - before:+.4f}"]
-    assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
     # every eval image scored exactly once
-    assert res["final"]["image_ids"] == sorted(f"img{i}" for i in range(5))
+    assert res["eval_image_ids"] == sorted(f"img{i}" for i in range(5))
+    # final/ and best/: model, config, their own results and a model card, without any push
+    for folder in ("final", "best"):
+        names = {p.name for p in (out / folder).iterdir()}
+        assert names == {
+            "model.safetensors",
+            "training_config.yaml",
+            "eval_results.json",
+            "README.md",
+        }
+        assert (out / folder / "README.md").read_text().startswith("---\n")
+    assert json.loads((out / "final" / "eval_results.json").read_text())["eval_mean_iou"] == after
+    card = (out / "final" / "README.md").read_text()
+    assert f"| mean_iou | {before:.4f} | {after:.4f} | {after - before:+.4f} |" in card
+    assert "Best mean_iou during training" in card
+
+
+def test_trainer_state_has_transformers_schema(tmp_path):
+    """trainer_state.json in output_dir and in each checkpoint: transformers' fields, and a
+    log_history of training entries (loss, learning_rate, grad_norm, loss terms) and
+    evaluation entries (eval_<metric>) in the order they happened."""
+    out = tmp_path / "run"
+    train(cfg_for(out, "--logging_steps", "2"), ToyTask())
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 12 and state["epoch"] == 2.0
+    assert state["max_steps"] == 12 and state["num_train_epochs"] == 2
+    assert state["logging_steps"] == 2 and state["eval_steps"] is None
+    assert state["save_steps"] is None and state["train_batch_size"] == 2
+    assert state["best_global_step"] == 12 and state["best_metric"] > 0
+    assert state["best_model_checkpoint"] == str(out / "checkpoint-12")
+    history = state["log_history"]
+    assert [e["step"] for e in history] == [0, 1, 2, 4, 6, 6, 8, 10, 12, 12, 12]
+    assert set(history[0]) == {
+        "step",
+        "epoch",
+        "eval_mean_iou",
+        "eval_num_images",
+        "eval_image_ids",
+    }
+    assert set(history[1]) == {"step", "epoch", "loss", "learning_rate", "grad_norm", "loss_bce"}
+    assert history[2]["epoch"] == pytest.approx(2 / 6, abs=1e-4)  # fractional epochs
+    assert "eval_mean_iou" in history[5] and history[5]["epoch"] == 1.0
+    assert history[-1]["train_loss"] > 0 and "train_runtime" in history[-1]  # the summary
+    inner = json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())
+    assert inner["global_step"] == 6 and inner["log_history"] == history[:6]
 
 
 def test_resume_mid_epoch_equals_straight_run(tmp_path):
@@ -92,8 +148,15 @@ def test_resume_mid_epoch_equals_straight_run(tmp_path):
         ),
         ToyTask(),
     )
-    assert resumed["train"]["global_step"] == straight["train"]["global_step"] == 9
+    assert resumed["global_step"] == straight["global_step"] == 9
     assert_same_weights(final_weights(tmp_path / "a"), final_weights(tmp_path / "b"))
+    # the resumed run's trainer state (log_history restored from checkpoint-4) equals the
+    # straight run's, but for the end-of-training summary (timings of each process's part)
+    a, b = (json.loads((tmp_path / r / "trainer_state.json").read_text()) for r in "ab")
+    for s in (a, b):
+        s["log_history"] = [e for e in s["log_history"] if "train_runtime" not in e]
+        s["best_model_checkpoint"] = Path(s["best_model_checkpoint"]).name
+    assert a == b
 
 
 def test_gradient_accumulation_matches_bigger_batch(tmp_path):
@@ -127,8 +190,8 @@ def test_gradient_accumulation_matches_bigger_batch(tmp_path):
 def test_nonfinite_steps_are_skipped_then_stop_with_image_ids(tmp_path):
     # img3 is in one batch per epoch: that step is skipped, counted, and training goes on.
     res = train(cfg_for(tmp_path / "one", "--eval_on_start", "false"), ToyTask(nan_ids={"img3"}))
-    assert res["train"]["nonfinite_steps"] == 2
-    assert res["train"]["global_step"] == 2 * 6 - 2
+    assert res["train_nonfinite_steps"] == 2
+    assert res["global_step"] == 2 * 6 - 2
     assert torch.isfinite(
         torch.cat([v.flatten() for v in final_weights(tmp_path / "one").values()])
     ).all()
@@ -160,10 +223,14 @@ def test_early_stopping_and_checkpoint_limit(tmp_path):
     )
     res = train(cfg, ToyTask())
     # best at epoch 1, then 2 epochs without improvement -> stop after epoch 3
-    assert res["train"]["global_step"] == 3 * 6
+    assert res["global_step"] == 3 * 6
+    # save_total_limit 2 keeps the newest and never deletes the best (checkpoint-6)
     names = [p.name for p in checkpointing.list_checkpoints(out)]
-    assert names == ["step-12", "step-18"]
-    assert (out / "checkpoints" / "latest").read_text().strip() == "step-18"
+    assert names == ["checkpoint-6", "checkpoint-18"]
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["best_model_checkpoint"] == str(out / "checkpoint-6")
+    assert state["best_global_step"] == 6
+    assert not (out / "checkpoints").exists() and not (out / "latest").exists()
 
 
 def test_plateau_schedule_lowers_the_lr_when_the_metric_stalls(tmp_path):
@@ -176,7 +243,7 @@ def test_plateau_schedule_lowers_the_lr_when_the_metric_stalls(tmp_path):
     cfg.lr_scheduler_type = "reduce_lr_on_plateau"
     cfg.lr_scheduler_kwargs = {"patience": 0, "factor": 0.5}
     res = train(cfg, ToyTask())
-    assert res["train"]["global_step"] == 3 * 6
+    assert res["global_step"] == 3 * 6
     lrs = [
         float(line.split("train/lr=")[1].split()[0])
         for line in (out / "training.log").read_text().splitlines()
@@ -204,9 +271,10 @@ def test_guide_sam3_accumulation_runs_every_epoch_on_a_split_of_5(tmp_path):
         "false",
     )
     res = train(cfg, ToyTask(n_train=5))
-    assert res["train"]["global_step"] == 60
-    state = json.loads((out / "checkpoints" / "step-60" / "trainer_state.json").read_text())
-    assert state["epoch"] == 30 and len(state["history"]) == 30
+    assert res["global_step"] == 60
+    state = json.loads((out / "checkpoint-60" / "trainer_state.json").read_text())
+    evals = [e for e in state["log_history"] if "eval_mean_iou" in e]
+    assert state["epoch"] == 30 and len(evals) == 30
 
 
 def test_resume_ignores_partial_checkpoint(tmp_path):
@@ -214,12 +282,46 @@ def test_resume_ignores_partial_checkpoint(tmp_path):
     train(
         cfg_for(out, "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2"), ToyTask()
     )
-    # a crash while writing step-6 leaves only a temporary folder behind
-    (out / "checkpoints" / ".tmp-step-6").mkdir()
-    (out / "checkpoints" / "step-8").mkdir()  # no completion marker: not a checkpoint
-    assert checkpointing.find_resume_checkpoint(out, "true").name == "step-4"
+    # a crash while writing checkpoint-6 leaves only a temporary folder behind
+    (out / ".tmp-checkpoint-6").mkdir()
+    (out / "checkpoint-8").mkdir()  # no completion marker: not a checkpoint
+    assert find_resume_checkpoint(out, "true").name == "checkpoint-4"
     with pytest.raises(FileNotFoundError, match="not a complete sam_hf checkpoint"):
-        checkpointing.find_resume_checkpoint(out, str(out / "checkpoints" / "step-8"))
+        find_resume_checkpoint(out, str(out / "checkpoint-8"))
+
+
+class ScriptedTask(ToyTask):
+    """The toy task whose evaluations score ``mean_iou`` as scripted, in order."""
+
+    def __init__(self, scores: list[float]) -> None:
+        super().__init__()
+        self.scores = iter(scores)
+
+    def compute_metrics(self, records):
+        return {**super().compute_metrics(records), "mean_iou": next(self.scores)}
+
+
+def test_load_best_model_at_end_puts_the_best_weights_in_final(tmp_path):
+    """Evaluations score 0.1 (before), 0.9 (step 6), 0.5 (step 12): with
+    load_best_model_at_end, final/ holds the weights of step 6 and reports their metrics."""
+    out = tmp_path / "run"
+    cfg = cfg_for(out, "--load_best_model_at_end", "true")
+    res = train(cfg, ScriptedTask([0.1, 0.9, 0.5]))
+    assert res["global_step"] == 12 and res["best_global_step"] == 6
+    assert res["eval_mean_iou"] == res["best_eval_mean_iou"] == 0.9
+    assert res["initial_eval_mean_iou"] == 0.1
+    final, best = final_weights(out), load_file(str(out / "best" / "model.safetensors"))
+    assert_same_weights(final, best)
+    # those are the weights of checkpoint-6, not of the last step (checkpoint-12)
+    for step, same in ((6, True), (12, False)):
+        saved = load_file(str(out / f"checkpoint-{step}" / "model.safetensors"))
+        saved = {k.removeprefix("model."): v for k, v in saved.items()}
+        assert all(torch.equal(final[k], saved[k]) for k in final) is same
+    assert json.loads((out / "final" / "eval_results.json").read_text())["eval_mean_iou"] == 0.9
+    assert (
+        "load_best_model_at_end: final/ holds the best evaluated weights (step 6"
+        in (out / "training.log").read_text()
+    )
 
 
 def test_unwritable_output_dir_fails_before_training(tmp_path):
@@ -246,9 +348,7 @@ def test_sigkill_at_random_points_then_resume_is_bit_exact(tmp_path):
             out, "--save_strategy", "steps", "--save_steps", "1", "--resume_from_checkpoint", "true"
         )
         # wait until this attempt has made progress past a random number of new checkpoints
-        start = (
-            len(list((out / "checkpoints").glob("step-*"))) if (out / "checkpoints").exists() else 0
-        )
+        start = len(checkpointing.list_checkpoints(out))
         target = int(torch.randint(1, 4, (1,), generator=rng))
         deadline = time.time() + 120
         while proc.poll() is None and time.time() < deadline:

@@ -462,7 +462,7 @@ def _minimal_run(tmp_path: Path) -> Path:
     save_config(cfg, out / "config.yaml")
     save_config(cfg, final / "training_config.yaml")
     (final / "config.json").write_text(json.dumps({"model_type": "sam2"}))
-    (out / "eval_results.json").write_text(json.dumps({"final": {"mean_iou": 0.5}}))
+    (out / "eval_results.json").write_text(json.dumps({"eval_mean_iou": 0.5}))
     return out
 
 

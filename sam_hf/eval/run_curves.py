@@ -6,7 +6,7 @@ optionally ``grad_norm`` and per-term losses (``loss_focal``, ``loss_dice`` ...)
 entries carry ``step``, ``epoch`` and flat ``eval_<metric>`` keys (``eval_mean_iou``). This
 schema is what transformers' ``Trainer`` writes, so the same curves come out of any run that
 follows it. :func:`plot_run` writes ``loss_curves.png`` and ``eval_curves.png``; the best step
-(``best_global_step``, else ``eval_results.json``'s ``best``) is marked.
+(``best_global_step``, with ``eval_results.json``'s ``metric_for_best_model``) is marked.
 """
 
 from __future__ import annotations
@@ -84,13 +84,14 @@ def log_history(state: dict[str, Any]) -> dict[str, dict[int, dict[str, float]]]
 
 def _best(run: Path, state: dict[str, Any]) -> tuple[int | None, str | None]:
     """The best step and the metric that chose it, where the run says (None when it doesn't)."""
-    best: dict[str, Any] = {}
-    results = run / "eval_results.json"
-    if results.is_file():
-        best = (json.loads(results.read_text()) or {}).get("best") or {}
+    results: dict[str, Any] = {}
+    path = run / "eval_results.json"
+    if path.is_file():
+        results = json.loads(path.read_text()) or {}
     step = state.get("best_global_step")
-    step = best.get("step") if step is None else step
-    metric = next((k for k in best if k != "step"), None)
+    step = results.get("best_global_step") if step is None else step
+    metric = results.get("metric_for_best_model")
+    metric = metric.removeprefix("eval_") if isinstance(metric, str) else None
     return (int(step) if _is_number(step) else None), metric
 
 

@@ -1,7 +1,7 @@
 """Model cards: what a finished run is, rendered from ``sam_hf/assets/model_card_template.md``.
 
 A card is built from what the run left on disk -- its resolved config
-(``final/training_config.yaml``) and ``eval_results.json`` -- so it can be written long after
+(``final/training_config.yaml``) and ``all_results.json`` -- so it can be written long after
 training, on a machine without the training hardware. ``ModelCard.validate()`` asks the Hub
 (``POST /api/validate-yaml``), so it only runs in a real push (:mod:`sam_hf.hub.push`);
 :func:`check_card` is the offline part (the YAML header parses back into the same
@@ -61,9 +61,18 @@ def load_run_config(output_dir: str | os.PathLike, subdir: str = "final") -> dic
 
 
 def load_eval_results(output_dir: str | os.PathLike) -> dict[str, Any]:
-    """``output_dir/eval_results.json`` (initial / final / best / train), or {} if absent."""
-    path = Path(output_dir) / "eval_results.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    """The run's flat results (``all_results.json``, else ``eval_results.json``: ``eval_<m>``,
+    ``initial_eval_<m>``, ``best_eval_<m>``, ``global_step`` ...), or {} if absent."""
+    for name in ("all_results.json", "eval_results.json"):
+        path = Path(output_dir) / name
+        if path.is_file():
+            return json.loads(path.read_text())
+    return {}
+
+
+def final_metrics(results: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``eval_<metric>`` values of flat results, without the prefix."""
+    return {k[len("eval_") :]: v for k, v in results.items() if k.startswith("eval_")}
 
 
 def base_model_id(cfg: Mapping[str, Any]) -> str | None:
@@ -123,13 +132,11 @@ def _fmt(v: Any) -> str:
 
 def metric_rows(results: Mapping[str, Any]) -> list[dict[str, str]]:
     """Rows ``name | initial | final | change`` for every numeric final metric."""
-    initial = results.get("initial") or {}
-    final = results.get("final") or {}
     rows = []
-    for name, value in final.items():
+    for name, value in final_metrics(results).items():
         if not isinstance(value, int | float) or isinstance(value, bool):
             continue
-        before = initial.get(name)
+        before = results.get(f"initial_eval_{name}")
         delta = "-"
         if isinstance(before, int | float) and not isinstance(before, bool):
             d = value - before
@@ -285,7 +292,7 @@ def card_facts(
 def card_data(f: CardFacts) -> ModelCardData:
     """The card's YAML metadata: base model, dataset, library, tags, license, model-index."""
     eval_results = None
-    if f.dataset_id and f.results.get("final"):
+    if f.dataset_id and final_metrics(f.results):
         eval_results = [
             EvalResult(
                 task_type="mask-generation",
@@ -296,7 +303,7 @@ def card_data(f: CardFacts) -> ModelCardData:
                 metric_name=name,
                 metric_value=float(value),
             )
-            for name, value in f.results["final"].items()
+            for name, value in final_metrics(f.results).items()
             if isinstance(value, float)
         ] or None
     tags = ["sam_hf", f.family, "segmentation", "mask-generation"]
@@ -363,13 +370,16 @@ def _training_lines(f: CardFacts) -> dict[str, str]:
         )
     else:
         weights_line = "full fine-tune: a plain transformers model."
-    best = f.results.get("best") or {}
-    best_metric = c.get("metric_for_best_model")
+    best_metric = str(c.get("metric_for_best_model") or "").removeprefix("eval_")
+    best_value, best_step = (
+        f.results.get(f"best_eval_{best_metric}"),
+        f.results.get("best_global_step"),
+    )
     best_line = ""
-    if best.get("step") is not None and best_metric in best:
+    if best_step is not None and best_value is not None:
         best_line = (
-            f"Best {best_metric} during training: {_fmt(best.get(best_metric))} at step "
-            f"{best['step']} (the `best/` folder of the run)."
+            f"Best {best_metric} during training: {_fmt(best_value)} at step "
+            f"{best_step} (the `best/` folder of the run)."
         )
     precision = "bf16" if c.get("bf16") else "fp16" if c.get("fp16") else "no"
     training_line = (
@@ -408,8 +418,9 @@ def make_model_card(
 ) -> ModelCard:
     """The model card of a finished run, rendered from ``sam_hf/assets/model_card_template.md``.
 
-    ``metrics`` is the content of ``eval_results.json`` (``initial`` / ``final`` / ``best`` /
-    ``train``; read from ``output_dir`` when None). ``dataset_card_url`` links the data card
+    ``metrics`` is the run's flat results (``all_results.json``: ``eval_<m>``,
+    ``initial_eval_<m>``, ``best_eval_<m>``, ``global_step``, ``num_processes``; read from
+    ``output_dir`` when None). ``dataset_card_url`` links the data card
     (a Hub dataset URL also fills the ``datasets`` metadata and the model-index).
     ``adapter_only`` defaults to ``use_lora and not merge_lora``.
     """
@@ -423,15 +434,14 @@ def make_model_card(
         adapter_only=adapter_only,
         recipe=recipe,
     )
-    train = f.results.get("train") or {}
     card = ModelCard.from_template(
         card_data=card_data(f),
         template_path=str(TEMPLATE_PATH),
         model_name=f.model_name,
         recipe=f.recipe,
         family_name=f.family_name,
-        num_processes=int(train.get("num_processes", 1) or 1),
-        global_step=train.get("global_step", "?"),
+        num_processes=int(f.results.get("num_processes", 1) or 1),
+        global_step=f.results.get("global_step", "?"),
         eval_split=f.c.get("eval_split", "validation"),
         metric_rows=metric_rows(f.results),
         usage_intro=_usage_intro(f),
