@@ -1,7 +1,10 @@
 """Two real ranks on the CPU (gloo): evaluation sees every image exactly once.
 
-``accelerate launch --cpu --num_processes 2`` silently runs ONE process, so this launches with
-``--multi_gpu`` and lets the trainer put the Accelerator on the CPU.
+The trainer never forces the device (the launcher decides), and ``accelerate launch`` has no
+multi-process CPU mode without MPI (``--cpu --num_processes 2`` silently runs ONE process;
+``--multi_gpu`` without GPUs starts independent single-process runs). So the two ranks are
+started by torchrun with ``ACCELERATE_USE_CPU=true``, which Accelerate turns into a MULTI_CPU
+(gloo) run; the one-process reference goes through ``accelerate launch``.
 """
 
 from __future__ import annotations
@@ -18,12 +21,12 @@ HERE = Path(__file__).resolve().parent
 
 
 def _run(out: Path, nproc: int) -> dict:
-    launch = [sys.executable, "-m", "accelerate.commands.launch"]
     if nproc > 1:
-        launch += ["--multi_gpu", "--num_processes", str(nproc)]
+        launch = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+        launch += ["--nproc_per_node", str(nproc)]
     else:
-        launch += ["--num_processes", "1"]
-    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+        launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1"]
+        launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     cmd = [
         *launch,
         str(HERE / "toy_task.py"),
@@ -37,6 +40,7 @@ def _run(out: Path, nproc: int) -> dict:
         "1",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)}
+    env |= {"ACCELERATE_USE_CPU": "true", "ACCELERATE_MIXED_PRECISION": "no"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((out / "all_results.json").read_text())
