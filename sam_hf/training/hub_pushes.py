@@ -90,7 +90,7 @@ class HubPushes:
         cfg = self.cfg
         if not cfg.push_to_hub or cfg.hub_strategy == "end":
             return
-        if self.accelerator.is_main_process:
+        if self.accelerator.is_main_process and not self.given_up:
             staging = Path(cfg.output_dir) / STAGING
             export(staging)
             self._attempt(step, "model", functools.partial(self._push_model, staging, step))
