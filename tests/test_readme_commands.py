@@ -331,6 +331,12 @@ CASES: list[Case] = [
             "outputs/sam3_demo/best",
         ),
     ),
+    Case(
+        "accelerate launch --mixed_precision",
+        "skip",
+        reason="names accelerate launch's flag in prose (where the precision comes from), "
+        "not a command to run",
+    ),
     # --- Multi-GPU, clusters, LoRA, tracking, the Hub ---
     Case(
         "accelerate launch --config_file recipes/accelerate_configs/multi_gpu.yaml "
