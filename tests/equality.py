@@ -100,16 +100,17 @@ def assert_cached_features_are_encoder_output(module, train, autocast) -> None:
     """Each cached sample carries the features of exactly the pixels it holds (flipped or not):
     the encoder on the same pixels, one image, same autocast -- the same computation, so
     bitwise. Both flip variants must occur over two epochs."""
-    from sam_hf.features import cache
+    from sam_hf.features.dataset import CachedEmbeddingDataset
+    from sam_hf.features.store import autocast_context
 
-    assert isinstance(train, cache.CachedEmbeddingDataset)
+    assert isinstance(train, CachedEmbeddingDataset)
     flips = set()
     for epoch in (0, 1):
         train.set_epoch(epoch)
         for i in range(len(train)):
             s = train[i]
             flips.add(s["hflip"])
-            with torch.no_grad(), cache.autocast_context("cpu", autocast):
+            with torch.no_grad(), autocast_context("cpu", autocast):
                 want = module.encoder_features(s["pixel_values"][None])
             assert all(torch.equal(c, w[0]) for c, w in zip(s["image_embeddings"], want))
     assert flips == {False, True}
