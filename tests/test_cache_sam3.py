@@ -359,39 +359,35 @@ def test_phrase_cache_key_ignores_the_data_but_follows_the_text_weights(tmp_path
 
 
 def _launch_two_ranks(values: dict) -> None:
-    """The SAM3 recipe in two real CPU processes (gloo), as ``accelerate launch`` starts it."""
+    """The SAM3 recipe in two real CPU processes (gloo DDP). torchrun starts them as
+    ``accelerate launch --multi_gpu`` would on GPUs; ``ACCELERATE_USE_CPU`` is what
+    ``accelerate launch --cpu`` sets (without it a CPU-only machine runs two separate runs)."""
     cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
+        *(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"),
         str(ROOT / "recipes" / "sam3_coco_text.py"),
         *argv(values),
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    env["ACCELERATE_MIXED_PRECISION"] = "no"
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-@pytest.mark.slow  # two real ranks through accelerate launch
+@pytest.mark.slow  # two real ranks (torchrun)
 def test_two_ranks_fill_the_cache_once_and_train_like_uncached(tmp_path):
     """Rank 0 fills the image and phrase caches while rank 1 waits (main_process_first); both
     then train from them, and the DDP run ends with the uncached DDP run's weights."""
     data = tmp_path / "data"
-    prepare = overrides(tmp_path / "prep", data, cache_embeddings=False, batch_size=1)
+    prepare = overrides(
+        tmp_path / "prep", data, cache_embeddings=False, per_device_train_batch_size=1
+    )
     Sam3Task().prepare_data(load_config(Sam3Config, DEMO_YAML, prepare))  # data made once
     for name, mode in (("plain", False), ("cached", True)):
-        values = overrides(tmp_path / name, data, cache_embeddings=mode, batch_size=1)
+        values = overrides(
+            tmp_path / name, data, cache_embeddings=mode, per_device_train_batch_size=1
+        )
         _launch_two_ranks({**values, "max_steps": 2})
-    init, trainable, lr = initial_model(tmp_path, data, batch_size=1)
+    init, trainable, lr = initial_model(tmp_path, data, per_device_train_batch_size=1)
     # cached vs uncached (two computations), 2 AdamW steps at lr 1e-3: elementwise within
     # lr x steps = 2e-3 (measured worst 3.6e-5 with the runs under different ATen kernels: 56x
     # margin), ||a - b|| within 1e-2 of ||a - init|| (measured worst 1.9e-4: 52x margin)
