@@ -87,3 +87,20 @@ def test_readme_pretraining_commands_parse():
         yaml = ROOT / "recipes" / "pretrain" / f"{family}_tiny_shapes.yaml"
         cfg = parse_args(config_cls, ["--config", str(yaml), *shlex.split(flags)])
         assert cfg.family == family
+
+
+@pytest.mark.slow  # two processes started by accelerate launch
+def test_ranks_that_did_not_join_are_refused(tmp_path):
+    """`accelerate launch --multi_gpu` on a machine without GPUs starts processes that never
+    form a process group: each would train alone into the same output_dir. Refused in one line
+    naming the fix (ACCELERATE_USE_CPU=true runs them as gloo ranks: tests/test_multiprocess)."""
+    env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "tests")}
+    env["CUDA_VISIBLE_DEVICES"] = ""  # what a machine without GPUs looks like
+    proc = launch(
+        *("--multi_gpu", "--num_processes", "2", "--mixed_precision", "no"),
+        *("tests/toy_task.py", "--output_dir", str(tmp_path / "run"), "--max_steps", "2"),
+        env=env,
+    )
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("Config error:")]
+    assert len(lines) == 1 and "ACCELERATE_USE_CPU=true" in lines[0]

@@ -438,3 +438,16 @@ def test_sam2_recipe_killed_and_resumed_is_bit_exact(tmp_path):
     a = load_file(str(tmp_path / "ref" / "final" / "model.safetensors"))
     b = load_file(str(out / "final" / "model.safetensors"))
     assert_same_weights(a, b)
+
+
+def test_steps_strategy_also_saves_the_last_step(tmp_path):
+    """As transformers' Trainer: under save_strategy steps the run ends with a checkpoint of
+    its last step, so it can be resumed or extended from where it stopped."""
+    out = tmp_path / "run"
+    train(
+        cfg_for(out, "--max_steps", "3", "--save_strategy", "steps", "--save_steps", "2"),
+        ToyTask(),
+    )
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
+    state = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())
+    assert state["global_step"] == 3

@@ -441,7 +441,10 @@ class Run:
         """The final evaluation, the before/after table, ``final/``, the results files,
         ``trainer_state.json``, the final push. Returns ``all_results``."""
         cfg, acc, state = self.cfg, self.accelerator, self.state
-        final = self.write_final(self.final_metrics())
+        final = self.final_metrics()
+        if cfg.save_strategy == "steps":
+            self.save()  # as transformers' Trainer: the last step is always resumable
+        final = self.write_final(final)
         initial = state.eval_at(0)
         logger.info("Final eval: %s", fmt(final))
         logger.info("Before and after fine-tuning:\n%s", before_after_table(initial, final))

@@ -63,7 +63,7 @@ def build_accelerator(cfg: Any) -> Accelerator:
     config's bf16/fp16, else the launcher's), the trackers, and the device the launcher gives
     (never forced to the CPU)."""
     trackers = [t for t in cfg.report_to if t != "none"]
-    return Accelerator(
+    accelerator = Accelerator(
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         # Unset bf16/fp16 leave the choice to `accelerate launch` / `accelerate config`.
         mixed_precision=mixed_precision(cfg),
@@ -76,6 +76,20 @@ def build_accelerator(cfg: Any) -> Accelerator:
         # it num_processes times per optimizer step (finishing a cosine early on N ranks).
         step_scheduler_with_optimizer=False,
     )
+    check_ranks_joined(accelerator)
+    return accelerator
+
+
+def check_ranks_joined(accelerator: Accelerator) -> None:
+    """A launcher started several processes but Accelerate set up no process group (CPU-only
+    machine without ``ACCELERATE_USE_CPU``): each would train alone on the same output_dir."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and accelerator.num_processes == 1:
+        raise ConfigError(
+            f"{launched} processes were launched but they did not join one distributed run "
+            "(no GPU for --multi_gpu). On CPUs set ACCELERATE_USE_CPU=true (accelerate "
+            "launch --multi_gpu then runs gloo ranks), or launch one process."
+        )
 
 
 def on_main_process(accelerator: Accelerator, fn: Callable[[], Any]) -> Any:
