@@ -114,7 +114,9 @@ def _full_size(args: argparse.Namespace, tmp: Any, clock: str) -> None:
     """Extra lines: the full-size hiera-tiny architecture at 1024 px, batch 1, one step a round."""
     # the real recipe's settings (objects per image, augmentation), not the demo's
     yaml = C.ROOT / "recipes" / "sam2_mineapple.yaml"
-    cfg = C.recipe_config(tmp / "out_full", yaml=yaml, resolution=1024, per_device_train_batch_size=1)
+    cfg = C.recipe_config(
+        tmp / "out_full", yaml=yaml, resolution=1024, per_device_train_batch_size=1
+    )
     module, processor = C.full_size_sam2(cfg)
     dd = C.orchard_dataset(tmp / "full", args.full_size_images, (1280, 720), cfg.seed)
     data_block, model_block, n_data, n_model = _arms(
