@@ -57,6 +57,7 @@ COMPANIONS: dict[tuple[str, Any], dict[str, Any]] = {
     ("save_strategy", "epoch"): {"save_steps": None},
     ("save_strategy", "no"): {"save_steps": None},
     ("lr_scheduler_type", "cosine_with_min_lr"): {"lr_scheduler_kwargs": {"min_lr_rate": 0.1}},
+    ("lr_scheduler_type", "warmup_stable_decay"): {"lr_scheduler_kwargs": {"num_decay_steps": 1}},
 }
 SAM3_COMPANIONS: dict[tuple[str, Any], dict[str, Any]] = {
     ("cache_embeddings", "true"): {"color_jitter": 0.0, "freeze_vision_encoder": True},

@@ -181,6 +181,8 @@ def test_validation_runs_for_configs_built_in_python():
         Sam2Config(eval_strategy="steps")
     with pytest.raises(ConfigError, match="cosine_with_min_lr needs exactly one of min_lr"):
         Sam2Config(lr_scheduler_type="cosine_with_min_lr")
+    with pytest.raises(ConfigError, match="warmup_stable_decay needs num_decay_steps"):
+        Sam2Config(lr_scheduler_type="warmup_stable_decay")
 
 
 def test_shipped_recipe_yamls_are_valid():

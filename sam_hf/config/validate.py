@@ -262,6 +262,12 @@ def _validate_schedule(cfg: Any) -> None:
             "lr_scheduler_type: cosine_with_min_lr needs exactly one of min_lr or min_lr_rate "
             "in lr_scheduler_kwargs, e.g. --lr_scheduler_kwargs '{min_lr_rate: 0.1}'.",
         )
+    if cfg.lr_scheduler_type == "warmup_stable_decay":
+        _check(
+            "num_decay_steps" in kwargs,
+            "lr_scheduler_type: warmup_stable_decay needs num_decay_steps in "
+            "lr_scheduler_kwargs, e.g. --lr_scheduler_kwargs '{num_decay_steps: 100}'.",
+        )
     if cfg.lr_scheduler_type == "reduce_lr_on_plateau" and "mode" in kwargs:
         _check(
             kwargs["mode"] == ("max" if cfg.greater_is_better else "min"),
