@@ -70,19 +70,31 @@ def _check_finite(cfg: Any) -> None:
             _check(math.isfinite(v), f"{where} must be a finite number, got {v}.")
 
 
+#: Checkpoint folders are ``checkpoint-<global_step>`` in output_dir: transformers'
+#: ``PREFIX_CHECKPOINT_DIR``.
+CHECKPOINT_PREFIX = "checkpoint"
+
+
+def numbered_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
+    """Every ``checkpoint-<step>`` folder in ``output_dir`` (complete or not), by step."""
+    root = Path(output_dir)
+    found = []
+    for p in root.iterdir() if root.is_dir() else ():
+        m = re.fullmatch(rf"{CHECKPOINT_PREFIX}-(\d+)", p.name)
+        if m and p.is_dir():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
 def _check_resume_path(cfg: Any) -> None:
     """``resume_from_checkpoint PATH``: the path must exist (its contents are the loop's job)."""
     value = cfg.resume_from_checkpoint
     if value is None or resume_is_latest(value) or Path(value).expanduser().exists():
         return
     root = Path(cfg.output_dir)
-    found = sorted(
-        (int(m.group(1)), str(p))
-        for p in (root.iterdir() if root.is_dir() else ())
-        if (m := re.fullmatch(r"checkpoint-(\d+)", p.name)) and p.is_dir()
-    )
+    found = numbered_checkpoints(root)
     have = (
-        f"checkpoints in {root}: {', '.join(p for _, p in found)}"
+        f"checkpoints in {root}: {', '.join(str(p) for _, p in found)}"
         if found
         else f"there are no checkpoint-N folders in {root}"
     )

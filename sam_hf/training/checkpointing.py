@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import zipfile
 from pathlib import Path
@@ -26,6 +25,7 @@ import yaml
 from accelerate import Accelerator
 from safetensors.torch import load_file
 
+from sam_hf.config.validate import CHECKPOINT_PREFIX, numbered_checkpoints
 from sam_hf.models.lora import filter_trainable, load_trainable_state_dict
 from sam_hf.training.errors import CheckpointError
 from sam_hf.training.files import (
@@ -36,9 +36,6 @@ from sam_hf.training.files import (
 )
 from sam_hf.training.state import TRAINER_STATE_NAME, TrainerState
 
-#: transformers' ``PREFIX_CHECKPOINT_DIR``: checkpoints are ``checkpoint-<global_step>``.
-PREFIX = "checkpoint"
-_STEP_RE = re.compile(rf"^{PREFIX}-(\d+)$")
 #: Written last inside a checkpoint folder; its presence marks the folder complete.
 COMPLETE_MARK = TRAINER_STATE_NAME
 #: ``{relative path: size in bytes}`` of every file of a checkpoint, written before the mark.
@@ -49,20 +46,12 @@ CONFIG_NAME = "training_config.yaml"
 
 def checkpoint_name(step: int) -> str:
     """``checkpoint-<step>``."""
-    return f"{PREFIX}-{step}"
+    return f"{CHECKPOINT_PREFIX}-{step}"
 
 
 def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     """Complete checkpoints in ``output_dir``, oldest first (by step)."""
-    root = Path(output_dir)
-    if not root.is_dir():
-        return []
-    found = []
-    for p in root.iterdir():
-        m = _STEP_RE.match(p.name)
-        if m and p.is_dir() and (p / COMPLETE_MARK).is_file():
-            found.append((int(m.group(1)), p))
-    return [p for _, p in sorted(found)]
+    return [p for _, p in numbered_checkpoints(output_dir) if (p / COMPLETE_MARK).is_file()]
 
 
 # ---------------------------------------------------------------------- integrity checks
