@@ -143,14 +143,14 @@ def _steps_follow_a_later_strategy(sources: list[tuple[str, dict]], values: dict
     later strategy wins and the earlier interval is dropped (it would only be ignored). An
     interval set together with or after a non-step strategy stays, and validation refuses it."""
     for kind in ("eval", "save"):
-        last_strategy = max(
-            (i for i, (_, d) in enumerate(sources) if f"{kind}_strategy" in d), default=-1
-        )
-        last_steps = max(
-            (i for i, (_, d) in enumerate(sources) if f"{kind}_steps" in d), default=-1
-        )
-        if last_steps < last_strategy and values.get(f"{kind}_strategy") != "steps":
+        later = _last_set(sources, f"{kind}_steps") < _last_set(sources, f"{kind}_strategy")
+        if later and values.get(f"{kind}_strategy") != "steps":
             values.pop(f"{kind}_steps", None)
+
+
+def _last_set(sources: list[tuple[str, dict]], key: str) -> int:
+    """Index of the last source that sets ``key`` (-1: none does)."""
+    return max((i for i, (_, data) in enumerate(sources) if key in data), default=-1)
 
 
 def _synthetic_only_where_declared(sources: list[tuple[str, dict]], values: dict) -> None:
@@ -161,8 +161,8 @@ def _synthetic_only_where_declared(sources: list[tuple[str, dict]], values: dict
     ``dataset_path`` (and no later one) sets no ``synthetic_num_images``, generation is off
     and a missing path fails with the prepare command to run.
     """
-    setters = [i for i, (_, data) in enumerate(sources) if "dataset_path" in data]
-    if setters and not any("synthetic_num_images" in d for _, d in sources[setters[-1] :]):
+    path_at = _last_set(sources, "dataset_path")
+    if path_at >= 0 and _last_set(sources, "synthetic_num_images") < path_at:
         values["synthetic_num_images"] = 0
 
 
