@@ -41,7 +41,7 @@ HTTP = getattr(hf_http, "httpx2", None) or hf_http.httpx
 
 def _float_keys(cls: type) -> list[str]:
     hints = typing.get_type_hints(cls)
-    return [f.name for f in dataclasses.fields(cls) if hints[f.name] is float]
+    return [f.name for f in dataclasses.fields(cls) if hints[f.name] in (float, float | None)]
 
 
 FLOAT_CASES = [

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from sam_hf.config.presets import apply_preset
 from sam_hf.config.validate import validate
 
 #: ``lr_scheduler_type`` values: transformers' ``get_scheduler`` builds each of them.
@@ -213,10 +214,15 @@ class Sam2PromptArgs:
 class Sam2LossArgs:
     """Weights of the SAM2 loss terms (the guide's defaults)."""
 
-    loss_focal: float = _f(20.0, "Sigmoid focal loss weight.")
-    loss_dice: float = _f(1.0, "Dice loss weight.")
-    loss_iou: float = _f(1.0, "IoU-prediction loss weight.")
-    loss_bce: float = _f(5.0, "Object-score BCE weight.")
+    preset: Literal["official", "guide"] = _f(
+        "official",
+        "Fills every loss/prompt key left unset: official = Meta's SAM2.1 fine-tuning, guide = "
+        "the fine-tuning guide's numbers (README: Presets).",
+    )
+    loss_focal: float | None = _f(None, "Sigmoid focal loss weight (unset: from preset).")
+    loss_dice: float | None = _f(None, "Dice loss weight (unset: from preset).")
+    loss_iou: float | None = _f(None, "IoU-prediction loss weight (unset: from preset).")
+    loss_bce: float | None = _f(None, "Object-score BCE weight (unset: from preset).")
     iou_loss: Literal["l1", "mse"] = _f("l1", "IoU-prediction loss type.")
     focal_alpha: float = _f(0.25, "Focal alpha.")
     focal_gamma: float = _f(2.0, "Focal gamma.")
@@ -232,6 +238,7 @@ class Sam2Config(
     family: Literal["sam2"] = _f("sam2", "Model family (fixed by the recipe).")
 
     def __post_init__(self) -> None:
+        apply_preset(self)
         validate(self)
 
 
@@ -272,6 +279,12 @@ class Sam3QueryArgs:
 class Sam3LossArgs:
     """SAM3 loss: Hungarian matching, then grouped weights (see sam_hf.losses.sam3)."""
 
+    preset: Literal["official", "guide"] = _f(
+        "official",
+        "Fills every loss key left unset: official = Meta's SAM3 training losses, guide = the "
+        "fine-tuning guide's grouped weights (README: Presets).",
+    )
+
     loss_segmentation: float = _f(1.0, "Group weight of mask focal + dice on matched queries.")
     loss_grounding: float = _f(0.5, "Group weight of classification + presence + boxes.")
     loss_attribute: float = _f(0.3, "Extra weight on attribute hard-negative queries.")
@@ -303,6 +316,7 @@ class Sam3Config(
     family: Literal["sam3"] = _f("sam3", "Model family (fixed by the recipe).")
 
     def __post_init__(self) -> None:
+        apply_preset(self)
         validate(self)
 
 
