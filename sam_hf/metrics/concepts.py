@@ -31,6 +31,7 @@ __all__ = [
     "attribute_accuracy",
     "concept_recall",
     "grounding_accuracy",
+    "kept_match_rate",
     "saco_metrics",
 ]
 
@@ -143,6 +144,23 @@ def grounding_accuracy(pairs: Sequence[Mapping[str, Any]]) -> float:
         gt, pred = kept_pair(pair)
         right += (gt.shape[0] > 0) == (pred.shape[0] > 0)
     return right / len(pairs)
+
+
+def kept_match_rate(pairs: Sequence[Mapping[str, Any]]) -> float:
+    """Score calibration: share of kept predictions (score >= 0.5) that match a target.
+
+    Per pair, the kept predictions are matched one to one to the (non-crowd) ground truth
+    with IoU >= 0.5 (the matching of :func:`concept_recall`); the result is matched / kept
+    summed over ALL pairs, so every kept prediction on a negative phrase counts as
+    unmatched. NaN when nothing is kept.
+    """
+    matched = kept = 0
+    for pair in pairs:
+        gt, pred = kept_pair(pair)
+        kept += pred.shape[0]
+        if gt.shape[0] and pred.shape[0]:
+            matched += len(max_matching(pairwise_mask_iou(pred, gt))[0])
+    return matched / kept if kept else float("nan")
 
 
 def attribute_accuracy(pairs: Sequence[Mapping[str, Any]]) -> float | None:

@@ -26,6 +26,7 @@ from sam_hf.metrics.concepts import (
     attribute_accuracy,
     concept_recall,
     grounding_accuracy,
+    kept_match_rate,
     saco_metrics,
 )
 from sam_hf.metrics.masks import boundary_f1, dice, mask_iou
@@ -131,6 +132,7 @@ def sam3_metrics(records: Sequence[dict]) -> dict[str, float]:
     metrics = dict(saco_metrics(pairs))
     metrics["concept_recall"] = concept_recall(pairs)
     metrics["grounding_accuracy"] = grounding_accuracy(pairs)
+    metrics["kept_match_rate"] = kept_match_rate(pairs)
     attr = attribute_accuracy(pairs)
     if attr is not None:
         metrics["attribute_accuracy"] = attr
