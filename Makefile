@@ -5,7 +5,7 @@ PYTHON ?= python
 PIP ?= $(PYTHON) -m pip
 DEMO_OUT ?= outputs/sam2_demo
 
-.PHONY: install install-dev demo demo-sam3 test test-slow lint bench
+.PHONY: install install-dev install-official demo demo-sam3 test test-slow test-official lint bench
 
 install:
 	$(PIP) install -e .
@@ -13,15 +13,24 @@ install:
 install-dev:
 	$(PIP) install -e ".[dev]"
 
+# The official sam2/sam3 packages as test oracles; use a separate venv (sam3 pins old numpy).
+install-official:
+	SAM2_BUILD_CUDA=0 $(PIP) install --no-build-isolation "sam2==1.1.0"
+	$(PIP) install -e ".[dev,official]"
+
 demo: install
 	accelerate launch -q --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
 		recipes/sam2_mineapple.py --config recipes/sam2_demo.yaml --output_dir $(DEMO_OUT)
 
 test: install-dev
-	$(PYTHON) -m pytest -q -m "not slow"
+	$(PYTHON) -m pytest -q -m "not slow and not official"
 
 test-slow: install-dev
-	$(PYTHON) -m pytest -q -m slow
+	$(PYTHON) -m pytest -q -m "slow and not official"
+
+# Parity with Meta's code: every official test must run here (a skip is a failure).
+test-official: install-official
+	$(PYTHON) -m pytest -q -m official --require-official
 
 lint: install-dev
 	ruff check . && ruff format --check .

@@ -24,6 +24,29 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes"))
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--require-official",
+        action="store_true",
+        help="An `official` test that skips (e.g. sam2/sam3 not importable) fails instead.",
+    )
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """Under --require-official a skipped parity test is a failure: CI must not pass with
+    the comparison against Meta's code silently switched off."""
+    outcome = yield
+    report = outcome.get_result()
+    if (
+        report.skipped
+        and item.config.getoption("--require-official")
+        and item.get_closest_marker("official") is not None
+    ):
+        report.outcome = "failed"
+        report.longrepr = f"official test skipped under --require-official: {report.longrepr}"
+
+
 @pytest.fixture(autouse=True)
 def fresh_accelerate_state() -> Iterator[None]:
     """Accelerate keeps one process-wide state (device, mixed precision): every test starts
