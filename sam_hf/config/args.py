@@ -198,21 +198,43 @@ class Sam2ModelArgs:
 class Sam2PromptArgs:
     """Prompt simulation (sampled from the ground truth every step, never stored)."""
 
-    prompt_type: Literal["point", "box", "mixed"] = _f("point", "Geometric prompt per object.")
-    num_points: int = _f(1, "Positive points per object (1, or 3-5).")
+    prompt_type: Literal["point", "box", "mixed"] | None = _f(
+        None, "Initial prompt per object; mixed = box or point, 50% each (unset: from preset)."
+    )
+    num_points: int | None = _f(
+        None, "Positive points per object (1, or 3-5) when the prompt is points (unset: preset)."
+    )
     box_noise: float = _f(
         0.1, "Box corner noise: uniform within +-(this x box side), capped below."
     )
     box_noise_max_px: float = _f(20.0, "Cap on box noise, in pixels.")
     mask_prompt_prob: float = _f(0.0, "Probability of also giving the previous low-res mask.")
-    num_correction_clicks: int = _f(0, "Iterative correction clicks from the error region.")
+    num_correction_clicks: int | None = _f(
+        None, "Iterative correction clicks from the error region (unset: from preset)."
+    )
+    gt_click_prob: float | None = _f(
+        None,
+        "Probability that a training correction click is drawn from the ground truth instead of "
+        "the error region (unset: from preset).",
+    )
+    object_score_gating: bool | None = _f(
+        None,
+        "Masks become -1024 where the object score is <= 0, before the loss, the next click and "
+        "the mask prompt, as the official SAM heads (unset: from preset).",
+    )
+    empty_target_prob: float | None = _f(
+        None,
+        "Per training image, probability of one extra target that is absent (empty mask), "
+        "prompted by a negative click on the image: a negative for the object-score head "
+        "(unset: from preset).",
+    )
     max_objects_per_image: int = _f(16, "Objects prompted per image per step (random subset).")
     multimask_output: bool = _f(True, "Predict 3 masks per prompt; only the best is trained.")
 
 
 @dataclass
 class Sam2LossArgs:
-    """Weights of the SAM2 loss terms (the guide's defaults)."""
+    """Weights of the SAM2 loss terms (unset ones come from ``preset``)."""
 
     preset: Literal["official", "guide"] = _f(
         "official",
@@ -285,26 +307,76 @@ class Sam3LossArgs:
         "fine-tuning guide's grouped weights (README: Presets).",
     )
 
-    loss_segmentation: float = _f(1.0, "Group weight of mask focal + dice on matched queries.")
-    loss_grounding: float = _f(0.5, "Group weight of classification + presence + boxes.")
-    loss_attribute: float = _f(0.3, "Extra weight on attribute hard-negative queries.")
-    class_loss: Literal["focal", "bce"] = _f("focal", "Per-query classification loss.")
-    cost_class: float = _f(2.0, "Matcher classification cost.")
-    cost_bbox: float = _f(5.0, "Matcher box L1 cost.")
-    cost_giou: float = _f(2.0, "Matcher GIoU cost.")
-    cost_mask: float = _f(0.0, "Matcher mask (dice) cost; 0 = off.")
-    weight_class: float = _f(1.0, "Classification term weight.")
-    weight_presence: float = _f(1.0, "Presence BCE term weight.")
-    weight_bbox: float = _f(5.0, "Box L1 term weight.")
-    weight_giou: float = _f(2.0, "GIoU term weight.")
-    weight_mask_focal: float = _f(20.0, "Mask sigmoid focal term weight.")
-    weight_mask_dice: float = _f(1.0, "Mask dice term weight.")
-    score_threshold: float = _f(0.5, "Score above which a prediction counts (SA-Co uses 0.5).")
-    negative_class_loss: bool = _f(
-        True, "Apply the classification loss to negative queries too (SAM3 itself skips it)."
+    loss_segmentation: float | None = _f(
+        None, "Group weight of mask focal + dice on matched queries (unset: from preset)."
     )
-    focal_alpha: float = _f(0.25, "Focal alpha (classification and mask focal terms).")
-    focal_gamma: float = _f(2.0, "Focal gamma.")
+    loss_grounding: float | None = _f(
+        None, "Group weight of classification + presence + boxes (unset: from preset)."
+    )
+    loss_attribute: float | None = _f(
+        None, "Extra weight on attribute hard-negative queries (unset: from preset)."
+    )
+    class_loss: Literal["iabce", "focal", "bce"] | None = _f(
+        None,
+        "Per-detection classification loss: iabce = SAM3's IoU-aware BCE, focal or bce with hard "
+        "targets (unset: from preset).",
+    )
+    cost_class: float | None = _f(None, "Matcher classification cost (unset: from preset).")
+    cost_bbox: float | None = _f(None, "Matcher box L1 cost (unset: from preset).")
+    cost_giou: float | None = _f(None, "Matcher GIoU cost (unset: from preset).")
+    cost_mask: float | None = _f(None, "Matcher mask cost; 0 = off (unset: from preset).")
+    weight_class: float | None = _f(None, "Classification term weight (unset: from preset).")
+    weight_presence: float | None = _f(None, "Presence term weight (unset: from preset).")
+    weight_bbox: float | None = _f(None, "Box L1 term weight (unset: from preset).")
+    weight_giou: float | None = _f(None, "GIoU term weight (unset: from preset).")
+    weight_mask_focal: float | None = _f(None, "Mask focal term weight (unset: from preset).")
+    weight_mask_dice: float | None = _f(None, "Mask dice term weight (unset: from preset).")
+    score_threshold: float = _f(0.5, "Score above which a prediction counts (SA-Co uses 0.5).")
+    negative_class_loss: bool | None = _f(
+        None,
+        "Apply the classification loss to queries without targets too (SAM3 itself does not; "
+        "unset: from preset).",
+    )
+    focal_alpha: float | None = _f(
+        None, "Focal alpha (focal classification, mask focal, matcher) (unset: from preset)."
+    )
+    focal_gamma: float | None = _f(None, "Focal gamma (unset: from preset).")
+    iabce_alpha: float | None = _f(
+        None, "IABCE soft target prob^alpha * IoU^(1 - alpha) (unset: from preset)."
+    )
+    iabce_gamma: float | None = _f(
+        None, "IABCE: negatives' BCE is multiplied by prob^gamma (unset: from preset)."
+    )
+    iabce_pos_weight: float | None = _f(
+        None, "IABCE weight of the matched detections (unset: from preset)."
+    )
+    class_pad_queries: int | None = _f(
+        None,
+        "IABCE averages over max(detections, this) per query, as if padded with zero-loss "
+        "detections; 0 = plain mean (unset: from preset).",
+    )
+    presence_alpha: float | None = _f(
+        None,
+        "Presence loss: alpha-weighted BCE (alpha for present, 1 - alpha for absent); < 0 = plain "
+        "BCE (unset: from preset).",
+    )
+    mask_resolution: Literal["target", "prediction"] | None = _f(
+        None,
+        "Mask loss at the target's resolution (predictions upsampled) or at the prediction's "
+        "(targets downsampled) (unset: from preset).",
+    )
+    aux_loss: bool | None = _f(
+        None,
+        "Class, presence and box terms on every intermediate decoder layer too (unset: preset).",
+    )
+    scale_by_batch_size: bool | None = _f(
+        None, "Multiply the loss by sqrt(queries in the batch) (unset: from preset)."
+    )
+    normalization: Literal["global", "local"] | None = _f(
+        None,
+        "Divide box/mask terms by the mean target count over processes (global) or this "
+        "process's count (local) (unset: from preset).",
+    )
 
 
 @dataclass

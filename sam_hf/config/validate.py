@@ -348,6 +348,9 @@ def _validate_sam2(cfg: Any) -> None:
         f"num_points must be 1 or 3-5 (the official SAM2 sampling), got {cfg.num_points}.",
     )
     _check(cfg.num_correction_clicks >= 0, "num_correction_clicks must be >= 0.")
+    for key in ("gt_click_prob", "empty_target_prob"):
+        value = getattr(cfg, key)
+        _check(0.0 <= value <= 1.0, f"{key} is a probability: 0 <= {key} <= 1, got {value}.")
     _check(cfg.max_objects_per_image >= 1, "max_objects_per_image must be >= 1.")
     _check(0.0 <= cfg.mask_prompt_prob <= 1.0, "mask_prompt_prob must be within [0, 1].")
     _check(
@@ -388,6 +391,20 @@ def _validate_sam3(cfg: Any) -> None:
         "weight_giou",
         "weight_mask_focal",
         "weight_mask_dice",
+        "iabce_gamma",
+        "iabce_pos_weight",
+        "class_pad_queries",
+        "focal_gamma",
     ):
         _check(getattr(cfg, name) >= 0, f"{name} must be >= 0, got {getattr(cfg, name)}.")
+    _check(
+        0.0 <= cfg.iabce_alpha <= 1.0,
+        f"iabce_alpha must be within [0, 1] (soft target prob^a * IoU^(1-a)), got {cfg.iabce_alpha}.",
+    )
+    for name in ("presence_alpha", "focal_alpha"):
+        _check(
+            getattr(cfg, name) <= 1.0,
+            f"{name} must be within [0, 1], or negative for no class weighting; got "
+            f"{getattr(cfg, name)}.",
+        )
     check_cache_settings(cfg)

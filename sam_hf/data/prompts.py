@@ -232,6 +232,7 @@ def sample_correction_clicks(
     gt_masks: torch.Tensor,
     generators: Sequence[torch.Generator],
     method: str = "uniform",
+    gt_prob: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One correction click per object from the error region of its current prediction.
 
@@ -243,6 +244,11 @@ def sample_correction_clicks(
             the union of false negatives and false positives; ``"center"`` (evaluation): the
             pixel deepest inside the false-negative or the false-positive region, whichever is
             deeper (ties -> negative click, as the official code).
+        gt_prob: with this probability (one draw per object from its generator, made before
+            the click's own draw and only when ``gt_prob > 0``) the object's prediction is
+            ignored and the click drawn from the ground truth alone, as if nothing were
+            predicted -- the official ``prob_to_sample_from_gt_for_train`` (there one draw
+            per step for the whole batch; the marginal probability is the same).
 
     With no error left the click goes to the background (negative) -- the official rule --
     and if the object fills the whole image, inside the object (positive; the official code
@@ -263,11 +269,16 @@ def sample_correction_clicks(
         )
     if method not in POINT_METHODS:
         raise ValueError(f"method must be one of {POINT_METHODS}, got {method!r}.")
+    if not 0.0 <= gt_prob <= 1.0:
+        raise ValueError(f"gt_prob must be within [0, 1], got {gt_prob}.")
     n, h, w = pred_masks.shape
     device = pred_masks.device
     if n == 0:
         return torch.zeros(0, 2, device=device), torch.zeros(0, dtype=torch.long, device=device)
     pred = pred_masks.bool().flatten(1)
+    if gt_prob > 0:
+        from_gt = torch.tensor([torch.rand(1, generator=g).item() < gt_prob for g in generators])
+        pred = pred & ~from_gt.to(device)[:, None]
     gt = gt_masks.bool().flatten(1)
     err = pred ^ gt
     has_err = err.any(1, keepdim=True)

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import Sam2Model
 
-from sam_hf.data.prompts import make_generator, sample_correction_clicks
+from sam_hf.data.prompts import PAD_LABEL, make_generator, sample_correction_clicks
 from sam_hf.losses.sam2 import Sam2Loss
 from sam_hf.models.common import enable_activation_checkpointing
 from sam_hf.models.freezing import check_encoder_frozen, encoder_is_trainable
@@ -40,6 +40,29 @@ logger = logging.getLogger(__name__)
 
 #: Objects decoded at once by ``predict`` (bounds memory on images with 100+ objects).
 PREDICT_CHUNK = 32
+#: The official ``NO_OBJ_SCORE`` (sam2/modeling/sam2_base.py): the mask logit of every pixel
+#: of an object whose object score is <= 0, when ``object_score_gating`` is on.
+NO_OBJ_SCORE = -1024.0
+#: Object ids of the absent targets added by ``empty_target_prob`` (seeds their clicks; real
+#: objects have ids 0..K-1).
+EMPTY_TARGET_ID = 1 << 20
+
+
+def num_objects_across_ranks(n: int, device: torch.device) -> float:
+    """The loss normaliser: the mean object count per rank, at least 1 (as the official loss:
+    all-reduce of the count, divided by the world size, clamped). ``n`` on a single process.
+
+    A collective under torch.distributed: every rank must call it at every training forward.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return max(float(n), 1.0)
+    world = torch.distributed.get_world_size()
+    if world == 1:
+        return max(float(n), 1.0)
+    backend_device = device if torch.distributed.get_backend() != "gloo" else torch.device("cpu")
+    t = torch.tensor(float(n), device=backend_device)
+    torch.distributed.all_reduce(t)
+    return max(float(t.item()) / world, 1.0)
 
 
 class Sam2ForTraining(nn.Module):
@@ -57,12 +80,19 @@ class Sam2ForTraining(nn.Module):
        official ``_iter_correct_pt_sampling``; gradients flow through the mask prompts, as
        there. Click randomness comes from the sample seed and the object's index.
 
-    The loss of every step is summed (each step normalised by the number of objects).
+    The loss of every step is summed (each step normalised by the number of objects, averaged
+    over ranks as the official loss does). With ``object_score_gating`` every decoded mask is
+    set to -1024 where the object score is <= 0, as the official SAM heads do, so the loss,
+    the next click and the next mask prompt all see the gated mask. With
+    ``empty_target_prob`` a training image may get one extra target that is absent (empty
+    ground truth) prompted by a negative click anywhere on the image (what the official
+    ``get_next_point`` gives for an empty mask): the object-score head's negatives.
 
     Args:
         model: a ``transformers.Sam2Model`` (``self.model``, saved with ``save_pretrained``).
         args: the resolved config (``multimask_output``, ``num_correction_clicks``,
-            ``gradient_checkpointing`` and the loss keys).
+            ``gt_click_prob``, ``object_score_gating``, ``empty_target_prob``,
+            ``gradient_checkpointing`` and the loss keys; the three newer ones default to off).
     """
 
     def __init__(self, model: Sam2Model, args: Any) -> None:
@@ -73,6 +103,9 @@ class Sam2ForTraining(nn.Module):
         self.num_correction_clicks = int(args.num_correction_clicks)
         if self.num_correction_clicks < 0:
             raise ValueError("num_correction_clicks must be >= 0.")
+        self.gt_click_prob = float(getattr(args, "gt_click_prob", 0.0) or 0.0)
+        self.object_score_gating = bool(getattr(args, "object_score_gating", False))
+        self.empty_target_prob = float(getattr(args, "empty_target_prob", 0.0) or 0.0)
         if getattr(args, "gradient_checkpointing", False):
             n = enable_activation_checkpointing(self.model)
             logger.info("activation checkpointing on %d SAM2 blocks", n)
@@ -140,7 +173,8 @@ class Sam2ForTraining(nn.Module):
         element, so this is what lets objects of one image carry different mask prompts).
 
         Returns low-res mask logits (n, M, h, w), IoU predictions (n, M) and object-score
-        logits (n, 1).
+        logits (n, 1). With ``object_score_gating`` the masks of objects whose score is <= 0
+        are :data:`NO_OBJ_SCORE` everywhere (no gradient reaches the decoder through them).
         """
         emb = [e.index_select(0, image_index) for e in embeddings]
         with self._fixed_mask_selection():
@@ -151,7 +185,10 @@ class Sam2ForTraining(nn.Module):
                 input_masks=mask_inputs,
                 multimask_output=multimask,
             )
-        return out.pred_masks[:, 0], out.iou_scores[:, 0], out.object_score_logits[:, 0]
+        masks, scores = out.pred_masks[:, 0], out.object_score_logits[:, 0]
+        if self.object_score_gating:
+            masks = torch.where(scores[:, :, None, None] > 0, masks, NO_OBJ_SCORE)
+        return masks, out.iou_scores[:, 0], scores
 
     def _use_multimask(self, num_points: int, with_mask_prompt: bool) -> bool:
         return self.multimask_output and num_points == 1 and not with_mask_prompt
@@ -166,14 +203,51 @@ class Sam2ForTraining(nn.Module):
     def _objects(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         valid = batch["object_valid"]
         img, slot = valid.nonzero(as_tuple=True)
+        flagged = batch["mask_prompt"][img, slot] if "mask_prompt" in batch else None
         return {
             "image": img,
-            "slot": slot,
             "gt": batch["masks"][img, slot],
             "points": batch["input_points"][img, slot],
             "labels": batch["input_labels"][img, slot],
             "count": batch["num_prompt_points"][img, slot],
+            "ids": batch["object_ids"][img, slot],
+            "mask_prompt": flagged if flagged is not None else torch.zeros_like(img, dtype=bool),
         }
+
+    def _add_empty_targets(
+        self, batch: dict[str, Any], obj: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """Training only: with probability ``empty_target_prob`` per image (seeded by the
+        sample), one more target with an empty ground truth, prompted by one negative click
+        drawn uniformly over the image (the official ``get_next_point`` on an empty mask)."""
+        if not (self.training and self.empty_target_prob > 0):
+            return obj
+        seeds = batch["seeds"].tolist()
+        gens = [make_generator(int(s), "sam2-empty-target") for s in seeds]
+        chosen = [
+            i
+            for i, g in enumerate(gens)
+            if torch.rand(1, generator=g).item() < self.empty_target_prob
+        ]
+        if not chosen:
+            return obj
+        k, res = len(chosen), obj["gt"].shape[-1]
+        empty = torch.zeros(k, res, res, dtype=torch.bool)
+        click, label = sample_correction_clicks(empty, empty, [gens[i] for i in chosen])
+        dev = obj["gt"].device
+        points = obj["points"].new_zeros((k, *obj["points"].shape[1:]))
+        labels = obj["labels"].new_full((k, *obj["labels"].shape[1:]), PAD_LABEL)
+        points[:, 0], labels[:, 0] = click.to(points.dtype), label.to(labels.dtype)
+        extra = {
+            "image": torch.tensor(chosen, device=dev),
+            "gt": empty.to(device=dev, dtype=obj["gt"].dtype),
+            "points": points.to(dev),
+            "labels": labels.to(dev),
+            "count": obj["count"].new_ones(k),
+            "ids": obj["ids"].new_full((k,), EMPTY_TARGET_ID),
+            "mask_prompt": obj["mask_prompt"].new_zeros(k),
+        }
+        return {key: torch.cat([obj[key], extra[key].to(obj[key].device)]) for key in obj}
 
     @staticmethod
     def _groups(count: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
@@ -187,6 +261,8 @@ class Sam2ForTraining(nn.Module):
         else:
             loss = torch.zeros((), device=batch["pixel_values"].device, requires_grad=True)
         zero = loss.detach()
+        if self.training:  # the other ranks' normaliser is a collective: take part in it
+            num_objects_across_ranks(0, loss.device)
         return {
             "loss": loss,
             "terms": {f"loss_{n}": zero for n in self.loss_fn.term_names},
@@ -205,8 +281,11 @@ class Sam2ForTraining(nn.Module):
         valid = batch["object_valid"]
         if valid.numel() == 0 or not bool(valid.any()):
             return self._zero_output(batch)
-        obj = self._objects(batch)
+        obj = self._add_empty_targets(batch, self._objects(batch))
         n = obj["gt"].shape[0]
+        obj["norm"] = torch.tensor(
+            num_objects_across_ranks(n, obj["gt"].device) if self.training else float(n)
+        )
         terms = self.loss_fn.new_terms(batch["pixel_values"])
         step = functools.partial(self._step, self.batch_embeddings(batch), obj, terms)
         # Step 1: the initial prompts.
@@ -247,7 +326,7 @@ class Sam2ForTraining(nn.Module):
         # The loss upsamples the low-res logits to the R x R ground truth itself, a few
         # objects at a time (sam_hf.losses.sam2: the full-res maps are never all alive).
         gt = obj["gt"]
-        self.loss_fn.accumulate(terms, low, ious, scores, gt[members], gt.shape[0])
+        self.loss_fn.accumulate(terms, low, ious, scores, gt[members], float(obj["norm"]))
         return self._best_by_iou(low, ious)[0]
 
     def _initial_prompts(
@@ -279,9 +358,7 @@ class Sam2ForTraining(nn.Module):
     ) -> torch.Tensor:
         """Step 2: objects flagged ``mask_prompt`` decoded again, the same clicks plus their
         previous low-res logits as a mask prompt."""
-        if "mask_prompt" not in batch:
-            return low_best
-        flagged = batch["mask_prompt"][obj["image"], obj["slot"]]
+        flagged = obj["mask_prompt"]
         if not bool(flagged.any()):
             return low_best
         for members, pts, labs in state:
@@ -300,7 +377,7 @@ class Sam2ForTraining(nn.Module):
         if not self.num_correction_clicks:
             return []
         seeds = batch["seeds"].tolist()
-        ids = batch["object_ids"][obj["image"], obj["slot"]].tolist()
+        ids = obj["ids"].tolist()
         gens = [
             make_generator(int(seeds[i]), "sam2-correction", int(o))
             for i, o in zip(obj["image"].tolist(), ids)
@@ -317,7 +394,8 @@ class Sam2ForTraining(nn.Module):
         step: Callable[..., torch.Tensor],
     ) -> torch.Tensor:
         """Step 3, once: a click from the error region of the current prediction (uniformly
-        in training, the center click in eval mode), then every object decoded with all its
+        in training -- or, with probability ``gt_click_prob``, from the ground truth alone, as
+        the official ``prob_to_sample_from_gt_for_train`` -- the center click in eval mode), then every object decoded with all its
         clicks so far and its previous low-res logits as mask prompt."""
         res = batch["pixel_values"].shape[-1]
         gt = obj["gt"]
@@ -329,7 +407,8 @@ class Sam2ForTraining(nn.Module):
                 )[:, 0]
                 > 0
             )
-            click, click_label = sample_correction_clicks(pred, gt, gens, method)
+            gt_prob = self.gt_click_prob if self.training else 0.0
+            click, click_label = sample_correction_clicks(pred, gt, gens, method, gt_prob=gt_prob)
         for entry in state:
             members, pts, labs = entry
             pts = torch.cat([pts, click[members, None].to(pts.dtype)], dim=1)
