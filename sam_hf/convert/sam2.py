@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import Sam2Config, Sam2Model
+from transformers import Sam2Config, Sam2ImageProcessor, Sam2Model, Sam2Processor
 
 from sam_hf.convert.common import (
     ConversionError,
@@ -405,8 +405,6 @@ def write_memory(memory: Mapping[str, torch.Tensor], folder: str | Path, model_t
 def official_to_folder(pt: str | Path, out_dir: str | Path, model_type: str | None = None) -> Path:
     """Convert an official ``.pt`` into a folder ``Sam2Model.from_pretrained`` loads
     (config.json, model.safetensors, processor files) plus ``official_extra.safetensors``."""
-    from transformers import Sam2ImageProcessor, Sam2Processor
-
     state = read_official(pt)
     size = canonical_size(model_type) if model_type else infer_size(state)
     model, memory = load_official_sam2(pt, model_type)
