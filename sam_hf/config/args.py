@@ -183,6 +183,11 @@ class Sam2ModelArgs:
     model_type: str | None = _f(None, "sam2.1 name (e.g. sam2.1-hiera-large) instead of a path.")
     revision: str = _f("main", "Hub revision of model_name_or_path.")
     resolution: int = _f(1024, "Square input size; SAM2 checkpoints were trained at 1024.")
+    export_official: bool = _f(
+        False,
+        "Also write final/model.pt in the official SAM2 format (needs an official .pt, or a "
+        "folder converted from one, as model_name_or_path: its memory modules go with it).",
+    )
     freeze_image_encoder: bool = _f(False, "Freeze the Hiera image encoder.")
     freeze_prompt_encoder: bool = _f(False, "Freeze the prompt encoder.")
     freeze_mask_decoder: bool = _f(False, "Freeze the mask decoder.")

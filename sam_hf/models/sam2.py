@@ -19,6 +19,15 @@ from transformers import Sam2Config, Sam2ImageProcessor, Sam2Model, Sam2Processo
 
 from sam_hf.config import ConfigError
 from sam_hf.config.validate import SAM2_MODEL_TYPES
+from sam_hf.convert.common import ConversionError, read_official, save_official
+from sam_hf.convert.sam2 import (
+    infer_size,
+    is_memory_key,
+    load_official_sam2,
+    model_to_official,
+    read_memory,
+    write_memory,
+)
 from sam_hf.models.common import reinit_for_small_widths
 from sam_hf.models.freezing import apply_sam2_freezing
 from sam_hf.models.loading import (
@@ -27,6 +36,7 @@ from sam_hf.models.loading import (
     missing_model_error,
     read_model_config,
 )
+from sam_hf.models.lora import merge_to_base
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +58,8 @@ _SAM1_HUB_IDS = {
     "facebook/sam-vit-large": "vit_l",
     "facebook/sam-vit-base": "vit_b",
 }
+#: Suffixes of official (``torch.save``) SAM2 checkpoints, converted on load.
+_OFFICIAL_SUFFIXES = (".pt", ".pth", ".ckpt")
 #: Named tiny configs (random weights, for tests and the CPU demo).
 TINY_NAMES = ("sam2-tiny",)
 
@@ -191,19 +203,51 @@ def tie_fourier_features(model: Sam2Model) -> None:
         )
 
 
-def _conversion_error(path: Path, model_type: str | None) -> ConfigError:
-    name = (model_type or "sam2.1-hiera-large").replace("-", "_")
-    return ConfigError(
-        f"{path} is an original SAM2 checkpoint, and the installed transformers does not ship "
-        "SAM2's conversion code (it is not in the pip package). Convert it once with the "
-        "script from the transformers source repository, "
-        "src/transformers/models/sam2/convert_sam2_to_hf.py:\n"
-        f"  python convert_sam2_to_hf.py --model_name {name} --checkpoint_path {path} "
-        "--pytorch_dump_folder_path <out_dir>\n"
-        "(--model_name is one of sam2.1_hiera_tiny, sam2.1_hiera_small, sam2.1_hiera_base_plus, "
-        "sam2.1_hiera_large; its final output check expects a CUDA GPU), then set "
-        "model_name_or_path: <out_dir>."
-    )
+def _load_official(path: Path, cfg: Any, model_type: str | None) -> Sam2Model:
+    """An official SAM2 / SAM2.1 ``.pt`` converted in memory (every key checked; the size from
+    the tensors, or ``model_type``) and built for ``cfg.resolution``."""
+    res = getattr(cfg, "resolution", None)
+    try:
+        model, _ = load_official_sam2(path, model_type, res)
+    except ConversionError as e:
+        raise ConfigError(f"model_name_or_path {e}") from e
+    logger.info("Converted the official SAM2 checkpoint %s (memory modules kept aside).", path)
+    return model
+
+
+def official_memory(cfg: Any) -> dict[str, torch.Tensor] | None:
+    """The official memory modules of ``cfg.model_name_or_path``: from an official ``.pt``, or
+    a converted folder's ``official_extra.safetensors``; None for other sources."""
+    path = Path(str(cfg.model_name_or_path or "")).expanduser()
+    if path.is_file() and path.suffix.lower() in _OFFICIAL_SUFFIXES:
+        return {k: v for k, v in read_official(path).items() if is_memory_key(k)}
+    return read_memory(path) if path.is_dir() else None
+
+
+def check_export_official(cfg: Any) -> None:
+    """``export_official`` needs the memory modules of an official checkpoint: refused before
+    training when ``model_name_or_path`` cannot give them."""
+    if getattr(cfg, "export_official", False) and official_memory(cfg) is None:
+        raise ConfigError(
+            f"export_official: model_name_or_path {cfg.model_name_or_path!r} holds no official "
+            "SAM2 memory modules, which the official .pt needs. Start from an official .pt (or "
+            "a folder converted by scripts/convert_checkpoint.py), or set export_official false "
+            "and convert final/ later with --memory_from <official .pt of the same size>."
+        )
+
+
+def export_official(model: torch.nn.Module, cfg: Any, path: Path) -> Path:
+    """``model`` (merged if it carries LoRA adapters) as an official ``{"model": ...}`` .pt,
+    with the memory modules of ``cfg.model_name_or_path`` (also written beside it as
+    ``official_extra.safetensors``, so the folder converts again with convert_checkpoint.py)."""
+    memory = official_memory(cfg)
+    if memory is None:
+        check_export_official(cfg)
+    if hasattr(model, "merge_and_unload"):
+        model = merge_to_base(model, copy_model=True)
+    state = model_to_official(model, memory)
+    write_memory(memory, path.parent, infer_size(state) or "unknown")
+    return save_official(state, path)
 
 
 def _load_pretrained(
@@ -244,8 +288,9 @@ def build_sam2(cfg: Any) -> tuple[Sam2Model, Sam2Processor]:
     """The Sam2Model and Sam2Processor that ``cfg`` names, frozen as ``cfg`` says.
 
     ``cfg.model_name_or_path`` may be a Hub id (``facebook/sam2.1-hiera-large``), a local
-    folder written by ``save_pretrained``, an original ``.pt`` checkpoint (which needs a
-    one-off conversion; the error says how) or ``"sam2-tiny"``. ``cfg.model_type`` (a sam2.1
+    folder written by ``save_pretrained``, an official SAM2 / SAM2.1 ``.pt`` (converted on
+    load by :mod:`sam_hf.convert.sam2`; ``model_type`` names its size if the tensors cannot)
+    or ``"sam2-tiny"``. ``cfg.model_type`` (a sam2.1
     name) selects a Hub checkpoint instead of a Hub id in ``model_name_or_path``. The model is
     built for ``cfg.resolution`` and the processor resizes to it.
     """
@@ -260,7 +305,8 @@ def build_sam2(cfg: Any) -> tuple[Sam2Model, Sam2Processor]:
             raise _sam1_error(name, k)
 
     is_local = bool(name) and (Path(name).expanduser().exists() or looks_like_path(name))
-    if hub_from_type and (name in TINY_NAMES or is_local):
+    is_official = is_local and Path(name).suffix.lower() in _OFFICIAL_SUFFIXES
+    if hub_from_type and (name in TINY_NAMES or is_local) and not is_official:
         logger.warning(
             "model_type %s is not used: model_name_or_path %s names the model itself.",
             model_type,
@@ -280,12 +326,15 @@ def build_sam2(cfg: Any) -> tuple[Sam2Model, Sam2Processor]:
         if not path.exists():
             raise missing_model_error(name, "sam2", "no such file or folder (not found locally)")
         if path.is_file():
-            if path.suffix.lower() in (".pt", ".pth", ".ckpt"):
-                raise _conversion_error(path, model_type and canonical_model_type(model_type))
-            raise ConfigError(
-                f"{path} is a single file; give the folder that holds config.json and the weights."
-            )
-        model, processor = _load_pretrained(str(path), cfg, None)
+            if path.suffix.lower() not in _OFFICIAL_SUFFIXES:
+                raise ConfigError(
+                    f"{path} is a single file; give the folder that holds config.json and the "
+                    "weights, or an official SAM2 .pt."
+                )
+            model = _load_official(path, cfg, model_type)
+            processor = build_sam2_processor(sam2_resolution(model.config))
+        else:
+            model, processor = _load_pretrained(str(path), cfg, None)
     else:
         source = hub_from_type or name
         if not source:
@@ -298,5 +347,6 @@ def build_sam2(cfg: Any) -> tuple[Sam2Model, Sam2Processor]:
                 name,
             )
         model, processor = _load_pretrained(source, cfg, getattr(cfg, "revision", None))
+    check_export_official(cfg)
     apply_sam2_freezing(model, cfg)
     return model, processor

@@ -9,6 +9,7 @@ evaluation records and metrics (:mod:`sam_hf.metrics.records`) and overlays
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,7 +22,7 @@ from sam_hf.data.views import eval_view, subset, train_view
 from sam_hf.features.cache import use_cache
 from sam_hf.features.dataset import CachedEmbeddingCollator
 from sam_hf.metrics.records import sam2_metrics, sam2_records
-from sam_hf.models.sam2 import build_sam2
+from sam_hf.models.sam2 import build_sam2, export_official
 from sam_hf.models.sam2_training import Sam2ForTraining
 from sam_hf.tasks.base import TransformersTask
 
@@ -37,6 +38,14 @@ class Sam2Task(TransformersTask):
 
     def wrap(self, model: torch.nn.Module, cfg: Any) -> torch.nn.Module:
         return Sam2ForTraining(model, cfg)
+
+    def save_pretrained(
+        self, module: torch.nn.Module, processor: Any, out_dir: Path, cfg: Any
+    ) -> None:
+        """The transformers folder; with ``export_official``, also ``model.pt`` (official)."""
+        super().save_pretrained(module, processor, out_dir, cfg)
+        if getattr(cfg, "export_official", False):
+            export_official(module.model, cfg, out_dir / "model.pt")
 
     def build_datasets(
         self, cfg: Any, processor: Any
