@@ -1,0 +1,175 @@
+"""The SAM3 tracker's image part (official ``tracker.*``) <-> transformers ``Sam3TrackerModel``.
+
+Companion of :mod:`sam_hf.convert.sam3` (the checkpoint as a whole). The official tracker is a
+SAM2-style model: its prompt encoder and mask decoder map one-to-one by :data:`TRACKER_RULES`
+(not renames: the four ``point_embeddings.N.weight`` rows are ``point_embed.weight``, and
+the one Fourier matrix is both of Sam3TrackerModel's); its vision encoder is the detector's
+ViT with the ``sam2_convs`` FPN. The video-memory modules (:data:`TRACKER_MEMORY`) have no
+place in Sam3TrackerModel (transformers puts them in its video tracker) and stay in the
+converted folder's extra file under their official names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from transformers import Sam3Config, Sam3TrackerConfig, Sam3TrackerModel
+
+from sam_hf.convert.common import ConversionError, KeyMapError, Rule, check_keys, rename
+
+
+def weight_bias(pairs: list[tuple[str, str]], params: tuple[str, ...] = ("weight", "bias")):
+    """One :class:`Rule` per (official, hf) module pair and parameter name."""
+    return [Rule(f"{o}.{p}", f"{h}.{p}") for o, h in pairs for p in params]
+
+
+_TPE, _TMD = "sam_prompt_encoder", "sam_mask_decoder"
+_TLAYER, _HTLAYER = f"{_TMD}.transformer.layers.{{}}", "mask_decoder.transformer.layers.{}"
+
+
+def _sam_attention(official: str, hf: str) -> list[tuple[str, str]]:
+    names = [(f"{p}_proj", f"{p}_proj") for p in "qkv"] + [("out_proj", "o_proj")]
+    return [(f"{official}.{o}", f"{hf}.{h}") for o, h in names]
+
+
+def _mlp3(official: str, hf: str) -> list[tuple[str, str]]:
+    """The tracker's 3-layer MLPs: ``layers.0/1/2`` are ``proj_in / layers.0 / proj_out``."""
+    return [
+        (f"{official}.layers.0", f"{hf}.proj_in"),
+        (f"{official}.layers.1", f"{hf}.layers.0"),
+        (f"{official}.layers.2", f"{hf}.proj_out"),
+    ]
+
+
+#: Official tracker key (without ``tracker.``) <-> Sam3TrackerModel key, for the tracker's
+#: image part. Not renames: the four ``point_embeddings.N.weight`` rows are ``point_embed``,
+#: and the one Fourier matrix is both of the tracker's (see :func:`tracker_state_dict`).
+TRACKER_RULES: list[Rule] = [
+    Rule("no_mem_embed", "no_memory_embedding"),
+    *[
+        Rule(f"{_TPE}.{n}.weight", f"prompt_encoder.{n}.weight")
+        for n in ("not_a_point_embed", "no_mask_embed")
+    ],
+    *[
+        Rule(f"{_TMD}.{n}.weight", f"mask_decoder.{n}.weight")
+        for n in ("iou_token", "mask_tokens", "obj_score_token")
+    ],
+    *weight_bias(
+        [
+            *[
+                (f"{_TPE}.mask_downscaling.{i}", f"prompt_encoder.mask_embed.{n}")
+                for i, n in (
+                    (0, "conv1"),
+                    (1, "layer_norm1"),
+                    (3, "conv2"),
+                    (4, "layer_norm2"),
+                    (6, "conv3"),
+                )
+            ],
+            *_sam_attention(f"{_TLAYER}.self_attn", f"{_HTLAYER}.self_attn"),
+            *_sam_attention(
+                f"{_TLAYER}.cross_attn_token_to_image", f"{_HTLAYER}.cross_attn_token_to_image"
+            ),
+            *_sam_attention(
+                f"{_TLAYER}.cross_attn_image_to_token", f"{_HTLAYER}.cross_attn_image_to_token"
+            ),
+            *[(f"{_TLAYER}.norm{i}", f"{_HTLAYER}.layer_norm{i}") for i in range(1, 5)],
+            (f"{_TLAYER}.mlp.lin1", f"{_HTLAYER}.mlp.proj_in"),
+            (f"{_TLAYER}.mlp.lin2", f"{_HTLAYER}.mlp.proj_out"),
+            *_sam_attention(
+                f"{_TMD}.transformer.final_attn_token_to_image",
+                "mask_decoder.transformer.final_attn_token_to_image",
+            ),
+            (
+                f"{_TMD}.transformer.norm_final_attn",
+                "mask_decoder.transformer.layer_norm_final_attn",
+            ),
+            (f"{_TMD}.output_upscaling.0", "mask_decoder.upscale_conv1"),
+            (f"{_TMD}.output_upscaling.1", "mask_decoder.upscale_layer_norm"),
+            (f"{_TMD}.output_upscaling.3", "mask_decoder.upscale_conv2"),
+            (f"{_TMD}.conv_s0", "mask_decoder.conv_s0"),
+            (f"{_TMD}.conv_s1", "mask_decoder.conv_s1"),
+            *_mlp3(
+                f"{_TMD}.output_hypernetworks_mlps.{{}}",
+                "mask_decoder.output_hypernetworks_mlps.{}",
+            ),
+            *_mlp3(f"{_TMD}.iou_prediction_head", "mask_decoder.iou_prediction_head"),
+            *_mlp3(f"{_TMD}.pred_obj_score_head", "mask_decoder.pred_obj_score_head"),
+        ]
+    ),
+]
+#: The tracker's video-memory keys (official names): no place in Sam3TrackerModel, carried.
+TRACKER_MEMORY = (
+    "maskmem_backbone.",
+    "transformer.encoder.",
+    "maskmem_tpos_enc",
+    "no_mem_pos_enc",
+    "no_obj_ptr",
+    "no_obj_embed_spatial",
+    "obj_ptr_proj.",
+    "obj_ptr_tpos_proj.",
+    "mask_downsample.",
+)
+_POINTS = _TPE + ".point_embeddings.{}.weight"
+_FOURIER = _TPE + ".pe_layer.positional_encoding_gaussian_matrix"
+_HF_FOURIER = (
+    "prompt_encoder.shared_embedding.positional_embedding",
+    "shared_image_embedding.positional_embedding",
+)
+
+
+def tracker_config(config: Sam3Config) -> Sam3TrackerConfig:
+    """The Sam3TrackerConfig whose ViT is ``config``'s (prompt encoder / decoder: released)."""
+    return Sam3TrackerConfig(vision_config=config.vision_config.to_dict())
+
+
+def expected_shapes(model_cls: type, config) -> dict[str, tuple[int, ...]]:
+    """``model_cls(config)``'s state-dict keys and shapes (built on the meta device: no memory)."""
+    with torch.device("meta"):
+        model = model_cls(config)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def check_shapes(what: str, state: Mapping[str, torch.Tensor], shapes: Mapping[str, tuple]) -> None:
+    bad = [
+        f"{k} {tuple(v.shape)} != {shapes[k]}"
+        for k, v in state.items()
+        if tuple(v.shape) != shapes[k]
+    ]
+    if bad:
+        shown = "; ".join(bad[:8]) + (f"; ... and {len(bad) - 8} more" if len(bad) > 8 else "")
+        raise ConversionError(
+            f"{what}: {len(bad)} tensors have other shapes than the config's ({shown}). Pass the "
+            "Sam3Config of the checkpoint's architecture (the released sam3.pt is Sam3Config())."
+        )
+
+
+def tracker_image_state(
+    tracker: Mapping[str, torch.Tensor],
+    vision: Mapping[str, torch.Tensor],
+    config: Sam3TrackerConfig,
+) -> dict[str, torch.Tensor]:
+    """The ``Sam3TrackerModel`` state dict from the official tracker's tensors (``tracker``,
+    keys without ``tracker.``) and its vision encoder (``vision``, Sam3TrackerModel names:
+    the detector's ViT and the converted ``sam2_convs`` neck). Memory keys are skipped; any
+    other key no rule knows is an error, as are missing keys and other shapes."""
+    what = "official SAM3 tracker -> Sam3TrackerModel"
+    tracker = dict(tracker)
+    out = dict(vision)
+    points = [k for k in tracker if Rule(_POINTS, _POINTS).apply(k, "official")]
+    if points:
+        points.sort(key=lambda k: int(k.split(".")[-2]))
+        out["prompt_encoder.point_embed.weight"] = torch.cat([tracker.pop(k) for k in points])
+    if _FOURIER in tracker:
+        fourier = tracker.pop(_FOURIER)
+        out.update({k: fourier.clone() for k in _HF_FOURIER})
+    renamed, rest = rename(tracker, TRACKER_RULES, "official")
+    unknown = ["tracker." + k for k in rest if not k.startswith(TRACKER_MEMORY)]
+    if unknown:
+        raise KeyMapError(what, unknown=unknown)
+    out.update(renamed)
+    shapes = expected_shapes(Sam3TrackerModel, config)
+    check_keys(what, out, shapes)
+    check_shapes(what, out, shapes)
+    return out
