@@ -11,10 +11,12 @@ import torch.nn.functional as F
 from equality import assert_same_state_dict
 from transformers import Sam2Model, Sam2Processor
 
+from sam_hf.config import Sam2Config
+from sam_hf.config.parser import load_config
 from sam_hf.data.collate import Sam2Collator
 from sam_hf.models import sam2 as sam2_mod
 from sam_hf.models.sam2 import build_sam2, canonical_model_type, sam2_resolution
-from sam_hf.models.sam2_training import Sam2ForTraining
+from sam_hf.models.sam2_training import NO_OBJ_SCORE, Sam2ForTraining, num_objects_across_ranks
 
 R = 64  # the tiny model at 64 px: fast on 2 CPU cores, same code paths as 1024
 
@@ -190,7 +192,7 @@ def test_missing_or_foreign_checkpoints_fail_clearly(tmp_path):
         build_sam2(make_cfg(model_name_or_path=str(sam3)))
     pt = tmp_path / "sam2.1_hiera_large.pt"
     pt.write_bytes(b"")
-    with pytest.raises(ValueError, match="convert_sam2_to_hf.py"):
+    with pytest.raises(ValueError, match="could not be read as a checkpoint"):
         build_sam2(make_cfg(model_name_or_path=str(pt), model_type="sam2.1-hiera-large"))
 
 
@@ -401,3 +403,63 @@ def test_overfits_one_batch():
         inter = (p["pred_masks"] & p["gt_masks"]).sum()
         union = (p["pred_masks"] | p["gt_masks"]).sum()
         assert inter / union > 0.8
+
+
+# ------------------------------------------------------------------- presets (issue #14)
+
+
+def test_presets_fill_unset_prompt_and_loss_keys_and_user_keys_win(tmp_path):
+    base = {"model_name_or_path": "sam2-tiny", "output_dir": str(tmp_path), "use_synthetic": True}
+    keys = ("prompt_type", "num_points", "num_correction_clicks", "gt_click_prob")
+    keys += ("object_score_gating", "empty_target_prob", "loss_focal", "loss_bce")
+    official = load_config(Sam2Config, None, base)
+    assert official.preset == "official"
+    assert [getattr(official, k) for k in keys] == ["mixed", 1, 7, 0.1, True, 0.5, 20.0, 1.0]
+    guide = load_config(Sam2Config, None, {**base, "preset": "guide"})
+    assert [getattr(guide, k) for k in keys] == ["point", 1, 7, 0.0, False, 0.0, 20.0, 5.0]
+    mine = load_config(
+        Sam2Config, None, {**base, "num_correction_clicks": 0, "object_score_gating": False}
+    )
+    assert mine.num_correction_clicks == 0 and mine.object_score_gating is False
+
+
+def test_gating_sets_absent_objects_to_no_obj_score(tiny):
+    """object_score_gating: masks of objects with object score <= 0 are -1024 everywhere (the
+    official NO_OBJ_SCORE), the others unchanged (bitwise: one torch.where)."""
+    model, _ = tiny
+    plain = Sam2ForTraining(model, make_cfg()).eval()
+    gated = Sam2ForTraining(model, make_cfg(object_score_gating=True)).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        emb = plain.image_embeddings(torch.randn(1, 3, R, R, generator=g))
+        pts, labs = torch.rand(6, 1, 2, generator=g) * (R - 1), torch.ones(6, 1, dtype=torch.long)
+        img = torch.zeros(6, dtype=torch.long)
+        low0, _, sc = plain.decode(emb, img, pts, labs, None, True)
+        low, _, _ = gated.decode(emb, img, pts, labs, None, True)
+    absent = sc[:, 0] <= 0
+    assert bool((low[absent] == NO_OBJ_SCORE).all())
+    assert torch.equal(low[~absent], low0[~absent])
+
+
+def test_empty_targets_are_object_score_negatives_in_training_only(tiny):
+    """empty_target_prob 1: every training image gets one more target, absent (empty ground
+    truth), prompted by one negative click; the count normalises the loss. Eval: none."""
+    model, _ = tiny
+    cfg = make_cfg(empty_target_prob=1.0)
+    batch = batch_of(make_cfg(), counts=(3, 2))
+    module = Sam2ForTraining(model, cfg).train()
+    obj = module._add_empty_targets(batch, module._objects(batch))
+    assert obj["gt"].shape[0] == 7 and not obj["gt"][5:].any()
+    assert obj["labels"][5:, 0].tolist() == [0, 0] and obj["count"][5:].tolist() == [1, 1]
+    assert obj["image"][5:].tolist() == [0, 1]
+    out = module(batch)
+    assert out["num_objects"] == 7 and torch.isfinite(out["loss"])
+    assert module.eval()(batch)["num_objects"] == 5
+    # the prompts are seeded by the sample: the same batch gives the same empty targets
+    again = module.train()._add_empty_targets(batch, module._objects(batch))
+    assert torch.equal(again["points"], obj["points"])
+
+
+def test_num_objects_normaliser_single_process():
+    assert num_objects_across_ranks(5, torch.device("cpu")) == 5.0
+    assert num_objects_across_ranks(0, torch.device("cpu")) == 1.0  # official clamp(min=1)
