@@ -415,6 +415,28 @@ def trainer_optimizer(module: Any, kind: str = "adamw_torch") -> Any:
     return build_optimizer(cfg, module)
 
 
+def to_device(obj: Any, device: Any) -> Any:
+    """``obj`` with every tensor inside (dicts, lists, tuples) moved to ``device``."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_device(v, device) for v in obj)
+    return obj
+
+
+def efficiency(uncached: float, cached: float, encoder: float) -> tuple[float, float]:
+    """``(ideal speedup, measured / ideal)`` of a cache that removes ``encoder`` seconds from
+    an ``uncached`` epoch: ideal = uncached / (uncached - encoder), so the efficiency is
+    (uncached - encoder) / cached -- 1 when the cached epoch costs exactly the uncached one
+    minus its encoder time, below 1 when the cache adds costs of its own (reading features)."""
+    rest = max(uncached - encoder, 1e-12)
+    return uncached / rest, rest / cached
+
+
 def train_step(module: Any, optimizer: Any, batch: dict[str, Any], max_grad_norm: float) -> float:
     """One bare training step: forward, backward, clip, optimizer step, zero_grad."""
     import torch

@@ -123,7 +123,15 @@ def _full_size(args: argparse.Namespace, tmp: Any, clock: str) -> None:
         cfg, module, processor, dd["train"], 1, model_steps=1
     )
     print(
-        C.describe_config(cfg, ["resolution", "batch_size", "num_workers", "max_objects_per_image"])
+        C.describe_config(
+            cfg,
+            [
+                "resolution",
+                "per_device_train_batch_size",
+                "dataloader_num_workers",
+                "max_objects_per_image",
+            ],
+        )
         + " (full size)"
     )
     print(
@@ -180,7 +188,7 @@ def main() -> None:
                 [
                     "model_name_or_path",
                     "resolution",
-                    "batch_size",
+                    "per_device_train_batch_size",
                     "num_workers",
                     "hflip_prob",
                     "color_jitter",

@@ -34,6 +34,27 @@ from sam_hf.models.sam2 import tiny_sam2_config
 from sam_hf.models.sam3 import tiny_sam3_config
 
 OPTIONS = ("fp32", "bf16", "bf16+ckpt", "bf16+ckpt+8bit", "bf16+ckpt+frozen_vision")
+#: The parts an option name may combine with ``+``: bf16 autocast, activation checkpointing,
+#: 8-bit AdamW, the text encoder frozen (SAM3 only), the vision encoder frozen.
+TOKENS = ("fp32", "bf16", "ckpt", "8bit", "frozen_text", "frozen_vision")
+
+
+def option_tokens(option: str) -> set[str]:
+    """The parts of ``option`` (e.g. ``bf16+ckpt+8bit`` -> {bf16, ckpt, 8bit}); unknown parts
+    raise, so a typo cannot silently measure something else."""
+    parts = set(option.split("+"))
+    unknown = sorted(parts - set(TOKENS))
+    if unknown:
+        raise ValueError(f"option {option!r}: unknown parts {unknown}; choose from {TOKENS}")
+    return parts
+
+
+def has_bitsandbytes() -> bool:
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def mask_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -90,13 +111,16 @@ def run(name: str, build, make_step, option: str, steps: int, dev: torch.device)
     torch.manual_seed(0)
     with torch.device(dev):  # initialise on the GPU: seconds instead of minutes on the CPU
         model = build().train()
-    if "ckpt" in option:
+    parts = option_tokens(option)
+    if "ckpt" in parts:
         enable_activation_checkpointing(model)
-    if "frozen" in option:
+    if "frozen_vision" in parts:
         set_requires_grad(model.vision_encoder, False)
-    opt = C.trainer_optimizer(model, "adamw_bnb_8bit" if "8bit" in option else "adamw_torch")
+    if "frozen_text" in parts:
+        set_requires_grad(model.text_encoder, False)
+    opt = C.trainer_optimizer(model, "adamw_bnb_8bit" if "8bit" in parts else "adamw_torch")
     step = make_step(model, dev)
-    dtype = torch.bfloat16 if "bf16" in option else None
+    dtype = torch.bfloat16 if "bf16" in parts else None
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     times, losses = [], []
@@ -117,14 +141,23 @@ def run(name: str, build, make_step, option: str, steps: int, dev: torch.device)
     if not all(torch.isfinite(torch.tensor(losses))):
         raise RuntimeError(f"{name} {option}: non-finite loss {losses}")
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+    reserved = torch.cuda.max_memory_reserved() / 2**30 if cuda else float("nan")
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     res = {
         "model": name,
         "option": option,
         "peak_gb": peak,
+        "reserved_gb": reserved,
         "step_s": sum(times) / max(len(times), 1),
+        "trainable": trainable,
+        "full": trainable == sum(p.numel() for p in model.parameters()),
     }
-    shown = f"{peak:6.2f} GB" if cuda else "n/a (CPU)"
-    print(f"{name:10s} {option:24s} peak {shown}  step {res['step_s']:.3f} s", flush=True)
+    shown = f"{peak:6.2f} GiB (reserved {reserved:.2f})" if cuda else "n/a (CPU)"
+    print(
+        f"{name:10s} {option:44s} peak {shown}  step {res['step_s']:.3f} s  "
+        f"trainable {trainable / 1e6:.1f} M",
+        flush=True,
+    )
     del model, opt, step
     gc.collect()
     if cuda:
@@ -137,20 +170,20 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--only", choices=["sam2", "sam3"], default=None)
     ap.add_argument(
-        "--options", default=",".join(OPTIONS), help=f"comma-separated subset of {OPTIONS}"
+        "--options",
+        default=",".join(OPTIONS),
+        help=f"comma-separated options, each parts of {TOKENS} joined by '+'",
     )
     ap.add_argument("--smoke", action="store_true", help="tiny models, 2 steps, on the CPU")
     args = ap.parse_args()
     options = [o for o in args.options.split(",") if o]
-    unknown = sorted(set(options) - set(OPTIONS))
-    if unknown:
-        raise SystemExit(f"unknown options {unknown}; choose from {OPTIONS}")
-    if "bf16+ckpt+8bit" in options:
-        try:
-            import bitsandbytes  # noqa: F401
-        except ImportError:
-            print("bitsandbytes is not installed: skipping bf16+ckpt+8bit")
-            options.remove("bf16+ckpt+8bit")
+    try:
+        [option_tokens(o) for o in options]
+    except ValueError as e:
+        raise SystemExit(str(e)) from e
+    if not has_bitsandbytes():
+        print("bitsandbytes is not installed: skipping the 8-bit AdamW options")
+        options = [o for o in options if "8bit" not in option_tokens(o)]
     if args.smoke:
         dev, steps = torch.device("cpu"), 2
         sam3_res, sam2_res = 56, 64

@@ -136,7 +136,11 @@ def main() -> None:
             stats = training_step(accelerator, trainer_module, opt_t, sched, batch, cfg, window)
             return stats["loss"]
 
-        print(C.describe_config(cfg, ["model_name_or_path", "resolution", "batch_size"]))
+        print(
+            C.describe_config(
+                cfg, ["model_name_or_path", "resolution", "per_device_train_batch_size"]
+            )
+        )
         print(
             f"model: Sam2ForTraining on the tiny SAM2 config, {C.count_parameters(module):,} "
             f"parameters; {len(batches)} pre-collated batches of up to {cfg.per_device_train_batch_size} images "
