@@ -336,3 +336,22 @@ def test_collator_pickles_and_training_prompts_change_with_the_seed():
     other["seed"] = 5
     c = col([other])
     assert not torch.equal(a["input_points"], c["input_points"])
+
+
+def test_gt_prob_clicks_come_from_the_ground_truth_alone():
+    """gt_prob 1: the prediction is ignored (a positive click in the object, or a negative one
+    anywhere for an absent target); gt_prob 0 leaves the generators' streams untouched."""
+    g = torch.Generator().manual_seed(0)
+    gt = torch.rand(6, 20, 24, generator=g) > 0.7
+    gt[0] = False
+    pred = torch.rand(6, 20, 24, generator=g) > 0.5
+    gens = [make_generator(1, i) for i in range(6)]
+    pts, lab = sample_correction_clicks(pred, gt, gens, "uniform", gt_prob=1.0)
+    x, y = pts[:, 0].long(), pts[:, 1].long()
+    assert lab.tolist() == [0, 1, 1, 1, 1, 1]
+    assert bool(gt[torch.arange(6), y, x][1:].all())
+    a = sample_correction_clicks(pred, gt, [make_generator(1, i) for i in range(6)], gt_prob=0.0)
+    b = sample_correction_clicks(pred, gt, [make_generator(1, i) for i in range(6)])
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    with pytest.raises(ValueError, match="gt_prob"):
+        sample_correction_clicks(pred, gt, gens, gt_prob=1.5)

@@ -409,7 +409,7 @@ def test_overfits_one_batch():
 
 
 def test_presets_fill_unset_prompt_and_loss_keys_and_user_keys_win(tmp_path):
-    base = {"model_name_or_path": "sam2-tiny", "output_dir": str(tmp_path), "use_synthetic": True}
+    base = {"model_name_or_path": "sam2-tiny", "output_dir": str(tmp_path)}
     keys = ("prompt_type", "num_points", "num_correction_clicks", "gt_click_prob")
     keys += ("object_score_gating", "empty_target_prob", "loss_focal", "loss_bce")
     official = load_config(Sam2Config, None, base)
