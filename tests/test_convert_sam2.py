@@ -164,3 +164,17 @@ def test_build_sam2_takes_an_official_pt(tiny_pt):
     assert_bitwise(hf, {k: v for k, v in model.state_dict().items()})
     with pytest.raises(ConfigError, match="export_official"):
         build_sam2(_cfg("sam2-tiny", export_official=True))
+
+
+def test_evaluate_and_predict_load_an_official_pt(tiny_pt):
+    """evaluate.py / predict.py resolve a model source through eval.sources: an official .pt
+    is a SAM2 source (at the official 1024 px unless told), converted by the training builder."""
+    from sam_hf.eval.sources import load_model, resolve_source
+
+    path, state = tiny_pt
+    src = resolve_source(str(path))
+    assert (src.kind, src.family, src.resolution) == ("official", "sam2", 1024)
+    loaded = load_model(str(path), resolution=256)
+    assert loaded.resolution == 256 and loaded.family == "sam2"
+    hf, _, _ = conv.official_to_hf(state)
+    assert_bitwise(hf, dict(loaded.module.model.state_dict()))

@@ -35,6 +35,9 @@ FAMILIES = ("sam2", "sam3")
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 #: Where a run keeps its resolved config (final/ has training_config.yaml, the run config.yaml).
 _RUN_CONFIG_NAMES = ("training_config.yaml", "config.yaml")
+#: Suffixes of official (``torch.save``) checkpoints and the resolution they were trained at.
+_OFFICIAL_SUFFIXES = (".pt", ".pth", ".ckpt")
+_OFFICIAL_RESOLUTION = {"sam2": 1024, "sam3": 1008}
 #: Default resolutions of the tiny random configs.
 _TINY_RESOLUTION = {"sam2-tiny": 256, "sam3-tiny": 224}
 
@@ -49,8 +52,8 @@ class ModelSource:
 
     ``kind`` is ``"tiny"`` (``sam2-tiny`` / ``sam3-tiny``, random weights seeded by ``seed``),
     ``"folder"`` (a ``save_pretrained`` folder such as a run's ``final/`` or ``best/``),
-    ``"adapter"`` (a peft folder; ``base`` is built first and the adapter merged into it) or
-    ``"hub"`` (a Hub id).
+    ``"adapter"`` (a peft folder; ``base`` is built first and the adapter merged into it),
+    ``"official"`` (Meta's ``.pt``, converted on load) or ``"hub"`` (a Hub id).
     """
 
     source: str
@@ -181,10 +184,13 @@ def _resolve_folder(
     check: Callable[[str | None, str], str],
 ) -> ModelSource:
     """A saved model folder, an adapter folder, or a run directory (its final/ or best/)."""
+    if path.is_file() and path.suffix in _OFFICIAL_SUFFIXES:
+        return _resolve_official(src, path, family, seed, resolution, check)
     if not path.is_dir():
         raise EvaluationError(
-            f"{src} is a file; give a model folder (config.json + model.safetensors), a "
-            "peft adapter folder, a run directory, a Hub id or sam2-tiny / sam3-tiny."
+            f"{src} is a file; give a model folder (config.json + model.safetensors), an "
+            "official .pt, a peft adapter folder, a run directory, a Hub id or sam2-tiny / "
+            "sam3-tiny."
         )
     if not (path / "config.json").is_file() and _adapter_dir(path) is None:
         for sub in ("final", "best"):
@@ -206,6 +212,21 @@ def _resolve_folder(
             "adapter folder (adapter_config.json), nor a run directory with final/."
         )
     return _resolve_adapter(src, adapter, run_cfg, seed, resolution, check)
+
+
+def _resolve_official(
+    src: str,
+    path: Path,
+    family: str | None,
+    seed: int,
+    resolution: int | None,
+    check: Callable[[str | None, str], str],
+) -> ModelSource:
+    """An official ``.pt`` (converted on load by the same builder as training). Its family is
+    the one asked for, else read from the file name (official SAM3 files are named sam3*)."""
+    fam = check(family or ("sam3" if "sam3" in path.name.lower() else "sam2"), "file name")
+    res = resolution or _OFFICIAL_RESOLUTION[fam]
+    return ModelSource(src, fam, "official", str(path), res, seed)
 
 
 def _resolve_adapter(
