@@ -235,7 +235,10 @@ def peer_section(smoke: bool, dev: torch.device) -> None:
         )
         return
     if smoke:
-        in_process("peer_sam2", ["--arch", "test", "--resolution", "64", "--rounds", "1"])
+        in_process(
+            "peer_sam2",
+            ["--resolution", "128", "--objects", "2", "--clicks", "1", "--rounds", "1"],
+        )
     else:
         in_process("peer_sam2", ["--resolution", "1024", "--rounds", "3", "--device", str(dev)])
 

@@ -45,7 +45,7 @@ class Benchmark:
     #: a module the script needs (run with ``--official-python`` when set)
     requires: str | None = None
     #: further RATIO lines the script prints before its last one: (name, op, goal)
-    extra: tuple[tuple[str, str, float], ...] = ()
+    extra: tuple[tuple[str, str | None, float | None], ...] = ()
 
     @property
     def ratio_name(self) -> str:
@@ -86,7 +86,11 @@ BENCHMARKS = (
         1.0,
         ratio="peer_sam2_memory",
         requires="training.model.sam2",
-        extra=(("peer_sam2_speed", ">=", 1.0),),
+        extra=(
+            ("peer_sam2_speed", ">=", 1.0),
+            ("peer_sam2_plain_speed", None, None),
+            ("peer_sam2_plain_memory", None, None),
+        ),
     ),
 )
 
