@@ -15,9 +15,13 @@ Cost of assigning prediction p to target g (lower is better), as in the official
 - box L1 (``cost_bbox``, default 5): L1 distance of the normalised (cx, cy, w, h) boxes (SAM3
   regresses cxcywh internally and its official box loss/cost use that form);
 - GIoU (``cost_giou``, default 2): ``-GIoU`` of the normalised xyxy boxes;
-- mask (``cost_mask``, default 0 = off): mean per-pixel BCE + dice loss between the predicted
-  mask logits and the target mask at the prediction's resolution (Mask2Former's mask costs,
-  summed under one weight).
+- mask (``cost_mask``, default 0 = off, as the official matcher, which has no mask cost): mean
+  per-pixel BCE + dice loss between the predicted mask logits and the target mask at the
+  prediction's resolution (Mask2Former's mask costs, summed under one weight).
+
+The official SAM3 fine-tuning configs use ``BinaryHungarianMatcherV2`` with ``focal: true``,
+class 2 / L1 5 / GIoU 2 and alpha 0.25 / gamma 2: this cost, the same assignment
+(``tests/test_official_sam3_loss.py`` compares them).
 
 The assignment uses ``scipy.optimize.linear_sum_assignment``. With more targets than
 predictions only P targets get matched (the rest stay unmatched, as in the official code).
@@ -143,7 +147,8 @@ class BinaryHungarianMatcher:
 
         ``pred_logits`` (Q, P), ``pred_boxes`` (Q, P, 4); targets of all queries concatenated:
         ``tgt_boxes`` (T, 4), ``num_targets`` (Q,) with sum T; optional ``pred_masks``
-        (Q, P, h, w) and ``tgt_masks`` (T, h, w) for the mask cost.
+        (Q, P, h, w) and ``tgt_masks`` (T, h, w) for the mask cost (without them -- SAM3's
+        intermediate decoder layers predict no masks -- the mask cost is left out).
         """
         device = pred_logits.device
         counts = [int(n) for n in num_targets.tolist()]
@@ -160,7 +165,7 @@ class BinaryHungarianMatcher:
                 continue
             sl = slice(start, start + n)
             start += n
-            use_masks = self.cost_mask > 0
+            use_masks = self.cost_mask > 0 and pred_masks is not None and tgt_masks is not None
             cost = cost_matrix(
                 pred_logits[q],
                 pred_boxes[q],
@@ -168,9 +173,9 @@ class BinaryHungarianMatcher:
                 self.cost_class,
                 self.cost_bbox,
                 self.cost_giou,
-                self.cost_mask,
-                pred_masks[q] if use_masks and pred_masks is not None else None,
-                tgt_masks[sl] if use_masks and tgt_masks is not None else None,
+                self.cost_mask if use_masks else 0.0,
+                pred_masks[q] if use_masks else None,
+                tgt_masks[sl] if use_masks else None,
                 self.focal_alpha,
                 self.focal_gamma,
             )

@@ -18,6 +18,8 @@ so ``freeze_tracker`` exists only to say so and must stay true.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,11 @@ from torch import nn
 from transformers import Sam3Config, Sam3Model, Sam3Processor
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.sam3.image_processing_sam3 import Sam3ImageProcessor
-from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
+from transformers.models.sam3.modeling_sam3 import (
+    Sam3VisionEncoderOutput,
+    box_cxcywh_to_xyxy,
+    inverse_sigmoid,
+)
 
 from sam_hf.config import ConfigError
 from sam_hf.data.tokenizer import SAM3_CONTEXT_LENGTH, build_clip_tokenizer
@@ -258,6 +264,57 @@ def index_vision_outputs(
     )
 
 
+@contextmanager
+def decoder_layer_capture(model: Sam3Model, enabled: bool = True) -> Iterator[dict[str, Any]]:
+    """Keep, during the ``Sam3Model`` forwards inside the block, what the model computes for
+    every DETR decoder layer but returns for the last only: the decoder's output (per-layer
+    presence logits and input reference boxes), the scoring head's logits of all layers and
+    the box head's offsets of all layers (its one call on the stacked layers). Read them with
+    :func:`decoder_layer_outputs`. Forward hooks: the tensors are the model's own, in its
+    autograd graph. An empty dict when not ``enabled``."""
+    store: dict[str, Any] = {}
+    if not enabled:
+        yield store
+        return
+
+    def keep(name: str, stacked_only: bool = False) -> Any:
+        def hook(_module: nn.Module, _args: Any, output: Any) -> None:
+            if not stacked_only or output.dim() == 4:  # box_head also runs once per layer
+                store[name] = output
+
+        return hook
+
+    decoder = model.detr_decoder
+    handles = [
+        decoder.register_forward_hook(keep("decoder")),
+        model.dot_product_scoring.register_forward_hook(keep("logits")),
+        decoder.box_head.register_forward_hook(keep("box_offsets", stacked_only=True)),
+    ]
+    try:
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def decoder_layer_outputs(store: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
+    """Per DETR decoder layer, last included: ``pred_logits`` (Q, P), ``pred_boxes`` (Q, P, 4)
+    normalised xyxy and ``presence_logits`` (Q, 1), computed as ``Sam3Model.forward`` computes
+    the last layer's (same heads, same box refinement) from :func:`decoder_layer_capture`."""
+    dec = store["decoder"]
+    cxcywh = (inverse_sigmoid(dec.reference_boxes) + store["box_offsets"]).sigmoid()
+    boxes = box_cxcywh_to_xyxy(cxcywh)
+    logits = store["logits"].squeeze(-1)
+    return [
+        {
+            "pred_logits": logits[i],
+            "pred_boxes": boxes[i],
+            "presence_logits": dec.presence_logits[i],
+        }
+        for i in range(logits.shape[0])
+    ]
+
+
 class Sam3ForTraining(nn.Module):
     """The trainer's view of SAM3: ``forward(batch)`` -> loss, ``predict(batch)`` -> pairs.
 
@@ -335,13 +392,16 @@ class Sam3ForTraining(nn.Module):
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
         """``{"loss": scalar with grad, "terms": {name: detached scalar}, "num_queries": int}``."""
-        outputs, vision = self.run(batch)
+        # the intermediate decoder layers' outputs, for the auxiliary loss terms
+        with decoder_layer_capture(self.model, enabled=self.criterion.cfg.aux_loss) as store:
+            outputs, vision = self.run(batch)
         if outputs is None:
             # No query in this batch (no phrase and no known-absent phrase): a zero loss that
             # still touches every trainable parameter, so backward() and DDP behave even when
             # the features came without autograd (frozen or cached encoder).
             zero = sum(p.sum() * 0.0 for p in self.parameters() if p.requires_grad)
             zero = zero + vision.fpn_hidden_states[-1].sum() * 0.0
+            self.criterion.skip_step(zero.device)
             return {"loss": zero, "terms": {}, "num_queries": 0}
         loss, terms = self.criterion(
             outputs.pred_logits,
@@ -352,6 +412,7 @@ class Sam3ForTraining(nn.Module):
             batch["target_masks"],
             batch["num_targets"],
             batch.get("is_attribute"),
+            aux_outputs=decoder_layer_outputs(store)[:-1] if store else None,
         )
         return {"loss": loss, "terms": terms, "num_queries": int(batch["num_targets"].shape[0])}
 
