@@ -14,11 +14,12 @@ module reproduces:
 - every term is summed over objects and divided by the number of objects in the batch, then
   summed over prediction steps (initial prompt + each correction click).
 
-Weights come from the config (``loss_focal: 20, loss_dice: 1, loss_iou: 1, loss_bce: 5``, the
-guide's defaults; the official config uses 20/1/1/1). One deliberate difference: the official
-code all-reduces the object count across ranks before dividing; here each rank divides by its
-own count, which keeps ``forward`` free of collectives (same expectation, and identical on a
-single process).
+Weights come from the config (``preset: official`` 20/1/1/1 as
+``sam2.1_hiera_b+_MOSE_finetune.yaml``; ``preset: guide`` 20/1/1/5). The ``num_objects`` each
+step is divided by is the caller's: :class:`~sam_hf.models.sam2_training.Sam2ForTraining`
+passes the official one (the object count all-reduced over ranks and divided by the world
+size, at least 1). tests/test_official_sam2_loss.py checks terms, total and gradients
+against the official ``training/loss_fns.py``.
 
 Each term is a function registered in :data:`SAM2_LOSS_TERMS`; extra terms registered there
 are weighted by ``extra_loss_weights`` in the YAML.
