@@ -19,8 +19,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss as tv_focal
+from transformers import Sam3Model
 
-from sam_hf.losses.sam3 import Sam3Loss, Sam3LossConfig, resize_target_masks
+from sam_hf.losses.sam3 import Sam3Loss, Sam3LossConfig, dice_loss, resize_target_masks
+from sam_hf.models.sam3 import decoder_layer_capture, decoder_layer_outputs, tiny_sam3_config
 
 BOX_TERMS = ("loss_bbox", "loss_giou", "loss_mask_focal", "loss_mask_dice")
 
@@ -227,3 +229,156 @@ def test_config_validation_and_from_args() -> None:
     assert fn.cfg.class_loss == "bce" and fn.cfg.loss_attribute == 0.9
     # unset keys come from the default preset, official (roboflow config: Masks loss_mask 200)
     assert fn.matcher.cost_mask == 1.0 and fn.cfg.weight_mask_focal == 200.0
+
+
+# --- presets (issue 14) -------------------------------------------------------------------
+
+#: sam_hf's SAM3 loss settings before the presets existed: ``preset: guide`` must keep them.
+PREVIOUS_DEFAULTS = dict(
+    loss_segmentation=1.0,
+    loss_grounding=0.5,
+    loss_attribute=0.3,
+    class_loss="focal",
+    negative_class_loss=True,
+    cost_class=2.0,
+    cost_bbox=5.0,
+    cost_giou=2.0,
+    cost_mask=0.0,
+    weight_class=1.0,
+    weight_presence=1.0,
+    weight_bbox=5.0,
+    weight_giou=2.0,
+    weight_mask_focal=20.0,
+    weight_mask_dice=1.0,
+    focal_alpha=0.25,
+    focal_gamma=2.0,
+    presence_alpha=-1.0,  # plain BCE
+    mask_resolution="prediction",
+    aux_loss=False,
+    scale_by_batch_size=False,
+    normalization="local",
+)
+
+
+def test_guide_preset_keeps_the_previous_settings_and_keys_override_presets() -> None:
+    guide = Sam3LossConfig(preset="guide")
+    for key, value in PREVIOUS_DEFAULTS.items():
+        assert getattr(guide, key) == value, key
+    official = Sam3LossConfig(weight_class=3.0)  # a set key wins over the preset
+    assert official.weight_class == 3.0 and official.class_loss == "iabce"
+    assert official.weight_mask_focal == 200.0 and official.aux_loss
+
+
+def _random_case(seed: int, q: int = 3, p: int = 6) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    centre = torch.rand(q, p, 2, generator=gen) * 0.6 + 0.2
+    half = torch.rand(q, p, 2, generator=gen) * 0.15 + 0.02
+    return dict(
+        pred_logits=torch.randn(q, p, generator=gen),
+        pred_boxes=torch.cat([centre - half, centre + half], dim=-1),
+        pred_masks=torch.randn(q, p, 4, 4, generator=gen),
+        presence_logits=torch.randn(q, 1, generator=gen),
+        target_boxes=torch.tensor(
+            [[0.1, 0.1, 0.4, 0.4], [0.5, 0.5, 0.9, 0.8], [0.2, 0.3, 0.6, 0.9]]
+        ),
+        target_masks=torch.rand(3, 12, 12, generator=gen) > 0.5,
+        num_targets=torch.tensor([2, 0, 1]),
+    )
+
+
+def test_iabce_by_hand() -> None:
+    """One query, one target, two detections: the matched one on the box (IoU 9/16)."""
+    target = torch.tensor([[0.1, 0.1, 0.5, 0.5]])
+    boxes = torch.tensor([[[0.6, 0.6, 0.9, 0.9], [0.1, 0.1, 0.4, 0.4]]])
+    logits = torch.tensor([[0.3, -0.4]])
+    fn = Sam3Loss(class_pad_queries=0)
+    _, terms = fn(
+        logits,
+        boxes,
+        torch.zeros(1, 2, 4, 4),
+        torch.tensor([[1.5]]),
+        target,
+        _rect_mask(4, 0, 0, 2, 2)[None],
+        torch.tensor([1]),
+    )
+    p0, p1 = torch.sigmoid(torch.tensor([0.3, -0.4]))
+    t = p1**0.25 * (9 / 16) ** 0.75  # soft target of the matched detection
+    pos = 10.0 * -(t * torch.log(p1) + (1 - t) * torch.log(1 - p1))
+    neg = p0**2 * -torch.log(1 - p0)
+    assert float(terms["loss_class"]) == pytest.approx(float((pos + neg) / 2), rel=1e-5)
+    # presence: 0.5-weighted BCE (official focal with alpha 0.5, gamma 0)
+    assert float(terms["loss_presence"]) == pytest.approx(
+        0.5 * float(F.softplus(torch.tensor(-1.5))), rel=1e-6
+    )
+    _, padded = Sam3Loss()(
+        logits,
+        boxes,
+        torch.zeros(1, 2, 4, 4),
+        torch.tensor([[1.5]]),
+        target,
+        _rect_mask(4, 0, 0, 2, 2)[None],
+        torch.tensor([1]),
+    )
+    # padded to 200 detections: the same sum over 200 entries instead of 2
+    assert float(padded["loss_class"]) == pytest.approx(
+        float(terms["loss_class"]) * 2 / 200, rel=1e-5
+    )
+
+
+def test_aux_layers_and_batch_scaling_add_up() -> None:
+    case = _random_case(5)
+    aux_case = _random_case(6)
+    aux = [{k: aux_case[k] for k in ("pred_logits", "pred_boxes", "presence_logits")}]
+    fn = Sam3Loss(scale_by_batch_size=False)
+    plain, _ = fn(**case)
+    with_aux, terms = fn(**case, aux_outputs=aux)
+    ctx = (
+        case["target_boxes"],
+        case["num_targets"],
+        torch.ones(3),
+        fn.num_boxes(case["num_targets"]),
+    )
+    aux_terms, _ = fn.detection_terms(aux[0], ctx)
+    assert float(terms["loss_aux"]) == pytest.approx(float(fn.grounding(aux_terms)), rel=1e-6)
+    assert float(with_aux) == pytest.approx(float(plain + terms["loss_aux"]), rel=1e-6)
+    off, off_terms = Sam3Loss(scale_by_batch_size=False, aux_loss=False)(**case, aux_outputs=aux)
+    assert "loss_aux" not in off_terms and float(off) == pytest.approx(float(plain), rel=1e-6)
+    scaled, _ = Sam3Loss()(**case, aux_outputs=aux)  # official: x sqrt(3 queries)
+    assert float(scaled) == pytest.approx(float(with_aux) * 3**0.5, rel=1e-6)
+
+
+def test_mask_loss_at_target_resolution_is_the_upsampled_formula() -> None:
+    """Values and gradients of the fused path equal focal/dice on bilinearly upsampled logits."""
+    gen = torch.Generator().manual_seed(2)
+    logits = torch.randn(3, 4, 4, generator=gen, requires_grad=True)
+    targets = torch.rand(3, 12, 12, generator=gen) > 0.5
+    fn = Sam3Loss()
+    w, n = torch.tensor([1.0, 1.0, 1.3]), torch.tensor(2.0)
+    got = fn.mask_losses(logits, targets, w, n)
+    up = F.interpolate(logits[:, None], size=(12, 12), mode="bilinear", align_corners=False)[:, 0]
+    tf = targets.float()
+    focal = (
+        tv_focal(up, tf, alpha=0.25, gamma=2.0, reduction="none").flatten(1).mean(1) * w
+    ).sum() / n
+    dice = (dice_loss(up, tf) * w).sum() / n
+    assert float(got["loss_mask_focal"]) == pytest.approx(float(focal), rel=1e-5)
+    assert float(got["loss_mask_dice"]) == pytest.approx(float(dice), rel=1e-5)
+    g_got = torch.autograd.grad(got["loss_mask_focal"] + got["loss_mask_dice"], logits)[0]
+    g_ref = torch.autograd.grad(focal + dice, logits)[0]
+    torch.testing.assert_close(g_got, g_ref, rtol=1e-5, atol=1e-7)
+
+
+def test_decoder_layer_outputs_last_layer_is_the_models_output() -> None:
+    """The hooks read every decoder layer as Sam3Model computes its last one (bitwise)."""
+
+    torch.manual_seed(0)
+    model = Sam3Model(tiny_sam3_config(112)).eval()
+    ids = torch.randint(0, 49000, (2, 8))
+    with torch.no_grad(), decoder_layer_capture(model) as store:
+        out = model(pixel_values=torch.randn(2, 3, 112, 112), input_ids=ids)
+    layers = decoder_layer_outputs(store)
+    assert len(layers) == model.config.detr_decoder_config.num_layers
+    assert torch.equal(layers[-1]["pred_logits"], out.pred_logits)
+    assert torch.equal(layers[-1]["pred_boxes"], out.pred_boxes)
+    assert torch.equal(layers[-1]["presence_logits"], out.presence_logits)
+    assert not torch.equal(layers[0]["pred_logits"], out.pred_logits)
