@@ -170,3 +170,47 @@ def test_memory_modules_survive_for_the_video_predictor(official_pt, tmp_path):
     ref = read_official(path)
     got = video.state_dict()
     assert set(got) == set(ref) and all(torch.equal(got[k], ref[k]) for k in ref)
+
+
+@pytest.mark.slow
+def test_official_pt_fine_tunes_through_the_recipe_and_exports_back(official_pt, tmp_path):
+    """The issue's round trip in one run: an official .pt (built by the sam2 package) as
+    model_name_or_path of the SAM2 recipe, 2 optimizer steps on the synthetic orchard at
+    128 px, ``export_official true``; the exported ``final/model.pt`` loads strictly into the
+    official ``build_sam2`` (memory modules included), holds the fine-tuned weights (equal to
+    ``final/`` converted, bitwise; the image weights moved), and the official image predictor
+    runs on it."""
+    import numpy as np
+    import sam2_mineapple
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+    from transformers import Sam2Model
+
+    path, _ = official_pt
+    out = tmp_path / "run"
+    argv = ["--config", "recipes/sam2_demo.yaml", "--model_name_or_path", str(path)]
+    argv += ["--resolution", "128", "--dataset_path", str(tmp_path / "data")]
+    argv += ["--synthetic_num_images", "6", "--synthetic_image_size", "[128, 128]"]
+    argv += ["--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size", "2"]
+    argv += ["--eval_strategy", "no", "--save_strategy", "no", "--export_official", "true"]
+    argv += ["--max_objects_per_image", "2", "--no_eval_on_start"]
+    sam2_mineapple.main(argv)
+    exported = out / "final" / "model.pt"
+    state = read_official(exported)
+    start = read_official(path)
+    assert set(state) == set(start)
+    moved = [
+        k for k in state if k.startswith("image_encoder") and not torch.equal(state[k], start[k])
+    ]
+    assert moved, "the exported image encoder equals the starting one: nothing was trained"
+    hf = Sam2Model.from_pretrained(out / "final").state_dict()
+    converted, _, _ = conv.official_to_hf(state)
+    assert all(torch.equal(converted[k], hf[k]) for k in hf)
+    model = build_official(str(exported), res=128)  # strict: every official key present
+    predictor = SAM2ImagePredictor(model)
+    predictor._bb_feat_sizes = [(32, 32), (16, 16), (8, 8)]  # the official values are for 1024
+    image = (np.random.default_rng(0).random((128, 128, 3)) * 255).astype(np.uint8)
+    predictor.set_image(image)
+    masks, ious, low = predictor.predict(
+        point_coords=np.array([[64.0, 64.0]]), point_labels=np.array([1]), multimask_output=True
+    )
+    assert masks.shape == (3, 128, 128) and np.isfinite(low).all() and np.isfinite(ious).all()
