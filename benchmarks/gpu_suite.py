@@ -240,7 +240,10 @@ def peer_section(smoke: bool, dev: torch.device) -> None:
             ["--resolution", "128", "--objects", "2", "--clicks", "1", "--rounds", "1"],
         )
     else:
-        in_process("peer_sam2", ["--resolution", "1024", "--rounds", "3", "--device", str(dev)])
+        in_process(
+            "peer_sam2",
+            ["--resolution", "1024", "--objects", "8", "--rounds", "3", "--device", str(dev)],
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
