@@ -242,6 +242,7 @@ def test_gradients_reach_every_trained_part() -> None:
         "loss_giou",
         "loss_mask_focal",
         "loss_mask_dice",
+        "loss_aux",  # the intermediate decoder layers' terms (default preset official)
     }
     out["loss"].backward()
     for part in ("detr_decoder", "mask_decoder", "vision_encoder", "text_encoder", "detr_encoder"):
