@@ -127,3 +127,28 @@ def test_unused_hf_keys_and_wrong_sizes_are_errors(tiny):
     official[key] = official[key][:5]
     with pytest.raises(ConversionError, match="1 tensors have other shapes.*query_embed"):
         official_to_hf(official, config)
+
+
+def test_the_sam3_recipe_builder_takes_an_official_pt(tiny, tmp_path, monkeypatch):
+    """``model_name_or_path: sam3.pt`` in the SAM3 recipe / evaluate.py: the detector is
+    converted on load (bitwise) at the recipe's resolution. The released size is 840 M
+    parameters, so the builder's config is the tiny one here (same code path)."""
+    from types import SimpleNamespace
+
+    import sam_hf.models.sam3 as m3
+    from sam_hf.convert.common import save_official
+
+    model, config = tiny
+    path = tmp_path / "sam3.pt"
+    save_official(_official(model), path)
+    monkeypatch.setattr(m3, "released_sam3_config", tiny_sam3_config)
+    cfg = SimpleNamespace(
+        model_name_or_path=str(path),
+        resolution=config.vision_config.backbone_config.image_size,
+        freeze_tracker=True,
+        seed=0,
+    )
+    built, processor = m3.build_sam3(cfg)
+    sd, got = model.state_dict(), built.state_dict()
+    assert set(sd) == set(got) and all(torch.equal(sd[k], got[k]) for k in sd)
+    assert processor.image_processor.size["height"] == cfg.resolution

@@ -31,7 +31,7 @@ MODEL_SOURCES = {
     ),
     "sam3": (
         "a Hub id (e.g. facebook/sam3), a local folder with config.json (save_pretrained "
-        "output), or sam3-tiny"
+        "output), an official SAM3 .pt checkpoint (sam3.pt), or sam3-tiny"
     ),
 }
 #: config.json ``model_type`` values whose weights each recipe's model class loads

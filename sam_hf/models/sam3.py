@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import Sam3Config, Sam3Model, Sam3Processor
+from transformers.initialization import no_init_weights
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.sam3.image_processing_sam3 import Sam3ImageProcessor
 from transformers.models.sam3.modeling_sam3 import (
@@ -36,6 +37,8 @@ from transformers.models.sam3.modeling_sam3 import (
 )
 
 from sam_hf.config import ConfigError
+from sam_hf.convert.common import ConversionError, read_official
+from sam_hf.convert.sam3 import official_to_hf
 from sam_hf.data.tokenizer import SAM3_CONTEXT_LENGTH, build_clip_tokenizer
 from sam_hf.losses.sam3 import Sam3Loss
 from sam_hf.models.common import enable_activation_checkpointing, reinit_for_small_widths
@@ -179,6 +182,32 @@ def set_sam3_resolution(model: Sam3Model, processor: Sam3Processor | None, resol
         processor.target_size = resolution
 
 
+#: Suffixes of official (``torch.save``) SAM3 checkpoints, converted on load.
+OFFICIAL_SUFFIXES = (".pt", ".pth", ".ckpt")
+
+
+def released_sam3_config() -> Sam3Config:
+    """The architecture of the released ``sam3.pt`` (transformers' defaults, 1008 px)."""
+    return Sam3Config()
+
+
+def _load_official_sam3(path: Path) -> tuple[Sam3Model, Sam3Processor]:
+    """The detector of an official SAM3 ``.pt`` (``sam3.pt``: detector.* and tracker.* keys)
+    as a ``Sam3Model`` at the released size, every key checked; the tracker is not trained
+    here and is left out (scripts/convert_checkpoint.py keeps it for the way back)."""
+    config = released_sam3_config()
+    try:
+        state, _ = official_to_hf(read_official(path), config)
+    except ConversionError as e:
+        raise ConfigError(f"model_name_or_path {e}") from e
+    with no_init_weights():  # not the meta device: its RoPE / position buffers are computed
+        model = Sam3Model(config)
+    model.load_state_dict(state, strict=True)
+    logger.info("Converted the official SAM3 checkpoint %s (its tracker left aside).", path)
+    image_size = model.config.vision_config.backbone_config.image_size
+    return model.train(), build_sam3_processor(image_size)
+
+
 def build_sam3(cfg: Any) -> tuple[Sam3Model, Sam3Processor]:
     """Sam3Model + Sam3Processor from ``cfg.model_name_or_path`` with the freeze policy applied.
 
@@ -206,10 +235,18 @@ def build_sam3(cfg: Any) -> tuple[Sam3Model, Sam3Processor]:
                 raise missing_model_error(
                     name, "sam3", "no such file or folder (not found locally)"
                 )
+            if path.is_file() and path.suffix.lower() in OFFICIAL_SUFFIXES:
+                model, processor = _load_official_sam3(path)
+                set_sam3_resolution(model, processor, resolution)
+                apply_sam3_freezing(model, cfg)
+                if getattr(cfg, "gradient_checkpointing", False):
+                    enable_activation_checkpointing(model)
+                return model, processor
             if path.is_file():
                 raise ConfigError(
-                    f"{path} is a single file; SAM3 loads from the folder that holds config.json "
-                    "and the weights (save_pretrained output), a Hub id, or sam3-tiny."
+                    f"{path} is a single file; SAM3 loads from an official .pt, the folder that "
+                    "holds config.json and the weights (save_pretrained output), a Hub id, or "
+                    "sam3-tiny."
                 )
             name = str(path)
         kw = {} if is_local else {"revision": revision}
