@@ -135,13 +135,14 @@ def test_the_sam3_recipe_builder_takes_an_official_pt(tiny, tmp_path, monkeypatc
     parameters, so the builder's config is the tiny one here (same code path)."""
     from types import SimpleNamespace
 
+    import sam_hf.convert.sam3 as c3
     import sam_hf.models.sam3 as m3
     from sam_hf.convert.common import save_official
 
     model, config = tiny
     path = tmp_path / "sam3.pt"
     save_official(_official(model), path)
-    monkeypatch.setattr(m3, "released_sam3_config", tiny_sam3_config)
+    monkeypatch.setattr(c3, "released_sam3_config", tiny_sam3_config)
     cfg = SimpleNamespace(
         model_name_or_path=str(path),
         resolution=config.vision_config.backbone_config.image_size,

@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import Sam3Config, Sam3Model, Sam3TrackerConfig
+from transformers.initialization import no_init_weights
 
 from sam_hf.convert.common import (
     ConversionError,
@@ -407,6 +408,22 @@ def official_to_folder(
         t_state = tracker_state_dict(official, hf_state, t_config)
         _save_folder(t_state, t_config, "Sam3TrackerModel", out / TRACKER_DIR)
     return out
+
+
+def released_sam3_config() -> Sam3Config:
+    """The architecture of the released ``sam3.pt`` (transformers' defaults, 1008 px)."""
+    return Sam3Config()
+
+
+def load_official_sam3(path: str | Path) -> Sam3Model:
+    """The detector of an official SAM3 ``.pt`` as a ``Sam3Model`` of the released size,
+    every key checked (the tracker is not trained by sam_hf; ``official_to_folder`` keeps it)."""
+    config = released_sam3_config()
+    state, _ = official_to_hf(read_official(path), config)
+    with no_init_weights():  # not the meta device: RoPE / position buffers get computed
+        model = Sam3Model(config)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
 
 
 def read_extra(folder: str | Path) -> dict[str, torch.Tensor]:

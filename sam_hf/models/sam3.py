@@ -27,7 +27,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import Sam3Config, Sam3Model, Sam3Processor
-from transformers.initialization import no_init_weights
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.sam3.image_processing_sam3 import Sam3ImageProcessor
 from transformers.models.sam3.modeling_sam3 import (
@@ -37,8 +36,8 @@ from transformers.models.sam3.modeling_sam3 import (
 )
 
 from sam_hf.config import ConfigError
-from sam_hf.convert.common import ConversionError, read_official
-from sam_hf.convert.sam3 import official_to_hf
+from sam_hf.convert.common import ConversionError
+from sam_hf.convert.sam3 import load_official_sam3
 from sam_hf.data.tokenizer import SAM3_CONTEXT_LENGTH, build_clip_tokenizer
 from sam_hf.losses.sam3 import Sam3Loss
 from sam_hf.models.common import enable_activation_checkpointing, reinit_for_small_widths
@@ -186,28 +185,6 @@ def set_sam3_resolution(model: Sam3Model, processor: Sam3Processor | None, resol
 OFFICIAL_SUFFIXES = (".pt", ".pth", ".ckpt")
 
 
-def released_sam3_config() -> Sam3Config:
-    """The architecture of the released ``sam3.pt`` (transformers' defaults, 1008 px)."""
-    return Sam3Config()
-
-
-def _load_official_sam3(path: Path) -> tuple[Sam3Model, Sam3Processor]:
-    """The detector of an official SAM3 ``.pt`` (``sam3.pt``: detector.* and tracker.* keys)
-    as a ``Sam3Model`` at the released size, every key checked; the tracker is not trained
-    here and is left out (scripts/convert_checkpoint.py keeps it for the way back)."""
-    config = released_sam3_config()
-    try:
-        state, _ = official_to_hf(read_official(path), config)
-    except ConversionError as e:
-        raise ConfigError(f"model_name_or_path {e}") from e
-    with no_init_weights():  # not the meta device: its RoPE / position buffers are computed
-        model = Sam3Model(config)
-    model.load_state_dict(state, strict=True)
-    logger.info("Converted the official SAM3 checkpoint %s (its tracker left aside).", path)
-    image_size = model.config.vision_config.backbone_config.image_size
-    return model.train(), build_sam3_processor(image_size)
-
-
 def build_sam3(cfg: Any) -> tuple[Sam3Model, Sam3Processor]:
     """Sam3Model + Sam3Processor from ``cfg.model_name_or_path`` with the freeze policy applied.
 
@@ -217,10 +194,8 @@ def build_sam3(cfg: Any) -> tuple[Sam3Model, Sam3Processor]:
     """
     check_freeze_tracker(cfg)
     name = str(getattr(cfg, "model_name_or_path", "facebook/sam3"))
-    revision = getattr(cfg, "revision", None) or "main"
     resolution = int(getattr(cfg, "resolution", PRETRAINED_RESOLUTION))
     _check_resolution(resolution)
-
     if name in TINY_NAMES:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(getattr(cfg, "seed", 0)))
@@ -228,49 +203,7 @@ def build_sam3(cfg: Any) -> tuple[Sam3Model, Sam3Processor]:
             reinit_for_small_widths(model)
         processor = build_sam3_processor(resolution)
     else:
-        path = Path(name).expanduser()
-        is_local = path.exists() or looks_like_path(name)
-        if is_local:
-            if not path.exists():
-                raise missing_model_error(
-                    name, "sam3", "no such file or folder (not found locally)"
-                )
-            if path.is_file() and path.suffix.lower() in OFFICIAL_SUFFIXES:
-                model, processor = _load_official_sam3(path)
-                set_sam3_resolution(model, processor, resolution)
-                apply_sam3_freezing(model, cfg)
-                if getattr(cfg, "gradient_checkpointing", False):
-                    enable_activation_checkpointing(model)
-                return model, processor
-            if path.is_file():
-                raise ConfigError(
-                    f"{path} is a single file; SAM3 loads from an official .pt, the folder that "
-                    "holds config.json and the weights (save_pretrained output), a Hub id, or "
-                    "sam3-tiny."
-                )
-            name = str(path)
-        kw = {} if is_local else {"revision": revision}
-        # config.json first (one small file): a missing model, an offline Hub or a SAM2
-        # checkpoint fails here in one line, before any weights are read.
-        read_model_config(name, None if is_local else revision, "sam3")
-        try:
-            model = Sam3Model.from_pretrained(name, **kw)
-        except OSError as e:
-            raise load_error(name, "sam3", e) from e
-        try:
-            processor = Sam3Processor.from_pretrained(name, **kw)
-        except (OSError, ValueError, TypeError) as e:
-            if not is_local:
-                if isinstance(e, OSError):
-                    raise load_error(name, "sam3", e) from e
-                raise
-            logger.warning(
-                "No loadable Sam3Processor in %s (%s); building one with the offline CLIP "
-                "tokenizer.",
-                name,
-                e,
-            )
-            processor = build_sam3_processor(model.config.vision_config.backbone_config.image_size)
+        model, processor = _load_pretrained(name, getattr(cfg, "revision", None) or "main")
         if resolution != PRETRAINED_RESOLUTION:
             logger.warning(
                 "Running SAM3 at %d px instead of the %d px it was pretrained at: its position "
@@ -282,10 +215,54 @@ def build_sam3(cfg: Any) -> tuple[Sam3Model, Sam3Processor]:
         saved = model.config.vision_config.backbone_config.image_size
         if resolution != saved or processor.image_processor.size.get("height") != resolution:
             set_sam3_resolution(model, processor, resolution)
-
     apply_sam3_freezing(model, cfg)
     if getattr(cfg, "gradient_checkpointing", False):
         enable_activation_checkpointing(model)
+    return model, processor
+
+
+def _load_pretrained(name: str, revision: str) -> tuple[Sam3Model, Sam3Processor]:
+    """Weights from an official ``.pt``, a ``save_pretrained`` folder or a Hub id."""
+    path = Path(name).expanduser()
+    is_local = path.exists() or looks_like_path(name)
+    if is_local:
+        if not path.exists():
+            raise missing_model_error(name, "sam3", "no such file or folder (not found locally)")
+        if path.is_file() and path.suffix.lower() in OFFICIAL_SUFFIXES:
+            try:
+                model = load_official_sam3(path).train()
+            except ConversionError as e:
+                raise ConfigError(f"model_name_or_path {e}") from e
+            logger.info("Converted the official SAM3 checkpoint %s (tracker left aside).", path)
+            return model, build_sam3_processor(PRETRAINED_RESOLUTION)
+        if path.is_file():
+            raise ConfigError(
+                f"{path} is a single file; SAM3 loads from an official .pt, the folder that "
+                "holds config.json and the weights (save_pretrained output), a Hub id, or "
+                "sam3-tiny."
+            )
+        name = str(path)
+    kw = {} if is_local else {"revision": revision}
+    # config.json first (one small file): a missing model, an offline Hub or a SAM2
+    # checkpoint fails here in one line, before any weights are read.
+    read_model_config(name, None if is_local else revision, "sam3")
+    try:
+        model = Sam3Model.from_pretrained(name, **kw)
+    except OSError as e:
+        raise load_error(name, "sam3", e) from e
+    try:
+        processor = Sam3Processor.from_pretrained(name, **kw)
+    except (OSError, ValueError, TypeError) as e:
+        if not is_local:
+            if isinstance(e, OSError):
+                raise load_error(name, "sam3", e) from e
+            raise
+        logger.warning(
+            "No loadable Sam3Processor in %s (%s); building one with the offline CLIP tokenizer.",
+            name,
+            e,
+        )
+        processor = build_sam3_processor(model.config.vision_config.backbone_config.image_size)
     return model, processor
 
 
