@@ -218,12 +218,12 @@ def cache_section(smoke: bool, dev: torch.device) -> None:
     d = str(dev)
     in_process(
         "cache_speedup",
-        ["--arch", "large", "--resolution", "1024", "--num-images", "8", "--rounds", "3",
+        ["--arch", "large", "--resolution", "1024", "--num-images", "8", "--rounds", "2",
          "--sweep", "--device", d],
     )  # fmt: skip
     in_process(
         "cache_speedup_sam3",
-        ["--resolution", "1008", "--num-images", "4", "--rounds", "3", "--device", d],
+        ["--resolution", "1008", "--num-images", "4", "--rounds", "2", "--device", d],
     )  # fmt: skip
 
 
