@@ -227,6 +227,20 @@ def select_objects(num_objects: int, max_objects: int, generator: torch.Generato
     return torch.randperm(num_objects, generator=generator)[:max_objects].sort().values
 
 
+def _drop_predictions(
+    pred: torch.Tensor, generators: Sequence[torch.Generator], gt_prob: float
+) -> torch.Tensor:
+    """(N, P) predictions with those of a ``gt_prob`` fraction of objects (one draw each from
+    its generator, only when ``gt_prob > 0``) emptied: their click then comes from the ground
+    truth alone."""
+    if not 0.0 <= gt_prob <= 1.0:
+        raise ValueError(f"gt_prob must be within [0, 1], got {gt_prob}.")
+    if gt_prob == 0:
+        return pred
+    from_gt = torch.tensor([torch.rand(1, generator=g).item() < gt_prob for g in generators])
+    return pred & ~from_gt.to(pred.device)[:, None]
+
+
 def sample_correction_clicks(
     pred_masks: torch.Tensor,
     gt_masks: torch.Tensor,
@@ -269,16 +283,11 @@ def sample_correction_clicks(
         )
     if method not in POINT_METHODS:
         raise ValueError(f"method must be one of {POINT_METHODS}, got {method!r}.")
-    if not 0.0 <= gt_prob <= 1.0:
-        raise ValueError(f"gt_prob must be within [0, 1], got {gt_prob}.")
     n, h, w = pred_masks.shape
     device = pred_masks.device
     if n == 0:
         return torch.zeros(0, 2, device=device), torch.zeros(0, dtype=torch.long, device=device)
-    pred = pred_masks.bool().flatten(1)
-    if gt_prob > 0:
-        from_gt = torch.tensor([torch.rand(1, generator=g).item() < gt_prob for g in generators])
-        pred = pred & ~from_gt.to(device)[:, None]
+    pred = _drop_predictions(pred_masks.bool().flatten(1), generators, gt_prob)
     gt = gt_masks.bool().flatten(1)
     err = pred ^ gt
     has_err = err.any(1, keepdim=True)
