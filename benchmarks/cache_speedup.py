@@ -161,8 +161,9 @@ def cached_step_breakdown(
     gradients of the decoder's outputs become ready (tensor hooks): autograd runs the loss's
     nodes, created last, before the decoder's, so the time until the last such hook is the
     loss's backward and the rest is the decoder's and the trainable feature projections'.
-    That split is exact for one prediction step per object (the recipe: no mask prompts, no
-    correction clicks) and approximate otherwise.
+    That split is exact for one prediction step per object (no mask prompts, no correction
+    clicks) and approximate otherwise -- the recipe's preset adds 7 correction clicks, so each
+    object is decoded 8 times and the decoder's and loss's backward interleave.
     """
     spent = {"decoder fwd": 0.0, "loss fwd": 0.0}
     ready: list[float] = []
@@ -283,6 +284,7 @@ def main(argv: list[str] | None = None) -> None:
                     "resolution",
                     "per_device_train_batch_size",
                     "max_objects_per_image",
+                    "num_correction_clicks",
                     "prompt_type",
                     "multimask_output",
                     "hflip_prob",
