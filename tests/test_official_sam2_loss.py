@@ -265,7 +265,7 @@ def test_gating_equals_official_forward_sam_heads():
         extra_loss_weights={}, object_score_gating=True,
     )  # fmt: skip
     model, _ = build_sam2(cfg)
-    gated = Sam2ForTraining(model, cfg).eval()
+    gated = Sam2ForTraining(model, cfg).train()  # gating is a training-mode behaviour
     plain = Sam2ForTraining(
         model, types.SimpleNamespace(**{**vars(cfg), "object_score_gating": False})
     )

@@ -424,11 +424,11 @@ def test_presets_fill_unset_prompt_and_loss_keys_and_user_keys_win(tmp_path):
 
 
 def test_gating_sets_absent_objects_to_no_obj_score(tiny):
-    """object_score_gating: masks of objects with object score <= 0 are -1024 everywhere (the
-    official NO_OBJ_SCORE), the others unchanged (bitwise: one torch.where)."""
+    """object_score_gating (training): masks of objects with object score <= 0 are -1024
+    everywhere (the official NO_OBJ_SCORE), the others unchanged (bitwise: one torch.where)."""
     model, _ = tiny
-    plain = Sam2ForTraining(model, make_cfg()).eval()
-    gated = Sam2ForTraining(model, make_cfg(object_score_gating=True)).eval()
+    plain = Sam2ForTraining(model, make_cfg()).train()
+    gated = Sam2ForTraining(model, make_cfg(object_score_gating=True)).train()
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         emb = plain.image_embeddings(torch.randn(1, 3, R, R, generator=g))
@@ -439,6 +439,9 @@ def test_gating_sets_absent_objects_to_no_obj_score(tiny):
     absent = sc[:, 0] <= 0
     assert bool((low[absent] == NO_OBJ_SCORE).all())
     assert torch.equal(low[~absent], low0[~absent])
+    with torch.no_grad():  # eval mode (predict, evaluation): never gated
+        low_eval, _, _ = gated.eval().decode(emb, img, pts, labs, None, True)
+    assert torch.equal(low_eval, low0)
 
 
 def test_empty_targets_are_object_score_negatives_in_training_only(tiny):

@@ -295,8 +295,6 @@ def build_config(src: ModelSource, **overrides: Any) -> Any:
         values["resolution"] = int(src.resolution)
     if src.family == "sam2":
         values["multimask_output"] = src.multimask_output
-        # the mask rule the model was trained with (plain transformers, ungated, when unknown)
-        values["object_score_gating"] = bool(src.run_config.get("object_score_gating", False))
         values.update(overrides)
         return load_config(Sam2Config, None, values)
     values.update(overrides)

@@ -82,7 +82,7 @@ class Sam2ForTraining(nn.Module):
 
     The loss of every step is summed (each step normalised by the number of objects, averaged
     over ranks as the official loss does). With ``object_score_gating`` every decoded mask is
-    set to -1024 where the object score is <= 0, as the official SAM heads do, so the loss,
+    set to -1024 in training where the object score is <= 0, as the official SAM heads do, so the loss,
     the next click and the next mask prompt all see the gated mask. With
     ``empty_target_prob`` a training image may get one extra target that is absent (empty
     ground truth) prompted by a negative click anywhere on the image (what the official
@@ -173,8 +173,11 @@ class Sam2ForTraining(nn.Module):
         element, so this is what lets objects of one image carry different mask prompts).
 
         Returns low-res mask logits (n, M, h, w), IoU predictions (n, M) and object-score
-        logits (n, 1). With ``object_score_gating`` the masks of objects whose score is <= 0
-        are :data:`NO_OBJ_SCORE` everywhere (no gradient reaches the decoder through them).
+        logits (n, 1). With ``object_score_gating``, in training mode, the masks of objects
+        whose score is <= 0 are :data:`NO_OBJ_SCORE` everywhere (no gradient reaches the
+        decoder through them), as the official ``SAM2Train``. In eval mode (``predict``, the
+        evaluation protocols) masks are not gated, as the official ``SAM2ImagePredictor`` and
+        a plain transformers ``Sam2Model``: a prompted object is always there.
         """
         emb = [e.index_select(0, image_index) for e in embeddings]
         with self._fixed_mask_selection():
@@ -186,7 +189,7 @@ class Sam2ForTraining(nn.Module):
                 multimask_output=multimask,
             )
         masks, scores = out.pred_masks[:, 0], out.object_score_logits[:, 0]
-        if self.object_score_gating:
+        if self.object_score_gating and self.training:
             masks = torch.where(scores[:, :, None, None] > 0, masks, NO_OBJ_SCORE)
         return masks, out.iou_scores[:, 0], scores
 
