@@ -204,3 +204,14 @@ def test_a_later_strategy_drops_an_earlier_interval(tmp_path):
     assert cfg.save_strategy == "no" and cfg.save_steps is None
     with pytest.raises(ConfigError, match="save_steps 100 is used only with save_strategy: steps"):
         parse_args(Sam2Config, ["--save_steps", "100"])  # default strategy: epoch
+
+
+def test_readme_preset_tables_are_the_ones_that_run():
+    """The README's preset tables are exactly what sam_hf.config.presets applies."""
+    from pathlib import Path
+
+    from sam_hf.config.presets import markdown_table
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for family in ("sam2", "sam3"):
+        assert markdown_table(family) in readme, f"README's {family} preset table is stale"

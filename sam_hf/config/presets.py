@@ -172,3 +172,19 @@ def preset_table(family: str) -> list[tuple[str, Any, Any, str]]:
         g = guide.get(key, (None, ""))
         rows.append((key, o[0], g[0], o[1]))
     return rows
+
+
+def _cell(value: Any) -> str:
+    return f"`{value}`" if not isinstance(value, str) or value else "`''`"
+
+
+def markdown_table(family: str) -> str:
+    """The README's preset table for ``family``: key, each preset's value, the official source.
+
+    tests/test_readme_commands.py checks that the README holds exactly this text, so the
+    documented values are the ones that run."""
+    lines = ["| key | official | guide | where the official value comes from |"]
+    lines.append("| --- | --- | --- | --- |")
+    for key, official, guide, source in preset_table(family):
+        lines.append(f"| `{key}` | {_cell(official)} | {_cell(guide)} | {source} |")
+    return "\n".join(lines)
