@@ -274,7 +274,7 @@ ACCEPTS = {
     "sam2": "It accepts a Hub id (e.g. facebook/sam2.1-hiera-large), a local folder with "
     "config.json (save_pretrained output), an official SAM2 .pt checkpoint, or sam2-tiny.",
     "sam3": "It accepts a Hub id (e.g. facebook/sam3), a local folder with config.json "
-    "(save_pretrained output), or sam3-tiny.",
+    "(save_pretrained output), an official SAM3 .pt checkpoint (sam3.pt), or sam3-tiny.",
 }
 
 
@@ -443,9 +443,13 @@ def test_sam3_tiny_name_of_sam2_and_single_files(tmp_path, no_weights):
     with pytest.raises(ConfigError, match=r"'sam2-tiny' is a SAM2 checkpoint.*sam3-tiny"):
         build_sam3(sam3_cfg(model_name_or_path="sam2-tiny"))
     pt = tmp_path / "sam3.pt"
-    pt.write_bytes(b"")
-    with pytest.raises(ConfigError, match=r"sam3\.pt is a single file; SAM3 loads from the folder"):
+    pt.write_bytes(b"")  # a .pt is read as an official checkpoint: this one is not one
+    with pytest.raises(ConfigError, match=r"sam3\.pt: could not be read as a checkpoint"):
         build_sam3(sam3_cfg(model_name_or_path=str(pt)))
+    single = tmp_path / "model.safetensors"
+    single.write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"model\.safetensors is a single file; SAM3 loads from"):
+        build_sam3(sam3_cfg(model_name_or_path=str(single)))
     with pytest.raises(ConfigError, match=r"has no config\.json"):
         build_sam3(sam3_cfg(model_name_or_path=str(tmp_path)))
 
