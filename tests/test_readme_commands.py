@@ -438,6 +438,13 @@ CASES: list[Case] = [
         max_seconds=90,
         skip_on_gpu=True,
     ),
+    Case(
+        "python benchmarks/gpu_suite.py",
+        "fails_here",
+        message=r"needs a CUDA GPU",
+        max_seconds=90,
+        skip_on_gpu=True,
+    ),
     Case("pip install -e .[memory]", "skip", reason=PIP),
     *(
         Case(f"python benchmarks/{name}.py", "skip", reason=BENCHMARK)
@@ -447,6 +454,7 @@ CASES: list[Case] = [
             "loop_overhead",
             "cache_speedup",
             "cache_speedup_sam3",
+            "peer_sam2",
             "data_headroom",
             "arrow_reload",
             "metrics_speed",
