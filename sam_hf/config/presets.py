@@ -106,7 +106,10 @@ PRESETS: dict[str, dict[str, dict[str, tuple[Any, str]]]] = {
                 "sam3/train/loss/sam3_loss.py aux_outputs (L89-94)",
             ),
             "scale_by_batch_size": (True, f"{_RF} scratch.scale_by_find_batch_size (L189)"),
-            "normalization": ("global", "sam3/train/loss/sam3_loss.py normalization='global' (L41)"),
+            "normalization": (
+                "global",
+                "sam3/train/loss/sam3_loss.py normalization='global' (L41)",
+            ),
         },
         "guide": {
             "class_loss": ("focal", "the fine-tuning guide"),
