@@ -153,3 +153,35 @@ def test_the_sam3_recipe_builder_takes_an_official_pt(tiny, tmp_path, monkeypatc
     sd, got = model.state_dict(), built.state_dict()
     assert set(sd) == set(got) and all(torch.equal(sd[k], got[k]) for k in sd)
     assert processor.image_processor.size["height"] == cfg.resolution
+
+
+def test_tracker_heads_map_back_and_forth_bitwise():
+    """The tracker's prompt encoder and mask decoder (SAM2's heads rules with lin1/lin2):
+    a Sam3TrackerModel's heads written under official names come back bitwise, every key."""
+    from transformers import Sam3TrackerModel
+
+    from sam_hf.convert.common import rename
+    from sam_hf.convert.sam3_tracker import (
+        _FOURIER,
+        _HF_FOURIER,
+        _POINTS,
+        TRACKER_RULES,
+        tracker_config,
+        tracker_image_state,
+    )
+
+    torch.manual_seed(0)
+    config = tracker_config(tiny_sam3_config())
+    hf = Sam3TrackerModel(config).state_dict()
+    shared = hf[_HF_FOURIER[0]]
+    hf[_HF_FOURIER[1]] = shared.clone()  # one matrix officially: tied
+    vision = {k: v for k, v in hf.items() if k.startswith("vision_encoder.")}
+    heads = {k: v for k, v in hf.items() if k not in vision and k not in _HF_FOURIER}
+    points = heads.pop("prompt_encoder.point_embed.weight")
+    official, rest = rename(heads, TRACKER_RULES, "hf")
+    assert rest == [], rest
+    official.update({_POINTS.format(i): points[i : i + 1] for i in range(points.shape[0])})
+    official[_FOURIER] = shared
+    back = tracker_image_state(official, vision, config)
+    assert set(back) == set(hf)
+    assert all(torch.equal(back[k], hf[k]) for k in hf)

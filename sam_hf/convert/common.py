@@ -150,6 +150,11 @@ class Rule:
         return out
 
 
+def weight_bias(pairs: list[tuple[str, str]], params: tuple[str, ...] = ("weight", "bias")):
+    """One :class:`Rule` per (official, hf) module pair and parameter name."""
+    return [Rule(f"{o}.{p}", f"{h}.{p}") for o, h in pairs for p in params]
+
+
 def rename(
     state: Mapping[str, torch.Tensor], rules: Iterable[Rule], source: str
 ) -> tuple[dict[str, torch.Tensor], list[str]]:

@@ -43,6 +43,7 @@ from sam_hf.convert.common import (
     read_official,
     rename,
     save_official,
+    weight_bias,
 )
 
 #: The file in a converted folder that carries the official memory modules.
@@ -81,10 +82,6 @@ SIZES = {
 _SHORT = {"t": "tiny", "s": "small", "b": "base-plus", "l": "large"}
 
 
-def _pairs(pairs: list[tuple[str, str]], params: tuple[str, ...] = ("weight", "bias")):
-    return [Rule(f"{o}.{p}", f"{h}.{p}") for o, h in pairs for p in params]
-
-
 def _mlp3(official: str, hf: str) -> list[tuple[str, str]]:
     """The official 3-layer MLP (layers.0/1/2) is proj_in / layers.0 / proj_out in transformers."""
     return [
@@ -105,16 +102,61 @@ _PE, _HPE = "sam_prompt_encoder", "prompt_encoder"
 _MD, _HMD = "sam_mask_decoder", "mask_decoder"
 _LAYER, _HLAYER = f"{_MD}.transformer.layers.{{}}", f"{_HMD}.transformer.layers.{{}}"
 
+
+def sam_heads_rules(mlp: tuple[str, str] = ("layers.0", "layers.1")) -> list[Rule]:
+    """The prompt encoder and mask decoder (the "SAM heads"), official <-> transformers.
+
+    SAM3's tracker has the same heads under the same names (its two-way transformer's MLP is
+    ``lin1``/``lin2`` instead of ``layers.0``/``layers.1``), so it reuses these rules."""
+    return [
+        Rule(f"{_PE}.not_a_point_embed.weight", f"{_HPE}.not_a_point_embed.weight"),
+        Rule(f"{_PE}.no_mask_embed.weight", f"{_HPE}.no_mask_embed.weight"),
+        *[
+            Rule(f"{_MD}.{n}.weight", f"{_HMD}.{n}.weight")
+            for n in ("iou_token", "mask_tokens", "obj_score_token")
+        ],
+        *weight_bias(
+            [
+                (f"{_PE}.mask_downscaling.0", f"{_HPE}.mask_embed.conv1"),
+                (f"{_PE}.mask_downscaling.1", f"{_HPE}.mask_embed.layer_norm1"),
+                (f"{_PE}.mask_downscaling.3", f"{_HPE}.mask_embed.conv2"),
+                (f"{_PE}.mask_downscaling.4", f"{_HPE}.mask_embed.layer_norm2"),
+                (f"{_PE}.mask_downscaling.6", f"{_HPE}.mask_embed.conv3"),
+                *[
+                    pair
+                    for a in ("self_attn", "cross_attn_token_to_image", "cross_attn_image_to_token")
+                    for pair in _attention(f"{_LAYER}.{a}", f"{_HLAYER}.{a}")
+                ],
+                *[(f"{_LAYER}.norm{i}", f"{_HLAYER}.layer_norm{i}") for i in range(1, 5)],
+                (f"{_LAYER}.mlp.{mlp[0]}", f"{_HLAYER}.mlp.proj_in"),
+                (f"{_LAYER}.mlp.{mlp[1]}", f"{_HLAYER}.mlp.proj_out"),
+                *_attention(
+                    f"{_MD}.transformer.final_attn_token_to_image",
+                    f"{_HMD}.transformer.final_attn_token_to_image",
+                ),
+                (f"{_MD}.transformer.norm_final_attn", f"{_HMD}.transformer.layer_norm_final_attn"),
+                (f"{_MD}.output_upscaling.0", f"{_HMD}.upscale_conv1"),
+                (f"{_MD}.output_upscaling.1", f"{_HMD}.upscale_layer_norm"),
+                (f"{_MD}.output_upscaling.3", f"{_HMD}.upscale_conv2"),
+                (f"{_MD}.conv_s0", f"{_HMD}.conv_s0"),
+                (f"{_MD}.conv_s1", f"{_HMD}.conv_s1"),
+                *_mlp3(
+                    f"{_MD}.output_hypernetworks_mlps.{{}}",
+                    f"{_HMD}.output_hypernetworks_mlps.{{}}",
+                ),
+                *_mlp3(f"{_MD}.iou_prediction_head", f"{_HMD}.iou_prediction_head"),
+                *_mlp3(f"{_MD}.pred_obj_score_head", f"{_HMD}.pred_obj_score_head"),
+            ]
+        ),
+    ]
+
+
 #: Official key <-> Sam2Model key, one-to-one (the two special cases are in the functions).
 RULES: list[Rule] = [
     Rule("no_mem_embed", "no_memory_embedding"),
     Rule(f"{_TRUNK}.pos_embed", f"{_BACKBONE}.pos_embed"),
     Rule(f"{_TRUNK}.pos_embed_window", f"{_BACKBONE}.pos_embed_window"),
-    Rule(f"{_PE}.not_a_point_embed.weight", f"{_HPE}.not_a_point_embed.weight"),
-    Rule(f"{_PE}.no_mask_embed.weight", f"{_HPE}.no_mask_embed.weight"),
-    *[Rule(f"{_MD}.{n}.weight", f"{_HMD}.{n}.weight") for n in ("iou_token", "mask_tokens")],
-    Rule(f"{_MD}.obj_score_token.weight", f"{_HMD}.obj_score_token.weight"),
-    *_pairs(
+    *weight_bias(
         [
             (f"{_TRUNK}.patch_embed.proj", f"{_BACKBONE}.patch_embed.projection"),
             (f"{_BLOCK}.norm1", f"{_HBLOCK}.layer_norm1"),
@@ -125,38 +167,9 @@ RULES: list[Rule] = [
             (f"{_BLOCK}.mlp.layers.1", f"{_HBLOCK}.mlp.proj_out"),
             (f"{_BLOCK}.proj", f"{_HBLOCK}.proj"),
             ("image_encoder.neck.convs.{}.conv", "vision_encoder.neck.convs.{}"),
-            (f"{_PE}.mask_downscaling.0", f"{_HPE}.mask_embed.conv1"),
-            (f"{_PE}.mask_downscaling.1", f"{_HPE}.mask_embed.layer_norm1"),
-            (f"{_PE}.mask_downscaling.3", f"{_HPE}.mask_embed.conv2"),
-            (f"{_PE}.mask_downscaling.4", f"{_HPE}.mask_embed.layer_norm2"),
-            (f"{_PE}.mask_downscaling.6", f"{_HPE}.mask_embed.conv3"),
-            *_attention(f"{_LAYER}.self_attn", f"{_HLAYER}.self_attn"),
-            *_attention(
-                f"{_LAYER}.cross_attn_token_to_image", f"{_HLAYER}.cross_attn_token_to_image"
-            ),
-            *_attention(
-                f"{_LAYER}.cross_attn_image_to_token", f"{_HLAYER}.cross_attn_image_to_token"
-            ),
-            *[(f"{_LAYER}.norm{i}", f"{_HLAYER}.layer_norm{i}") for i in range(1, 5)],
-            (f"{_LAYER}.mlp.layers.0", f"{_HLAYER}.mlp.proj_in"),
-            (f"{_LAYER}.mlp.layers.1", f"{_HLAYER}.mlp.proj_out"),
-            *_attention(
-                f"{_MD}.transformer.final_attn_token_to_image",
-                f"{_HMD}.transformer.final_attn_token_to_image",
-            ),
-            (f"{_MD}.transformer.norm_final_attn", f"{_HMD}.transformer.layer_norm_final_attn"),
-            (f"{_MD}.output_upscaling.0", f"{_HMD}.upscale_conv1"),
-            (f"{_MD}.output_upscaling.1", f"{_HMD}.upscale_layer_norm"),
-            (f"{_MD}.output_upscaling.3", f"{_HMD}.upscale_conv2"),
-            (f"{_MD}.conv_s0", f"{_HMD}.conv_s0"),
-            (f"{_MD}.conv_s1", f"{_HMD}.conv_s1"),
-            *_mlp3(
-                f"{_MD}.output_hypernetworks_mlps.{{}}", f"{_HMD}.output_hypernetworks_mlps.{{}}"
-            ),
-            *_mlp3(f"{_MD}.iou_prediction_head", f"{_HMD}.iou_prediction_head"),
-            *_mlp3(f"{_MD}.pred_obj_score_head", f"{_HMD}.pred_obj_score_head"),
         ]
     ),
+    *sam_heads_rules(),
 ]
 #: The two keys that are not one-to-one renames.
 OFFICIAL_POINTS = _PE + ".point_embeddings.{}.weight"

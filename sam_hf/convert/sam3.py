@@ -49,13 +49,13 @@ from sam_hf.convert.common import (
     read_official,
     rename,
     save_official,
+    weight_bias,
 )
 from sam_hf.convert.sam3_tracker import (
     check_shapes,
     expected_shapes,
     tracker_config,
     tracker_image_state,
-    weight_bias,
 )
 
 #: The file in a converted folder that carries what Sam3Model has no place for (official names).

@@ -17,87 +17,18 @@ import torch
 from transformers import Sam3Config, Sam3TrackerConfig, Sam3TrackerModel
 
 from sam_hf.convert.common import ConversionError, KeyMapError, Rule, check_keys, rename
+from sam_hf.convert.sam2 import sam_heads_rules
 
-
-def weight_bias(pairs: list[tuple[str, str]], params: tuple[str, ...] = ("weight", "bias")):
-    """One :class:`Rule` per (official, hf) module pair and parameter name."""
-    return [Rule(f"{o}.{p}", f"{h}.{p}") for o, h in pairs for p in params]
-
-
-_TPE, _TMD = "sam_prompt_encoder", "sam_mask_decoder"
-_TLAYER, _HTLAYER = f"{_TMD}.transformer.layers.{{}}", "mask_decoder.transformer.layers.{}"
-
-
-def _sam_attention(official: str, hf: str) -> list[tuple[str, str]]:
-    names = [(f"{p}_proj", f"{p}_proj") for p in "qkv"] + [("out_proj", "o_proj")]
-    return [(f"{official}.{o}", f"{hf}.{h}") for o, h in names]
-
-
-def _mlp3(official: str, hf: str) -> list[tuple[str, str]]:
-    """The tracker's 3-layer MLPs: ``layers.0/1/2`` are ``proj_in / layers.0 / proj_out``."""
-    return [
-        (f"{official}.layers.0", f"{hf}.proj_in"),
-        (f"{official}.layers.1", f"{hf}.layers.0"),
-        (f"{official}.layers.2", f"{hf}.proj_out"),
-    ]
-
+_TPE = "sam_prompt_encoder"
 
 #: Official tracker key (without ``tracker.``) <-> Sam3TrackerModel key, for the tracker's
-#: image part. Not renames: the four ``point_embeddings.N.weight`` rows are ``point_embed``,
-#: and the one Fourier matrix is both of the tracker's (see :func:`tracker_state_dict`).
+#: image part: SAM2's heads rules (the same modules under the same names; the two-way
+#: transformer's MLP is ``lin1``/``lin2`` here). Not renames: the four
+#: ``point_embeddings.N.weight`` rows are ``point_embed``, and the one Fourier matrix is both
+#: of the tracker's (see :func:`tracker_state_dict`).
 TRACKER_RULES: list[Rule] = [
     Rule("no_mem_embed", "no_memory_embedding"),
-    *[
-        Rule(f"{_TPE}.{n}.weight", f"prompt_encoder.{n}.weight")
-        for n in ("not_a_point_embed", "no_mask_embed")
-    ],
-    *[
-        Rule(f"{_TMD}.{n}.weight", f"mask_decoder.{n}.weight")
-        for n in ("iou_token", "mask_tokens", "obj_score_token")
-    ],
-    *weight_bias(
-        [
-            *[
-                (f"{_TPE}.mask_downscaling.{i}", f"prompt_encoder.mask_embed.{n}")
-                for i, n in (
-                    (0, "conv1"),
-                    (1, "layer_norm1"),
-                    (3, "conv2"),
-                    (4, "layer_norm2"),
-                    (6, "conv3"),
-                )
-            ],
-            *_sam_attention(f"{_TLAYER}.self_attn", f"{_HTLAYER}.self_attn"),
-            *_sam_attention(
-                f"{_TLAYER}.cross_attn_token_to_image", f"{_HTLAYER}.cross_attn_token_to_image"
-            ),
-            *_sam_attention(
-                f"{_TLAYER}.cross_attn_image_to_token", f"{_HTLAYER}.cross_attn_image_to_token"
-            ),
-            *[(f"{_TLAYER}.norm{i}", f"{_HTLAYER}.layer_norm{i}") for i in range(1, 5)],
-            (f"{_TLAYER}.mlp.lin1", f"{_HTLAYER}.mlp.proj_in"),
-            (f"{_TLAYER}.mlp.lin2", f"{_HTLAYER}.mlp.proj_out"),
-            *_sam_attention(
-                f"{_TMD}.transformer.final_attn_token_to_image",
-                "mask_decoder.transformer.final_attn_token_to_image",
-            ),
-            (
-                f"{_TMD}.transformer.norm_final_attn",
-                "mask_decoder.transformer.layer_norm_final_attn",
-            ),
-            (f"{_TMD}.output_upscaling.0", "mask_decoder.upscale_conv1"),
-            (f"{_TMD}.output_upscaling.1", "mask_decoder.upscale_layer_norm"),
-            (f"{_TMD}.output_upscaling.3", "mask_decoder.upscale_conv2"),
-            (f"{_TMD}.conv_s0", "mask_decoder.conv_s0"),
-            (f"{_TMD}.conv_s1", "mask_decoder.conv_s1"),
-            *_mlp3(
-                f"{_TMD}.output_hypernetworks_mlps.{{}}",
-                "mask_decoder.output_hypernetworks_mlps.{}",
-            ),
-            *_mlp3(f"{_TMD}.iou_prediction_head", "mask_decoder.iou_prediction_head"),
-            *_mlp3(f"{_TMD}.pred_obj_score_head", "mask_decoder.pred_obj_score_head"),
-        ]
-    ),
+    *sam_heads_rules(mlp=("lin1", "lin2")),
 ]
 #: The tracker's video-memory keys (official names): no place in Sam3TrackerModel, carried.
 TRACKER_MEMORY = (
