@@ -677,3 +677,16 @@ def test_coco_ap_matches_pycocotools_on_random_cases() -> None:
             )
             images.append({"gt": gt, "pred": pred, "scores": rng.random(len(pred))})
         assert coco_mask_ap(images)["mask_AP"] == pytest.approx(ref_coco_ap(images, [1, 10, 100]))
+
+
+def test_kept_match_rate_counts_kept_detections_on_negative_phrases_as_unmatched() -> None:
+    from sam_hf.metrics.concepts import kept_match_rate
+
+    a, b = row_masks((0, 3)), row_masks((5, 8))
+    pairs = [
+        pair(a, torch.cat([a, b]), [0.9, 0.8]),  # 2 kept: one matches, one is a false positive
+        pair(empty(), a.clone(), [0.7], phrase="pear"),  # negative phrase: 1 kept, unmatched
+        pair(a, a.clone(), [0.2]),  # below the score cut: not kept
+    ]
+    assert kept_match_rate(pairs) == (pytest.approx(1 / 3), 3)
+    assert kept_match_rate(pairs[2:]) == (None, 0)  # undefined, not 0 or NaN

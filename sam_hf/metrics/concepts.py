@@ -146,13 +146,14 @@ def grounding_accuracy(pairs: Sequence[Mapping[str, Any]]) -> float:
     return right / len(pairs)
 
 
-def kept_match_rate(pairs: Sequence[Mapping[str, Any]]) -> float:
+def kept_match_rate(pairs: Sequence[Mapping[str, Any]]) -> tuple[float | None, int]:
     """Score calibration: share of kept predictions (score >= 0.5) that match a target.
 
     Per pair, the kept predictions are matched one to one to the (non-crowd) ground truth
     with IoU >= 0.5 (the matching of :func:`concept_recall`); the result is matched / kept
     summed over ALL pairs, so every kept prediction on a negative phrase counts as
-    unmatched. NaN when nothing is kept.
+    unmatched. Returns (rate, number kept); the rate is None when nothing is kept (undefined,
+    like :func:`attribute_accuracy` without candidates: left out of the results, not NaN).
     """
     matched = kept = 0
     for pair in pairs:
@@ -160,7 +161,7 @@ def kept_match_rate(pairs: Sequence[Mapping[str, Any]]) -> float:
         kept += pred.shape[0]
         if gt.shape[0] and pred.shape[0]:
             matched += len(max_matching(pairwise_mask_iou(pred, gt))[0])
-    return matched / kept if kept else float("nan")
+    return (matched / kept if kept else None), kept
 
 
 def attribute_accuracy(pairs: Sequence[Mapping[str, Any]]) -> float | None:

@@ -132,7 +132,9 @@ def sam3_metrics(records: Sequence[dict]) -> dict[str, float]:
     metrics = dict(saco_metrics(pairs))
     metrics["concept_recall"] = concept_recall(pairs)
     metrics["grounding_accuracy"] = grounding_accuracy(pairs)
-    metrics["kept_match_rate"] = kept_match_rate(pairs)
+    rate, metrics["num_kept"] = kept_match_rate(pairs)
+    if rate is not None:
+        metrics["kept_match_rate"] = rate
     attr = attribute_accuracy(pairs)
     if attr is not None:
         metrics["attribute_accuracy"] = attr
