@@ -110,6 +110,24 @@ def _companions(family: str, key: str, value: Any) -> dict[str, Any]:
     return dict(table.get((key, value), table.get((key, None), {})))
 
 
+def _official_pt(tmp_path: Path) -> Path:
+    """An official-format hiera-tiny SAM2.1 .pt (random weights, stand-in memory modules)."""
+    import torch
+    from test_convert_sam2 import fake_memory
+    from transformers import Sam2Model
+
+    from sam_hf.convert import sam2 as conv
+    from sam_hf.convert.common import save_official
+    from sam_hf.models.sam2 import tie_fourier_features
+
+    torch.manual_seed(0)
+    model = Sam2Model(conv.sam2_config("sam2.1-hiera-tiny", 64))
+    tie_fourier_features(model)
+    path = tmp_path / "sam2.1_hiera_tiny.pt"
+    save_official(conv.model_to_official(model, fake_memory()), path)
+    return path
+
+
 def _base(family: str, data: Path, out: Path) -> dict[str, Any]:
     common = {
         "dataset_path": str(data),
@@ -166,6 +184,9 @@ def test_every_choice_trains_two_steps_or_is_refused(
         values["synthetic_image_size"] = "[64, 64]" if family == "sam2" else "[96, 96]"
     else:
         values[key] = value
+    if (key, value) == ("export_official", True):
+        # exporting needs an official .pt to start from (the memory modules it carries)
+        values["model_name_or_path"] = str(_official_pt(tmp_path))
     argv = recipe_argv(yaml, values)
     reason = REFUSED.get((key, value))
     reset_accelerate_state()
@@ -186,3 +207,5 @@ def test_every_choice_trains_two_steps_or_is_refused(
     assert saved.is_file()
     if values.get("merge_lora"):
         assert (final / "config.json").is_file()
+    if values.get("export_official"):
+        assert (final / "model.pt").is_file()
