@@ -189,6 +189,24 @@ def test_tiny_build_and_offline_save_load(built, tmp_path, caplog) -> None:
     assert out.pred_masks.shape[-2:] == (48, 48)  # 4x the 12 x 12 token grid
 
 
+def test_resolution_warning_names_the_size_the_checkpoint_was_trained_at(
+    built, tmp_path, caplog
+) -> None:
+    """A checkpoint saved at 112 px (like the shipped demo) loads at 112 px silently; loaded at
+    another size the warning names 112, the size in its folder, not SAM3's 1008."""
+    model, processor = built
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="sam_hf.models.sam3"):
+        build_sam3(_args(model_name_or_path=str(tmp_path), resolution=RES))
+    assert not [r for r in caplog.records if "Running SAM3 at" in r.getMessage()]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sam_hf.models.sam3"):
+        build_sam3(_args(model_name_or_path=str(tmp_path), resolution=224))
+    (msg,) = [r.getMessage() for r in caplog.records if "Running SAM3 at" in r.getMessage()]
+    assert f"at 224 px instead of the {RES} px" in msg and "1008" not in msg
+
+
 def test_freeze_tracker_false_is_rejected() -> None:
     with pytest.raises(ValueError, match="tracker.*not trained.*does not even contain"):
         build_sam3(_args(freeze_tracker=False))

@@ -204,15 +204,19 @@ def build_sam3(cfg: Any) -> tuple[Sam3Model, Sam3Processor]:
         processor = build_sam3_processor(resolution)
     else:
         model, processor = _load_pretrained(name, getattr(cfg, "revision", None) or "main")
-        if resolution != PRETRAINED_RESOLUTION:
+        # the size the weights were trained at: every run saves its resolution in config.json
+        # (set_sam3_resolution), so a 112 px demo checkpoint is compared with 112, not 1008
+        saved = int(model.config.vision_config.backbone_config.image_size)
+        if resolution != saved:
             logger.warning(
-                "Running SAM3 at %d px instead of the %d px it was pretrained at: its position "
-                "encodings and feature scales no longer match what the weights learned, which "
-                "degrades pretrained accuracy (fine-tuning has to recover it).",
+                "Running SAM3 at %d px instead of the %d px %s was trained at (its saved "
+                "config): its position encodings and feature scales no longer match what the "
+                "weights learned, which degrades pretrained accuracy (fine-tuning has to recover "
+                "it).",
                 resolution,
-                PRETRAINED_RESOLUTION,
+                saved,
+                name,
             )
-        saved = model.config.vision_config.backbone_config.image_size
         if resolution != saved or processor.image_processor.size.get("height") != resolution:
             set_sam3_resolution(model, processor, resolution)
     apply_sam3_freezing(model, cfg)
