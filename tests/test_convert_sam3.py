@@ -93,8 +93,13 @@ def test_folder_loads_and_predicts_the_same(tiny, tmp_path):
     with torch.no_grad():
         a = model(pixel_values=pixels, input_ids=ids, attention_mask=mask)
         b = loaded.eval()(pixel_values=pixels, input_ids=ids, attention_mask=mask)
+    # The same weights but a different computation: from_pretrained's weights are views of
+    # the file with another alignment (tests/equality.py), and the text projection was stored
+    # transposed. Outputs are <= 0.8; measured worst 4.2e-9 (pred_logits; default and avx2
+    # kernels here; a fresh clone saw a last-bit difference); atol 1e-6 is a 240x margin and
+    # far below any real mapping error (a swapped or missing tensor moves outputs by > 1e-3).
     for name in ("pred_logits", "pred_boxes", "pred_masks", "presence_logits"):
-        assert torch.equal(getattr(a, name), getattr(b, name)), name  # same weights, same code
+        torch.testing.assert_close(getattr(b, name), getattr(a, name), atol=1e-6, rtol=0)
     out = folder_to_official(folder, tmp_path / "back.pt")
     again = read_official(out)
     assert set(again) == set(official)
