@@ -66,8 +66,8 @@ from tqdm.auto import tqdm
 
 from sam_hf.data import rle
 from sam_hf.data.images import ImageReadError, load_image
-from sam_hf.data.overlays import instance_colors, overlay_masks
 from sam_hf.data.queries import normalize_phrase
+from sam_hf.eval.pictures import prediction_figure, save_figure
 from sam_hf.eval.sam2 import sam2_decode, to_model_coords, upsample_masks
 from sam_hf.eval.sources import EvaluationError, LoadedModel, load_model, resolve_source
 
@@ -310,28 +310,18 @@ def predict_prompts(
 # ---------------------------------------------------------------------------------- outputs
 
 
-def overlay_png(image: Image.Image, found: list[tuple[str, np.ndarray, float]], path: Path) -> None:
-    """The image with every kept mask: one colour per phrase when there are several, else one
-    per instance, and a legend line on top."""
-    from PIL import ImageDraw
-
-    img = np.asarray(image.convert("RGB"))
-    phrases = list(dict.fromkeys(p for p, _, _ in found))
-    if found:
-        masks = np.stack([m for _, m, _ in found])
-        if len(phrases) > 1:
-            pal = instance_colors(len(phrases))
-            colors = np.stack([pal[phrases.index(p)] for p, _, _ in found])
-        else:
-            colors = instance_colors(len(found))
-        img = overlay_masks(img, masks, color=colors)
-    band = 14
-    canvas = Image.new("RGB", (img.shape[1], img.shape[0] + band), (255, 255, 255))
-    canvas.paste(Image.fromarray(img), (0, band))
-    counts = ", ".join(f"{p}: {sum(1 for q, _, _ in found if q == p)}" for p in phrases)
-    ImageDraw.Draw(canvas).text((2, 1), counts or "nothing found", fill=(0, 0, 0))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
+def overlay_png(
+    image: Image.Image,
+    found: list[tuple[str, np.ndarray, float]],
+    path: Path,
+    title: str = "",
+    phrases: Sequence[str] = (),
+) -> None:
+    """The image with every kept mask (:func:`sam_hf.eval.pictures.prediction_figure`): at
+    least 1024 px on its long side, one colour per phrase with a legend counting them (the
+    ``--text`` phrases first, so each keeps its colour in every image), each mask's score
+    beside it, ``title`` (the image's name) on top."""
+    save_figure(prediction_figure(image, found, title, phrases), path)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -526,7 +516,9 @@ def _predict_into(
                     }
                 )
             if not args.no_overlays:
-                overlay_png(im, items, out / "overlays" / Path(rel).with_suffix(".png"))
+                overlay_png(
+                    im, items, out / "overlays" / Path(rel).with_suffix(".png"), rel, phrases
+                )
     summary = {
         "images": len(images_meta),
         "predictions": len(results),

@@ -11,6 +11,7 @@ plus columns that mean the same for both. By job, in import order:
 * :mod:`~sam_hf.eval.sam2` / :mod:`~sam_hf.eval.sam3`: the two protocols;
 * :mod:`~sam_hf.eval.run`: every model in turn on the same images;
 * :mod:`~sam_hf.eval.report`, :mod:`~sam_hf.eval.plots`, :mod:`~sam_hf.eval.overlay_grid`:
-  writing it down (tables, charts, best/worst overlays);
+  writing it down (tables, charts, best/worst overlays); :mod:`~sam_hf.eval.pictures`: what
+  every overlay picture shares (size, colours per phrase, labels that never collide);
 * :mod:`~sam_hf.eval.run_curves`: a training run's loss and metric curves.
 """
