@@ -1,14 +1,19 @@
-"""Rebuild the tiny checkpoints the CPU demos fine-tune (shipped in sam_hf/assets/checkpoints).
+"""Rebuild the small checkpoints the CPU demos fine-tune (shipped in sam_hf/assets/checkpoints).
 
-    python scripts/build_demo_checkpoints.py --family sam2   # recipes/pretrain/sam2_tiny_shapes.yaml
-    python scripts/build_demo_checkpoints.py --family sam3   # recipes/pretrain/sam3_tiny_shapes.yaml
+    python scripts/build_demo_checkpoints.py --family sam2   # recipes/pretrain/sam2_mini_shapes.yaml
+    python scripts/build_demo_checkpoints.py --family sam3   # recipes/pretrain/sam3_mini_shapes.yaml
+    python scripts/build_demo_checkpoints.py --family sam2 --time_budget_minutes 8  # fit a budget
 
-Each one trains a tiny random-init model on generic synthetic shapes (sam_hf.data.synthetic.shapes: no
-apples) with the shared trainer, then copies its ``final/`` model and processor into the
-assets folder with a PRETRAINING.md that records the recipe, the command and the measured
-validation metrics. The demos then show real fine-tuning: a model that already follows
-points (SAM2) or grounds "{color} {shape}" phrases (SAM3) learns apples and their attributes.
-Extra ``--key value`` flags override the pretraining YAML (e.g. ``--max_steps 500``).
+Each one trains a small random-init model on generic synthetic shapes (sam_hf.data.synthetic.shapes:
+no apples) with the shared trainer, then copies its ``final/`` model and processor into the
+assets folder with a PRETRAINING.md that records the recipe, the command, the hardware and the
+measured validation metrics. The demos then show real fine-tuning: a model that already follows
+points and boxes (SAM2) or grounds "{color} {shape}" phrases (SAM3) learns apples and their
+attributes. Extra ``--key value`` flags override the pretraining YAML (e.g. ``--max_steps 500``).
+
+``--time_budget_minutes`` makes the run fit a wall-clock budget (a lent GPU for a few minutes,
+a CPU overnight): a short probe run measures the seconds per optimizer step on this machine,
+then ``max_steps`` is set so that the whole run, its schedule included, ends within the budget.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import argparse
 import json
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,28 +35,40 @@ from sam_hf.training.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "sam_hf" / "assets" / "checkpoints"
+#: Optimizer steps of the speed probe.
+PROBE_STEPS = 40
+#: Share of the budget kept for what is not optimizer steps (model build, data, evaluation).
+BUDGET_MARGIN = 0.8
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--family", choices=["sam2", "sam3"], required=True)
-    args, overrides = ap.parse_known_args(argv)
-    recipe = ROOT / "recipes" / "pretrain" / f"{args.family}_tiny_shapes.yaml"
-    config_cls, task = (
-        (Sam2Config, Sam2Task()) if args.family == "sam2" else (Sam3Config, Sam3Task())
-    )
-    cfg = parse_args(config_cls, ["--config", str(recipe), *overrides])
-    t0 = time.time()
-    results = train(cfg, task)
-    final_metrics = {
-        k.removeprefix("eval_"): v for k, v in results.items() if k.startswith("eval_")
-    }
-    minutes = (time.time() - t0) / 60
-    where = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "the CPU"
+def _config(family: str, overrides: list[str]) -> Sam2Config | Sam3Config:
+    recipe = ROOT / "recipes" / "pretrain" / f"{family}_mini_shapes.yaml"
+    config_cls = Sam2Config if family == "sam2" else Sam3Config
+    return parse_args(config_cls, ["--config", str(recipe), *overrides])
 
-    target = ASSETS / f"{args.family}-tiny-shapes"
+
+def _task(family: str) -> Sam2Task | Sam3Task:
+    return Sam2Task() if family == "sam2" else Sam3Task()
+
+
+def seconds_per_step(family: str, overrides: list[str]) -> float:
+    """Seconds per optimizer step of a short probe run (same config, no eval, no checkpoints).
+
+    ``train_runtime / global_step`` of the probe: it includes the data loader's start and the
+    first steps' warm-up, so it overestimates a long run's step time (the budget is kept).
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = [
+            *overrides,
+            *("--output_dir", tmp, "--max_steps", str(PROBE_STEPS)),
+            *("--eval_strategy", "no", "--save_strategy", "no", "--max_eval_samples", "1"),
+        ]
+        results = train(_config(family, probe), _task(family))
+    return float(results["train_runtime"]) / max(1, int(results["global_step"]))
+
+
+def write_asset(target: Path, cfg, results: dict, command: str, minutes: float) -> None:
+    """Copy ``final/`` (model, processor, tokenizer) into ``target`` with its PRETRAINING.md."""
     if target.exists():
         shutil.rmtree(target)
     target.mkdir(parents=True)
@@ -58,18 +76,59 @@ def main(argv: list[str] | None = None) -> int:
     for f in final.iterdir():
         if f.is_file() and f.name not in ("eval_results.json", "training_config.yaml", "README.md"):
             shutil.copy2(f, target / f.name)
-    command = " ".join(
-        ["python scripts/build_demo_checkpoints.py", f"--family {args.family}", *overrides]
-    )
+    shutil.copy2(Path(cfg.output_dir) / "trainer_state.json", target / "trainer_state.json")
+    metrics = {k.removeprefix("eval_"): v for k, v in results.items() if k.startswith("eval_")}
+    where = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "the CPU"
     (target / "PRETRAINING.md").write_text(
         f"# {target.name}\n\n"
-        f"Tiny {args.family.upper()} pretrained from random weights on generic synthetic shapes "
-        f"(`sam_hf.data.synthetic.shapes`, no apples) by `{command}` with "
-        f"`recipes/pretrain/{recipe.name}` ({results['global_step']} optimizer steps, "
-        f"{minutes:.0f} minutes on {where}).\n\n"
+        f"{cfg.model_name_or_path} ({cfg.family.upper()}) pretrained from random weights on "
+        "generic synthetic shapes (`sam_hf.data.synthetic.shapes`, no apples) by "
+        f"`{command}` with `recipes/pretrain/{cfg.family}_mini_shapes.yaml` "
+        f"({results['global_step']} optimizer steps of batch {cfg.per_device_train_batch_size}, "
+        f"{minutes:.1f} minutes on {where}, seed {cfg.seed}, {cfg.resolution} px). "
+        "`trainer_state.json` beside this file holds the learning curve.\n\n"
         "Validation metrics on held-out shapes images at the end of pretraining:\n\n"
-        f"```json\n{json.dumps(final_metrics, indent=2)}\n```\n"
+        f"```json\n{json.dumps(metrics, indent=2)}\n```\n"
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--family", choices=["sam2", "sam3"], required=True)
+    ap.add_argument(
+        "--time_budget_minutes",
+        type=float,
+        default=None,
+        help="Fit the whole run into this many minutes (sets max_steps from a speed probe).",
+    )
+    ap.add_argument(
+        "--assets_dir",
+        default=str(ASSETS),
+        help="Where the checkpoint folder goes (default: the shipped assets).",
+    )
+    ap.add_argument(
+        "--asset_name", default=None, help="Folder name (default: {family}-mini-shapes)."
+    )
+    args, overrides = ap.parse_known_args(argv)
+    t0 = time.time()
+    if args.time_budget_minutes:
+        sec = seconds_per_step(args.family, overrides)
+        left = args.time_budget_minutes * 60 - (time.time() - t0)
+        steps = max(PROBE_STEPS, int(BUDGET_MARGIN * left / sec))
+        print(f"probe: {sec:.3f} s/step -> max_steps {steps} for {left / 60:.1f} min", flush=True)
+        overrides = [*overrides, "--max_steps", str(steps)]
+    cfg = _config(args.family, overrides)
+    results = train(cfg, _task(args.family))
+    minutes = (time.time() - t0) / 60
+    command = " ".join(
+        ["python scripts/build_demo_checkpoints.py", f"--family {args.family}", *sys.argv[3:]]
+        if argv is None
+        else ["python scripts/build_demo_checkpoints.py", *argv]
+    )
+    target = Path(args.assets_dir) / (args.asset_name or f"{args.family}-mini-shapes")
+    write_asset(target, cfg, results, command, minutes)
     print(f"Wrote {target}")
     return 0
 

@@ -60,8 +60,6 @@ _SAM1_HUB_IDS = {
 }
 #: Suffixes of official (``torch.save``) SAM2 checkpoints, converted on load.
 _OFFICIAL_SUFFIXES = (".pt", ".pth", ".ckpt")
-#: Named tiny configs (random weights, for tests and the CPU demo).
-TINY_NAMES = ("sam2-tiny",)
 
 
 # --------------------------------------------------------------------------------------------
@@ -101,40 +99,62 @@ def canonical_model_type(name: str) -> str:
     raise ConfigError(f"model_type {raw!r} is unknown; choose one of {sorted(SAM2_MODEL_TYPES)}.")
 
 
-def tiny_sam2_config(resolution: int = 256) -> Sam2Config:
-    """A ~0.35 M-parameter Sam2Config for tests and CPU demos (shapes as transformers' tests).
+#: Widths of the named small configs: Hiera stage widths and blocks, global-attention block,
+#: and the FPN / prompt encoder / mask decoder width (the mask decoder's MLP is 4x as wide,
+#: except the tests' tiny one). ``sam2-tiny`` is for tests; the ``mini`` ones are the sizes the
+#: shipped demo checkpoints are pretrained at (scripts/build_demo_checkpoints.py).
+SMALL_SAM2_ARCHS: dict[str, dict[str, Any]] = {
+    "sam2-tiny": {"dims": [16, 32, 64, 128], "blocks": [1, 1, 2, 1], "glob": [3], "width": 32},
+    "sam2-mini": {"dims": [24, 48, 96, 192], "blocks": [1, 2, 3, 1], "glob": [4], "width": 64},
+    "sam2-mini-wide": {
+        "dims": [32, 64, 128, 256],
+        "blocks": [1, 1, 3, 1],
+        "glob": [4],
+        "width": 128,
+    },
+}
+#: Named small configs (random weights, for tests and the CPU demo's pretraining).
+TINY_NAMES = tuple(SMALL_SAM2_ARCHS)
 
-    Hiera with hidden 16, stages [1, 1, 2, 1] of widths [16, 32, 64, 128] (global attention in
-    the last block of stage 3, like the real hiera-tiny's global blocks sit in stage 3), FPN
-    width 32, prompt encoder and mask decoder width 32.
+
+def tiny_sam2_config(resolution: int = 256, name: str = "sam2-tiny") -> Sam2Config:
+    """A small random-init Sam2Config by name (``SMALL_SAM2_ARCHS``); ``sam2-tiny`` is ~0.35 M.
+
+    ``sam2-tiny`` (tests): Hiera with stages [1, 1, 2, 1] of widths [16, 32, 64, 128], global
+    attention in the last block of stage 3 (as the real hiera-tiny's global blocks sit in stage
+    3), FPN, prompt encoder and mask decoder width 32. ``sam2-mini`` (~1 M) and
+    ``sam2-mini-wide`` (~2.2 M) are wider: the mask decoder's upscaled embedding has width / 8
+    channels, which at 32 leaves 4 channels for a whole mask.
     """
+    arch = SMALL_SAM2_ARCHS[name]
+    dims, width = arch["dims"], arch["width"]
     cfg = Sam2Config(
         vision_config={
             "model_type": "sam2_vision_model",
             "backbone_config": {
                 "model_type": "sam2_hiera_det_model",
-                "hidden_size": 16,
-                "blocks_per_stage": [1, 1, 2, 1],
-                "embed_dim_per_stage": [16, 32, 64, 128],
+                "hidden_size": dims[0],
+                "blocks_per_stage": arch["blocks"],
+                "embed_dim_per_stage": dims,
                 "num_attention_heads_per_stage": [1, 2, 4, 8],
                 "window_size_per_stage": [8, 4, 8, 4],
-                "global_attention_blocks": [3],
+                "global_attention_blocks": arch["glob"],
             },
-            "backbone_channel_list": [128, 64, 32, 16],
-            "fpn_hidden_size": 32,
+            "backbone_channel_list": dims[::-1],
+            "fpn_hidden_size": width,
         },
         prompt_encoder_config={
             "model_type": "sam2_prompt_encoder",
-            "hidden_size": 32,
+            "hidden_size": width,
             "mask_input_channels": 8,
         },
         mask_decoder_config={
             "model_type": "sam2_mask_decoder",
-            "hidden_size": 32,
-            "mlp_dim": 64,
+            "hidden_size": width,
+            "mlp_dim": 64 if name == "sam2-tiny" else 4 * width,
             "num_hidden_layers": 2,
             "num_attention_heads": 4,
-            "iou_head_hidden_dim": 32,
+            "iou_head_hidden_dim": width,
         },
     )
     return set_sam2_resolution(cfg, resolution)
@@ -317,7 +337,7 @@ def build_sam2(cfg: Any) -> tuple[Sam2Model, Sam2Processor]:
         res = int(getattr(cfg, "resolution", None) or 256)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(getattr(cfg, "seed", 0)))
-            model = Sam2Model(tiny_sam2_config(res))
+            model = Sam2Model(tiny_sam2_config(res, name))
             reinit_for_small_widths(model)
             tie_fourier_features(model)
         processor = build_sam2_processor(res)

@@ -58,7 +58,15 @@ from sam_hf.models.loading import (
 
 logger = logging.getLogger(__name__)
 
-TINY_NAMES = ("sam3-tiny",)
+#: Named small configs (random weights): ``sam3-tiny`` for tests, ``sam3-mini`` the size the
+#: shipped demo checkpoint is pretrained at. Value: (width of everything but the CLIP text
+#: encoder, ViT layers, DETR decoder layers). The text encoder stays 32 wide in both: its
+#: 49,408-token embedding is most of the parameters (6.3 MB at width 32).
+SMALL_SAM3_ARCHS: dict[str, tuple[int, int, int]] = {
+    "sam3-tiny": (32, 2, 2),
+    "sam3-mini": (64, 4, 3),
+}
+TINY_NAMES = tuple(SMALL_SAM3_ARCHS)
 #: The size SAM3 was pretrained at (72 x 72 ViT tokens of 14 px).
 PRETRAINED_RESOLUTION = 1008
 #: Predictions scoring below this are not returned by ``predict`` (they cannot count for the
@@ -66,30 +74,37 @@ PRETRAINED_RESOLUTION = 1008
 PREDICT_MIN_SCORE = 0.05
 
 
-def tiny_sam3_config(resolution: int = 224, num_queries: int = 20) -> Sam3Config:
-    """A ~1.8 M-parameter Sam3Config (ViT 32 wide, 2 layers; CLIP text 32 wide; heads 32 wide).
+def tiny_sam3_config(
+    resolution: int = 224, num_queries: int = 20, name: str = "sam3-tiny"
+) -> Sam3Config:
+    """A small Sam3Config by name (``SMALL_SAM3_ARCHS``); ``sam3-tiny`` is ~1.8 M parameters
+    (ViT 32 wide, 2 layers; CLIP text 32 wide; heads 32 wide), ``sam3-mini`` ~2.8 M.
 
     Shaped like transformers' own SAM3 test config, with the real CLIP vocabulary (49,408
     tokens, most of the parameters) so the real tokenizer works, all four FPN levels (so
     ``pred_masks`` come out at 4x the token grid as in the full model) and dropout off so
     tiny overfitting checks are deterministic. Nested sub-config dicts need ``model_type``.
     """
+    width, vit_layers, decoder_layers = SMALL_SAM3_ARCHS[name]
     return Sam3Config(
         vision_config={
             "model_type": "sam3_vision_model",
             "backbone_config": {
                 "model_type": "sam3_vit_model",
-                "hidden_size": 32,
-                "intermediate_size": 64,
-                "num_hidden_layers": 2,
+                "hidden_size": width,
+                "intermediate_size": 2 * width,
+                "num_hidden_layers": vit_layers,
                 "num_attention_heads": 4,
                 "image_size": resolution,
                 "pretrain_image_size": resolution,
                 "patch_size": 14,
                 "window_size": 8,
-                "global_attn_indexes": [0, 1],
+                # every layer global at 2 layers; every second one (windowed between) beyond
+                "global_attn_indexes": (
+                    list(range(vit_layers)) if vit_layers <= 2 else list(range(1, vit_layers, 2))
+                ),
             },
-            "fpn_hidden_size": 32,
+            "fpn_hidden_size": width,
             "scale_factors": [4.0, 2.0, 1.0, 0.5],
         },
         text_config={
@@ -105,32 +120,32 @@ def tiny_sam3_config(resolution: int = 224, num_queries: int = 20) -> Sam3Config
         },
         geometry_encoder_config={
             "model_type": "sam3_geometry_encoder",
-            "hidden_size": 32,
+            "hidden_size": width,
             "num_layers": 1,
             "num_attention_heads": 4,
-            "intermediate_size": 64,
+            "intermediate_size": 2 * width,
             "dropout": 0.0,
         },
         detr_encoder_config={
             "model_type": "sam3_detr_encoder",
-            "hidden_size": 32,
+            "hidden_size": width,
             "num_layers": 1,
             "num_attention_heads": 4,
-            "intermediate_size": 64,
+            "intermediate_size": 2 * width,
             "dropout": 0.0,
         },
         detr_decoder_config={
             "model_type": "sam3_detr_decoder",
-            "hidden_size": 32,
-            "num_layers": 2,
+            "hidden_size": width,
+            "num_layers": decoder_layers,
             "num_queries": num_queries,
             "num_attention_heads": 4,
-            "intermediate_size": 64,
+            "intermediate_size": 2 * width,
             "dropout": 0.0,
         },
         mask_decoder_config={
             "model_type": "sam3_mask_decoder",
-            "hidden_size": 32,
+            "hidden_size": width,
             "num_upsampling_stages": 3,
             "num_attention_heads": 4,
         },
@@ -199,7 +214,7 @@ def build_sam3(cfg: Any) -> tuple[Sam3Model, Sam3Processor]:
     if name in TINY_NAMES:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(getattr(cfg, "seed", 0)))
-            model = Sam3Model(tiny_sam3_config(resolution))
+            model = Sam3Model(tiny_sam3_config(resolution, name=name))
             reinit_for_small_widths(model)
         processor = build_sam3_processor(resolution)
     else:

@@ -39,6 +39,7 @@ SHAPES: tuple[str, ...] = (
     "ring",
     "cross",
     "hexagon",
+    "blob",
 )
 #: Colour names and their base RGB (floats); the rendering jitters them a little.
 COLORS: dict[str, tuple[float, float, float]] = {
@@ -55,7 +56,9 @@ COLORS: dict[str, tuple[float, float, float]] = {
 #: is not drawn (its identity could no longer be read from what is left).
 MIN_VISIBLE_AREA = 16
 MIN_VISIBLE_FRACTION = 0.3
-GENERATOR_VERSION = "shapes-1"
+#: Most shapes drawn in one image (many small objects per image, as in orchards and cells).
+MAX_OBJECTS = 16
+GENERATOR_VERSION = "shapes-2"
 
 
 def shape_phrase(color: str, shape: str) -> str:
@@ -101,6 +104,8 @@ def _shape_mask(
         poly(_polygon(6, r, angle))
     elif shape == "star":
         poly(_polygon(5, r, angle, inner=rng.uniform(0.4, 0.5)))
+    elif shape == "blob":
+        poly(_blob(rng, r))
     elif shape == "cross":
         arm = r * rng.uniform(0.28, 0.36)
         bar = np.array([[-r, -arm], [r, -arm], [r, arm], [-r, arm]])
@@ -109,6 +114,19 @@ def _shape_mask(
     else:  # pragma: no cover - SHAPES is closed
         raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
     return mask.astype(bool)
+
+
+def _blob(rng: np.random.Generator, r: float) -> np.ndarray:
+    """An irregular round outline: radius r with a few random low-frequency wobbles.
+
+    Round, lumpy objects (fruit, stones, cells) are what fine-tuning targets most often look
+    like; regular polygons alone would teach a model that every object has straight edges.
+    """
+    t = np.linspace(0, 2 * np.pi, 48, endpoint=False)
+    radius = np.ones_like(t)
+    for k in (2, 3, 4):
+        radius += rng.uniform(0.0, 0.12) * np.cos(k * t + rng.uniform(0, 2 * np.pi))
+    return np.stack([r * radius * np.cos(t), r * radius * np.sin(t)], 1)
 
 
 def _rot(angle: float) -> np.ndarray:
@@ -157,15 +175,15 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
 
 def _sample_objects(rng: np.random.Generator, height: int, width: int) -> list[dict[str, Any]]:
     """A few concepts (colour/shape pairs), each with one or more instances of varied size."""
-    n_concepts = int(rng.integers(1, 5))
+    n_concepts = int(rng.integers(1, 6))
     pairs = rng.choice(len(COLORS) * len(SHAPES), size=n_concepts, replace=False)
     colors = list(COLORS)
     objects = []
     side = min(height, width)
     for p in pairs:
         color, shape = colors[int(p) // len(SHAPES)], SHAPES[int(p) % len(SHAPES)]
-        for _ in range(int(min(rng.geometric(0.5), 4))):
-            r = side * float(np.exp(rng.uniform(np.log(0.04), np.log(0.2))))
+        for _ in range(int(min(rng.geometric(0.4), 6))):
+            r = side * float(np.exp(rng.uniform(np.log(0.025), np.log(0.2))))
             objects.append(
                 {
                     "color": color,
@@ -177,7 +195,7 @@ def _sample_objects(rng: np.random.Generator, height: int, width: int) -> list[d
             )
     # Bigger shapes mostly underneath, so small ones stay visible on top of them.
     keys = np.array([-o["r"] for o in objects]) + rng.normal(0, 0.03 * side, len(objects))
-    return [objects[i] for i in np.argsort(keys, kind="stable")[:10]]
+    return [objects[i] for i in np.argsort(keys, kind="stable")[:MAX_OBJECTS]]
 
 
 def _paint(rng: np.random.Generator, canvas: np.ndarray, mask: np.ndarray, color: str) -> None:
