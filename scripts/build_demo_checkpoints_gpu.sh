@@ -8,34 +8,36 @@
 set -uo pipefail
 out=${1:?usage: build_demo_checkpoints_gpu.sh OUT_DIR [BUDGET_MINUTES]}
 budget=${2:-7}
-mkdir -p "$out" /tmp/demo_ckpts /tmp/data
-prepare() {  # family dataset_path: draw the recipe's synthetic data once (shared by the jobs)
+mkdir -p "$out" /tmp/demo_ckpts
+prepare() {  # family: draw the recipe's synthetic data once (its dataset_path, shared by the jobs)
   timeout 240 python3 -c "
 import sys
 from sam_hf.config import Sam2Config, Sam3Config, parse_args
 from sam_hf.data.prepare import prepare_synthetic
-family, path = sys.argv[1:]
+family = sys.argv[1]
 cls = Sam2Config if family == 'sam2' else Sam3Config
-cfg = parse_args(cls, ['--config', f'recipes/pretrain/{family}_mini_shapes.yaml', '--dataset_path', path])
+cfg = parse_args(cls, ['--config', f'recipes/pretrain/{family}_mini_shapes.yaml'])
 prepare_synthetic(cfg, 'minneapple' if family == 'sam2' else 'coco_text')
-" "$1" "$2"
+print(family, 'data in', cfg.dataset_path)
+" "$1"
 }
 SECONDS=0
-prepare sam2 /tmp/data/shapes_256 >"$out/data.log" 2>&1 &
-prepare sam3 /tmp/data/shapes_112 >>"$out/data.log" 2>&1 &
+prepare sam2 >"$out/data.log" 2>&1 &
+prepare sam3 >"$out/data3.log" 2>&1 &
 wait
+cat "$out/data3.log" >>"$out/data.log" && rm "$out/data3.log"
 echo "data drawn in ${SECONDS}s" | tee -a "$out/data.log"
-run() {  # name family dataset extra-args...
-  local name=$1 family=$2 data=$3
-  shift 3
+run() {  # name family extra-args...
+  local name=$1 family=$2
+  shift 2
   timeout $((${budget%.*} * 60 + 90)) python3 scripts/build_demo_checkpoints.py --family "$family" \
     --time_budget_minutes "$budget" --assets_dir /tmp/demo_ckpts --asset_name "$name" \
-    --output_dir "/tmp/runs/$name" --dataset_path "$data" "$@" >"$out/$name.log" 2>&1
+    --output_dir "/tmp/runs/$name" "$@" >"$out/$name.log" 2>&1
   echo "$name exit $?" >>"$out/$name.log"
   tar -C /tmp/demo_ckpts -cf "$out/$name.tar" "$name" 2>>"$out/$name.log"
 }
-run sam2-mini-shapes sam2 /tmp/data/shapes_256 --model_name_or_path sam2-mini &
-run sam2-mini-wide-shapes sam2 /tmp/data/shapes_256 --model_name_or_path sam2-mini-wide &
-run sam3-mini-shapes sam3 /tmp/data/shapes_112 &
+run sam2-mini-shapes sam2 --model_name_or_path sam2-mini &
+run sam2-mini-wide-shapes sam2 --model_name_or_path sam2-mini-wide &
+run sam3-mini-shapes sam3 &
 wait
 tail -n 2 "$out"/*.log

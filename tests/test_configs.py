@@ -189,9 +189,9 @@ def test_shipped_recipe_yamls_are_valid():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1] / "recipes"
-    for name in ("sam2_mineapple.yaml", "sam2_demo.yaml", "pretrain/sam2_tiny_shapes.yaml"):
+    for name in ("sam2_mineapple.yaml", "sam2_demo.yaml", "pretrain/sam2_mini_shapes.yaml"):
         load_config(Sam2Config, root / name)
-    for name in ("sam3_coco_text.yaml", "sam3_demo.yaml", "pretrain/sam3_tiny_shapes.yaml"):
+    for name in ("sam3_coco_text.yaml", "sam3_demo.yaml", "pretrain/sam3_mini_shapes.yaml"):
         load_config(Sam3Config, root / name)
 
 

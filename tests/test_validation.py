@@ -272,9 +272,11 @@ def sam3_cfg(**kw) -> SimpleNamespace:
 BUILDERS = {"sam2": (build_sam2, sam2_cfg), "sam3": (build_sam3, sam3_cfg)}
 ACCEPTS = {
     "sam2": "It accepts a Hub id (e.g. facebook/sam2.1-hiera-large), a local folder with "
-    "config.json (save_pretrained output), an official SAM2 .pt checkpoint, or sam2-tiny.",
+    "config.json (save_pretrained output), an official SAM2 .pt checkpoint, or a small random "
+    "config (sam2-tiny, sam2-mini, sam2-mini-wide).",
     "sam3": "It accepts a Hub id (e.g. facebook/sam3), a local folder with config.json "
-    "(save_pretrained output), an official SAM3 .pt checkpoint (sam3.pt), or sam3-tiny.",
+    "(save_pretrained output), an official SAM3 .pt checkpoint (sam3.pt), or a small random "
+    "config (sam3-tiny, sam3-mini).",
 }
 
 

@@ -178,7 +178,8 @@ class Sam2ModelArgs:
     """Which SAM2 checkpoint and what of it to train."""
 
     model_name_or_path: str = _f(
-        "facebook/sam2.1-hiera-large", "Hub id, local HF folder, original .pt, or 'sam2-tiny'."
+        "facebook/sam2.1-hiera-large",
+        "Hub id, local HF folder, original .pt, or a small random config (sam2-tiny, sam2-mini).",
     )
     model_type: str | None = _f(None, "sam2.1 name (e.g. sam2.1-hiera-large) instead of a path.")
     revision: str = _f("main", "Hub revision of model_name_or_path.")
@@ -273,7 +274,9 @@ class Sam2Config(
 class Sam3ModelArgs:
     """Which SAM3 checkpoint and what of it to train."""
 
-    model_name_or_path: str = _f("facebook/sam3", "Hub id, local HF folder, or 'sam3-tiny'.")
+    model_name_or_path: str = _f(
+        "facebook/sam3", "Hub id, local HF folder, sam3.pt, or a small random config (sam3-tiny)."
+    )
     revision: str = _f("main", "Hub revision of model_name_or_path.")
     resolution: int = _f(
         1008, "Square input size; SAM3 was trained at 1008 (other sizes degrade it)."

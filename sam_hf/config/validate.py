@@ -27,17 +27,21 @@ RECIPES = {"sam2": "recipes/sam2_mineapple.py", "sam3": "recipes/sam3_coco_text.
 MODEL_SOURCES = {
     "sam2": (
         "a Hub id (e.g. facebook/sam2.1-hiera-large), a local folder with config.json "
-        "(save_pretrained output), an official SAM2 .pt checkpoint, or sam2-tiny"
+        "(save_pretrained output), an official SAM2 .pt checkpoint, or a small random config "
+        "(sam2-tiny, sam2-mini, sam2-mini-wide)"
     ),
     "sam3": (
         "a Hub id (e.g. facebook/sam3), a local folder with config.json (save_pretrained "
-        "output), an official SAM3 .pt checkpoint (sam3.pt), or sam3-tiny"
+        "output), an official SAM3 .pt checkpoint (sam3.pt), or a small random config (sam3-tiny, "
+        "sam3-mini)"
     ),
 }
 #: config.json ``model_type`` values whose weights each recipe's model class loads
 #: (Sam3Model reads the detector out of a sam3_video config, Sam2Model a sam2_video one).
 CHECKPOINT_MODEL_TYPES = {"sam2": ("sam2", "sam2_video"), "sam3": ("sam3", "sam3_video")}
-_TINY_NAMES = {"sam2": "sam2-tiny", "sam3": "sam3-tiny"}
+#: Prefixes of the named small random configs (models.sam2/sam3 TINY_NAMES; a test keeps
+#: every name covered).
+_SMALL_PREFIXES = ("-tiny", "-mini")
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -118,7 +122,7 @@ def check_model_name(name: Any, family: str) -> None:
     text = str(name or "").strip()
     low = text.lower()
     if (
-        low == _TINY_NAMES[other]
+        low.startswith(tuple(other + p for p in _SMALL_PREFIXES))
         or low.startswith(f"facebook/{other}")
         or (other == "sam2" and low.startswith(("sam2.1-hiera", "sam2.1_hiera")))
     ):
