@@ -48,10 +48,9 @@ from sam_hf.convert.common import (
 
 #: The file in a converted folder that carries the official memory modules.
 EXTRA_FILE = "official_extra.safetensors"
-#: Official key prefixes (and exact names) that belong to the video memory, not Sam2Model.
-MEMORY_PREFIXES = (
-    "memory_attention.",
-    "memory_encoder.",
+#: Official video-memory keys that SAM2 and SAM3's tracker name alike (encodings, object
+#: pointers, the mask downsampler); each adds its memory attention/encoder modules' prefixes.
+SHARED_MEMORY_KEYS = (
     "maskmem_tpos_enc",
     "no_mem_pos_enc",
     "no_obj_ptr",
@@ -60,6 +59,8 @@ MEMORY_PREFIXES = (
     "obj_ptr_tpos_proj.",
     "mask_downsample.",
 )
+#: Official key prefixes (and exact names) that belong to the video memory, not Sam2Model.
+MEMORY_PREFIXES = ("memory_attention.", "memory_encoder.", *SHARED_MEMORY_KEYS)
 #: The memory parts every official SAM2 checkpoint has (the SAM2.1 extras are optional).
 REQUIRED_MEMORY = (
     "memory_attention.",

@@ -17,7 +17,7 @@ import torch
 from transformers import Sam3Config, Sam3TrackerConfig, Sam3TrackerModel
 
 from sam_hf.convert.common import ConversionError, KeyMapError, Rule, check_keys, rename
-from sam_hf.convert.sam2 import sam_heads_rules
+from sam_hf.convert.sam2 import SHARED_MEMORY_KEYS, sam_heads_rules
 
 _TPE = "sam_prompt_encoder"
 
@@ -31,17 +31,7 @@ TRACKER_RULES: list[Rule] = [
     *sam_heads_rules(mlp=("lin1", "lin2")),
 ]
 #: The tracker's video-memory keys (official names): no place in Sam3TrackerModel, carried.
-TRACKER_MEMORY = (
-    "maskmem_backbone.",
-    "transformer.encoder.",
-    "maskmem_tpos_enc",
-    "no_mem_pos_enc",
-    "no_obj_ptr",
-    "no_obj_embed_spatial",
-    "obj_ptr_proj.",
-    "obj_ptr_tpos_proj.",
-    "mask_downsample.",
-)
+TRACKER_MEMORY = ("maskmem_backbone.", "transformer.encoder.", *SHARED_MEMORY_KEYS)
 _POINTS = _TPE + ".point_embeddings.{}.weight"
 _FOURIER = _TPE + ".pe_layer.positional_encoding_gaussian_matrix"
 _HF_FOURIER = (
