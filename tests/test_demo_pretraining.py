@@ -107,3 +107,13 @@ def test_time_budget_sets_max_steps_from_a_probe(tmp_path, capsys) -> None:
     card = (tmp_path / "ck" / "PRETRAINING.md").read_text()
     assert f"{steps} optimizer steps of batch 2" in card and "--time_budget_minutes 0.6" in card
     assert (tmp_path / "ck" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("name", [*m2.TINY_NAMES, *m3.TINY_NAMES])
+def test_every_small_name_is_an_evaluation_source(name: str) -> None:
+    """evaluate.py / predict.py take the same names as training (a random-init baseline)."""
+    from sam_hf.eval.sources import resolve_source
+
+    src = resolve_source(name, None, seed=0, resolution=None)
+    assert (src.kind, src.family, src.base) == ("tiny", name.split("-")[0], name)
+    assert src.resolution == (256 if src.family == "sam2" else 224)

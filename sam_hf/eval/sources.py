@@ -23,8 +23,10 @@ from peft import PeftModel
 
 from sam_hf.config import Sam2Config, Sam3Config, load_config
 from sam_hf.models.lora import merge_to_base
+from sam_hf.models.sam2 import TINY_NAMES as SAM2_SMALL_NAMES
 from sam_hf.models.sam2 import build_sam2
 from sam_hf.models.sam2_training import Sam2ForTraining
+from sam_hf.models.sam3 import TINY_NAMES as SAM3_SMALL_NAMES
 from sam_hf.models.sam3 import Sam3ForTraining, build_sam3
 
 logger = logging.getLogger("sam_hf")
@@ -38,8 +40,11 @@ _RUN_CONFIG_NAMES = ("training_config.yaml", "config.yaml")
 #: Suffixes of official (``torch.save``) checkpoints and the resolution they were trained at.
 _OFFICIAL_SUFFIXES = (".pt", ".pth", ".ckpt")
 _OFFICIAL_RESOLUTION = {"sam2": 1024, "sam3": 1008}
-#: Default resolutions of the tiny random configs.
-_TINY_RESOLUTION = {"sam2-tiny": 256, "sam3-tiny": 224}
+#: Default resolutions of the small named random configs (sam2-tiny, sam2-mini, sam3-tiny...).
+_TINY_RESOLUTION = {
+    **{name: 256 for name in SAM2_SMALL_NAMES},
+    **{name: 224 for name in SAM3_SMALL_NAMES},
+}
 
 
 class EvaluationError(ValueError):
@@ -189,8 +194,8 @@ def _resolve_folder(
     if not path.is_dir():
         raise EvaluationError(
             f"{src} is a file; give a model folder (config.json + model.safetensors), an "
-            "official .pt, a peft adapter folder, a run directory, a Hub id or sam2-tiny / "
-            "sam3-tiny."
+            "official .pt, a peft adapter folder, a run directory, a Hub id or a small named "
+            f"random config ({', '.join(_TINY_RESOLUTION)})."
         )
     if not (path / "config.json").is_file() and _adapter_dir(path) is None:
         for sub in ("final", "best"):
