@@ -4,6 +4,7 @@
 PYTHON ?= python
 PIP ?= $(PYTHON) -m pip
 DEMO_OUT ?= outputs/sam2_demo
+DEMO_SAM3_OUT ?= outputs/sam3_demo
 
 .PHONY: install install-dev install-official demo demo-sam3 test test-slow test-official lint bench
 
@@ -21,6 +22,12 @@ install-official:
 demo: install
 	accelerate launch -q --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
 		recipes/sam2_mineapple.py --config recipes/sam2_demo.yaml --output_dir $(DEMO_OUT)
+	$(PYTHON) scripts/demo_forgetting.py $(DEMO_OUT)
+
+demo-sam3: install
+	accelerate launch -q --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+		recipes/sam3_coco_text.py --config recipes/sam3_demo.yaml --output_dir $(DEMO_SAM3_OUT)
+	$(PYTHON) scripts/demo_forgetting.py $(DEMO_SAM3_OUT)
 
 test: install-dev
 	$(PYTHON) -m pytest -q -m "not slow and not official"
