@@ -538,3 +538,24 @@ def test_trainer_state_history_and_run_plots(tmp_path):
     assert plot_run_cli.main([str(run)]) == 2
     (run / "trainer_state.json").write_text("{")
     assert plot_run_cli.main([str(run)]) == 2
+
+
+def test_sam3_vocabulary_falls_back_to_the_evaluated_split_without_a_train_split() -> None:
+    """A validation-only dataset (e.g. `evaluate.py sam3 --data` on a held-out set) takes its
+    vocabulary negatives from the evaluated split instead of failing on the missing one."""
+    from types import SimpleNamespace
+
+    import datasets
+
+    from sam_hf.eval.run import _sam3_vocabulary
+
+    ds = datasets.Dataset.from_dict({"image_id": ["a", "b"]})
+    dd = datasets.DatasetDict({"validation": ds})
+    settings = SimpleNamespace(train_split="train", max_train_samples=0)
+    data: dict = {}
+    cover = {"category": 0, "objects": 2, "with_phrase": 2}
+    got = _sam3_vocabulary(dd, ds, "validation", settings, data, cover, [])
+    assert got is ds and data["negative_vocabulary_split"] == "validation"
+    with_train = datasets.DatasetDict({"train": ds.select([0]), "validation": ds})
+    got = _sam3_vocabulary(with_train, ds, "validation", settings, {}, cover, [])
+    assert list(got["image_id"]) == ["a"]

@@ -74,7 +74,8 @@ def _sam3_vocabulary(
     """The images SAM3's vocabulary negatives come from; notes where its phrases come from."""
     vocab_split = sam3_vocab_split(dd, split, settings.train_split)
     # the training images, as the trainer reads them (the first max_train_samples)
-    vocab_ds = sam3_training_split(dd, settings) if vocab_split in dd else ds_full
+    # (a dataset without the run's training split falls back to the evaluated split itself)
+    vocab_ds = sam3_training_split(dd, settings) if vocab_split == settings.train_split else ds_full
     data["negative_vocabulary_split"] = vocab_split
     data["negative_vocabulary_images"] = len(vocab_ds)
     if cover["category"]:
