@@ -222,7 +222,8 @@ def _official_forward(official: Sam3Image, pixels: torch.Tensor, phrase: str) ->
 
 
 def test_same_predictions_as_the_official_model(pair, monkeypatch):
-    """Same image and phrase: pred_logits, pred_boxes (xyxy), pred_masks, presence to 1e-4.
+    """Same image and phrase: pred_logits, pred_boxes (xyxy), pred_masks and presence agree to
+    a tolerance per output (two implementations: another order of float32 operations).
 
     ``sam3/model/geometry_encoders.py:659`` pins a host tensor (``pin_memory()`` needs CUDA)
     even for an empty box prompt; on a CPU-only machine the pin is made a no-op here.
@@ -252,4 +253,10 @@ def test_same_predictions_as_the_official_model(pair, monkeypatch):
     print("max |HF - official|:", diffs)
     for name, (a, b) in pairs.items():
         assert a.shape == b.shape, (name, a.shape, b.shape)
-    assert max(diffs.values()) < 1e-4, diffs
+    # Measured worst |HF - official| over the default and avx2 ATen kernels, also with the two
+    # sides under different kernels: logits 9.0e-7 (|x| <= 0.28), boxes 2.4e-7 (<= 1.2),
+    # masks 1.6e-5 (<= 2.4: ~55 ulp, after 2 ViT layers, the pixel decoder and the mask
+    # dot product), presence 6.6e-7 (<= 0.59). Tolerances 22x, 42x, 30x, 30x over them (the
+    # old single 1e-4 left the masks a 6x margin), each far below its output's size.
+    tol = {"pred_logits": 2e-5, "pred_boxes": 1e-5, "pred_masks": 5e-4, "presence_logits": 2e-5}
+    assert all(diffs[k] <= tol[k] for k in tol), (diffs, tol)

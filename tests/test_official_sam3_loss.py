@@ -12,7 +12,11 @@ CPU cores: 5 queries x 12 detections, 8 x 8 mask logits upsampled to 24 x 24 tar
 decoder layers (2 auxiliary).
 
 Tolerance: 1e-5 relative (+1e-6 absolute for terms near 0) -- float32 sums taken in another
-order; the matched indices must be equal.
+order. Measured worst 2.2e-7 relative on the terms and totals, gradients 1.5e-7 of their
+largest element, the same under the default and avx2 ATen kernels and with the two sides under
+different ones: 46x and 66x margins. The matched indices must be equal: an assignment is
+discrete, and with random continuous costs a rounding-level cost difference changes it only at
+a near-tie (none in the 20 seeds, under the default and the avx2 kernel).
 """
 
 from __future__ import annotations
