@@ -122,11 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = _config(args.family, overrides)
     results = train(cfg, _task(args.family))
     minutes = (time.time() - t0) / 60
-    command = " ".join(
-        ["python scripts/build_demo_checkpoints.py", f"--family {args.family}", *sys.argv[3:]]
-        if argv is None
-        else ["python scripts/build_demo_checkpoints.py", *argv]
-    )
+    flags = sys.argv[1:] if argv is None else argv
+    command = " ".join(["python scripts/build_demo_checkpoints.py", *flags])
     target = Path(args.assets_dir) / (args.asset_name or f"{args.family}-mini-shapes")
     write_asset(target, cfg, results, command, minutes)
     print(f"Wrote {target}")
