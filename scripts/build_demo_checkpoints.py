@@ -2,6 +2,7 @@
 
     python scripts/build_demo_checkpoints.py --family sam2   # recipes/pretrain/sam2_mini_shapes.yaml
     python scripts/build_demo_checkpoints.py --family sam3   # recipes/pretrain/sam3_mini_shapes.yaml
+    python scripts/build_demo_checkpoints.py --family sam3_tracker  # .../sam3_tracker_mini_shapes.yaml
     python scripts/build_demo_checkpoints.py --family sam2 --time_budget_minutes 8  # fit a budget
 
 Each one trains a small random-init model on generic synthetic shapes (sam_hf.data.synthetic.shapes:
@@ -28,12 +29,19 @@ from pathlib import Path
 
 import torch
 
-from sam_hf.config import Sam2Config, Sam3Config, parse_args
+from sam_hf.config import Sam2Config, Sam3Config, Sam3TrackerConfig, parse_args
 from sam_hf.tasks.sam2 import Sam2Task
 from sam_hf.tasks.sam3 import Sam3Task
+from sam_hf.tasks.sam3_tracker import Sam3TrackerTask
 from sam_hf.training.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
+#: Each family's config and task.
+FAMILIES = {
+    "sam2": (Sam2Config, Sam2Task),
+    "sam3": (Sam3Config, Sam3Task),
+    "sam3_tracker": (Sam3TrackerConfig, Sam3TrackerTask),
+}
 ASSETS = ROOT / "sam_hf" / "assets" / "checkpoints"
 #: Optimizer steps of the speed probe.
 PROBE_STEPS = 40
@@ -41,14 +49,13 @@ PROBE_STEPS = 40
 BUDGET_MARGIN = 0.8
 
 
-def _config(family: str, overrides: list[str]) -> Sam2Config | Sam3Config:
+def _config(family: str, overrides: list[str]) -> Sam2Config | Sam3Config | Sam3TrackerConfig:
     recipe = ROOT / "recipes" / "pretrain" / f"{family}_mini_shapes.yaml"
-    config_cls = Sam2Config if family == "sam2" else Sam3Config
-    return parse_args(config_cls, ["--config", str(recipe), *overrides])
+    return parse_args(FAMILIES[family][0], ["--config", str(recipe), *overrides])
 
 
-def _task(family: str) -> Sam2Task | Sam3Task:
-    return Sam2Task() if family == "sam2" else Sam3Task()
+def _task(family: str) -> Sam2Task | Sam3Task | Sam3TrackerTask:
+    return FAMILIES[family][1]()
 
 
 def seconds_per_step(family: str, overrides: list[str]) -> float:
@@ -96,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--family", choices=["sam2", "sam3"], required=True)
+    ap.add_argument("--family", choices=sorted(FAMILIES), required=True)
     ap.add_argument(
         "--time_budget_minutes",
         type=float,
@@ -109,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         help="Where the checkpoint folder goes (default: the shipped assets).",
     )
     ap.add_argument(
-        "--asset_name", default=None, help="Folder name (default: {family}-mini-shapes)."
+        "--asset_name", default=None, help="Folder name (default: {family}-mini-shapes, _ as -)."
     )
     args, overrides = ap.parse_known_args(argv)
     t0 = time.time()
@@ -124,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     minutes = (time.time() - t0) / 60
     flags = sys.argv[1:] if argv is None else argv
     command = " ".join(["python scripts/build_demo_checkpoints.py", *flags])
-    target = Path(args.assets_dir) / (args.asset_name or f"{args.family}-mini-shapes")
+    default_name = f"{args.family.replace('_', '-')}-mini-shapes"
+    target = Path(args.assets_dir) / (args.asset_name or default_name)
     write_asset(target, cfg, results, command, minutes)
     print(f"Wrote {target}")
     return 0

@@ -17,7 +17,7 @@ from huggingface_hub import constants as hf_constants
 from huggingface_hub import errors as hf_errors
 from huggingface_hub.utils import _http as hf_http
 from scripts_loader import load_script
-from transformers import Sam2Model, Sam3Model
+from transformers import Sam2Model, Sam3Model, Sam3TrackerModel
 
 from sam_hf.config import (
     ConfigError,
@@ -27,10 +27,12 @@ from sam_hf.config import (
     parse_args,
     save_config,
 )
+from sam_hf.config.validate import family_name
 from sam_hf.hub import push as hub
 from sam_hf.models import loading
 from sam_hf.models.sam2 import build_sam2
 from sam_hf.models.sam3 import build_sam3
+from sam_hf.models.sam3_tracker import build_sam3_tracker
 from sam_hf.recipe import cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -269,7 +271,24 @@ def sam3_cfg(**kw) -> SimpleNamespace:
     return SimpleNamespace(**{**base, **kw})
 
 
-BUILDERS = {"sam2": (build_sam2, sam2_cfg), "sam3": (build_sam3, sam3_cfg)}
+def tracker_cfg(**kw) -> SimpleNamespace:
+    base = dict(
+        model_name_or_path="sam3-tracker-tiny",
+        revision="main",
+        resolution=56,
+        seed=0,
+        freeze_image_encoder=False,
+        freeze_prompt_encoder=False,
+        freeze_mask_decoder=False,
+    )
+    return SimpleNamespace(**{**base, **kw})
+
+
+BUILDERS = {
+    "sam2": (build_sam2, sam2_cfg),
+    "sam3": (build_sam3, sam3_cfg),
+    "sam3_tracker": (build_sam3_tracker, tracker_cfg),
+}
 ACCEPTS = {
     "sam2": "It accepts a Hub id (e.g. facebook/sam2.1-hiera-large), a local folder with "
     "config.json (save_pretrained output), an official SAM2 .pt checkpoint, or a small random "
@@ -277,6 +296,9 @@ ACCEPTS = {
     "sam3": "It accepts a Hub id (e.g. facebook/sam3), a local folder with config.json "
     "(save_pretrained output), an official SAM3 .pt checkpoint (sam3.pt), or a small random "
     "config (sam3-tiny, sam3-mini).",
+    "sam3_tracker": "It accepts a Hub id (e.g. facebook/sam3: its tracker head), a local folder "
+    "with config.json (Sam3TrackerModel save_pretrained output), an official SAM3 .pt checkpoint "
+    "(sam3.pt: its tracker), or a small random config (sam3-tracker-tiny, sam3-tracker-mini).",
 }
 
 
@@ -289,6 +311,7 @@ def no_weights(monkeypatch):
 
     monkeypatch.setattr(Sam2Model, "from_pretrained", refuse)
     monkeypatch.setattr(Sam3Model, "from_pretrained", refuse)
+    monkeypatch.setattr(Sam3TrackerModel, "from_pretrained", refuse)
 
 
 def _build(family: str, name: str):
@@ -302,7 +325,7 @@ def _one_line(e: pytest.ExceptionInfo) -> str:
     return msg
 
 
-@pytest.mark.parametrize("family", ["sam2", "sam3"])
+@pytest.mark.parametrize("family", ["sam2", "sam3", "sam3_tracker"])
 def test_missing_local_folder(family, tmp_path, no_weights):
     name = str(tmp_path / "outputs" / "run" / "final")
     with pytest.raises(ConfigError) as e:
@@ -313,7 +336,7 @@ def test_missing_local_folder(family, tmp_path, no_weights):
     )
 
 
-@pytest.mark.parametrize("family", ["sam2", "sam3"])
+@pytest.mark.parametrize("family", ["sam2", "sam3", "sam3_tracker"])
 def test_hub_id_not_cached_while_offline(family, monkeypatch, tmp_path, no_weights):
     # the real hf_hub_download in offline mode, on an empty cache
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
@@ -380,7 +403,7 @@ HUB_FAILURES = {
 }
 
 
-@pytest.mark.parametrize("family", ["sam2", "sam3"])
+@pytest.mark.parametrize("family", ["sam2", "sam3", "sam3_tracker"])
 @pytest.mark.parametrize("case", sorted(HUB_FAILURES))
 def test_hub_failures_are_one_line(family, case, monkeypatch, no_weights):
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
@@ -413,7 +436,14 @@ def test_hub_failures_are_one_line(family, case, monkeypatch, no_weights):
         ("sam2", "sam3_video", "Use the SAM3 recipe (recipes/sam3_coco_text.py)"),
         ("sam2", "sam", "That is SAM1 (ViT)"),
         ("sam3", "bert", "holds a 'bert' model, not SAM3"),
-        ("sam2", "bert", "sam_hf trains SAM2 (recipes/sam2_mineapple.py) and SAM3"),
+        ("sam2", "bert", "sam_hf trains SAM2 (recipes/sam2_mineapple.py), SAM3"),
+        ("sam3_tracker", "sam2", "Use the SAM2 recipe (recipes/sam2_mineapple.py)"),
+        ("sam3_tracker", "sam3", "Use the SAM3 recipe (recipes/sam3_coco_text.py)"),
+        (
+            "sam2",
+            "sam3_tracker",
+            "Use the SAM3 tracker recipe (recipes/sam3_tracker_mineapple.py) for SAM3 tracker",
+        ),
     ],
 )
 def test_wrong_family_is_refused_before_any_weights(
@@ -425,7 +455,7 @@ def test_wrong_family_is_refused_before_any_weights(
     with pytest.raises(ConfigError) as e:
         _build(family, str(local))
     msg = _one_line(e)
-    assert msg.startswith(f"{local} holds a {model_type!r} model, not {family.upper()}"), msg
+    assert msg.startswith(f"{local} holds a {model_type!r} model, not {family_name(family)}"), msg
     assert expected in msg
     # the same config.json behind a Hub id: only config.json is fetched, then refused
     monkeypatch.setattr(loading, "hf_hub_download", lambda *a, **k: str(local / "config.json"))

@@ -5,7 +5,7 @@
 command line. Nothing here imports from a later stage.
 """
 
-from sam_hf.config.args import Sam2Config, Sam3Config
+from sam_hf.config.args import Sam2Config, Sam3Config, Sam3TrackerConfig
 from sam_hf.config.errors import ConfigError
 from sam_hf.config.parser import load_config, parse_args, save_config, to_dict
 from sam_hf.config.validate import validate
@@ -14,6 +14,7 @@ __all__ = [
     "ConfigError",
     "Sam2Config",
     "Sam3Config",
+    "Sam3TrackerConfig",
     "load_config",
     "parse_args",
     "save_config",

@@ -271,6 +271,28 @@ class Sam2Config(
 
 
 @dataclass
+class Sam3TrackerModelArgs:
+    """Which SAM3 tracker checkpoint and what of it to train (SAM3's point/box head)."""
+
+    model_name_or_path: str = _f(
+        "facebook/sam3",
+        "Hub id (facebook/sam3: its tracker), local Sam3TrackerModel folder, sam3.pt, or a "
+        "small random config (sam3-tracker-tiny, sam3-tracker-mini).",
+    )
+    revision: str = _f("main", "Hub revision of model_name_or_path.")
+    resolution: int = _f(1008, "Square input size (a multiple of 14); SAM3 was trained at 1008.")
+    freeze_image_encoder: bool = _f(False, "Freeze the SAM3 ViT vision encoder (and its FPN).")
+    freeze_prompt_encoder: bool = _f(False, "Freeze the prompt encoder.")
+    freeze_mask_decoder: bool = _f(False, "Freeze the mask decoder.")
+    cache_embeddings: str = _f(
+        "auto",
+        "auto | true | false: compute a frozen vision encoder's features once per image (and "
+        "flip) and store them beside the data (auto: on when the encoder is frozen, has no "
+        "LoRA and color_jitter is 0).",
+    )
+
+
+@dataclass
 class Sam3ModelArgs:
     """Which SAM3 checkpoint and what of it to train."""
 
@@ -400,6 +422,26 @@ class Sam3Config(
         validate(self)
 
 
+@dataclass
+class Sam3TrackerConfig(
+    TrainingArgs,
+    DataArgs,
+    Sam3TrackerModelArgs,
+    Sam2PromptArgs,
+    Sam2LossArgs,
+    LoraArgs,
+    HubArgs,
+):
+    """Everything recipes/sam3_tracker_mineapple.py accepts: SAM3's tracker head
+    (``Sam3TrackerModel``) trained with SAM2's prompts, loss and presets."""
+
+    family: Literal["sam3_tracker"] = _f("sam3_tracker", "Model family (fixed by the recipe).")
+
+    def __post_init__(self) -> None:
+        apply_preset(self)
+        validate(self)
+
+
 #: Section classes per config, in --help order.
 SECTIONS: dict[type, tuple[type, ...]] = {
     Sam2Config: (
@@ -420,5 +462,18 @@ SECTIONS: dict[type, tuple[type, ...]] = {
         LoraArgs,
         HubArgs,
     ),
+    Sam3TrackerConfig: (
+        TrainingArgs,
+        DataArgs,
+        Sam3TrackerModelArgs,
+        Sam2PromptArgs,
+        Sam2LossArgs,
+        LoraArgs,
+        HubArgs,
+    ),
 }
-CONFIG_CLASSES: dict[str, type] = {"sam2": Sam2Config, "sam3": Sam3Config}
+CONFIG_CLASSES: dict[str, type] = {
+    "sam2": Sam2Config,
+    "sam3": Sam3Config,
+    "sam3_tracker": Sam3TrackerConfig,
+}

@@ -30,6 +30,8 @@ _ENCODER_PROBE_NAMES = {
         "vision_encoder.neck.fpn_layers.0.proj1",
     ),
 }
+#: SAM3's tracker head runs on SAM3's vision encoder (same module names).
+_ENCODER_PROBE_NAMES["sam3_tracker"] = _ENCODER_PROBE_NAMES["sam3"]
 #: The same for SAM3's text side (the CLIP text encoder and its projection to the DETR width).
 _TEXT_PROBE_NAMES = (
     "text_encoder.text_model.encoder.layers.0.self_attn.q_proj",
@@ -39,7 +41,11 @@ _TEXT_PROBE_NAMES = (
     "text_projection",
 )
 #: The config flag that freezes the cached image encoder, per family.
-_FREEZE_FLAG = {"sam2": "freeze_image_encoder", "sam3": "freeze_vision_encoder"}
+_FREEZE_FLAG = {
+    "sam2": "freeze_image_encoder",
+    "sam3": "freeze_vision_encoder",
+    "sam3_tracker": "freeze_image_encoder",
+}
 
 
 def cache_mode(cfg: Any) -> str:
@@ -52,7 +58,8 @@ def cache_mode(cfg: Any) -> str:
 
 
 def _family(cfg: Any) -> str:
-    return "sam3" if getattr(cfg, "family", "sam2") == "sam3" else "sam2"
+    family = getattr(cfg, "family", "sam2")
+    return family if family in _FREEZE_FLAG else "sam2"
 
 
 def _lora_targets(cfg: Any, group: str, probes: Sequence[str]) -> bool:

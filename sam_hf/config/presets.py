@@ -141,6 +141,10 @@ PRESETS: dict[str, dict[str, dict[str, tuple[Any, str]]]] = {
         },
     },
 }
+#: SAM3's tracker head is a SAM2 decoder on SAM3's backbone, trained with SAM2's prompts and
+#: loss: the same presets (the official values are SAM2.1's; Meta publishes no tracker
+#: fine-tuning recipe for single images).
+PRESETS["sam3_tracker"] = PRESETS["sam2"]
 PRESET_NAMES = ("official", "guide")
 
 

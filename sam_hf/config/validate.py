@@ -22,7 +22,20 @@ from sam_hf.config.cache_settings import check_cache_settings
 from sam_hf.config.errors import ConfigError
 
 #: The recipe that trains each family (named in messages about the wrong family).
-RECIPES = {"sam2": "recipes/sam2_mineapple.py", "sam3": "recipes/sam3_coco_text.py"}
+RECIPES = {
+    "sam2": "recipes/sam2_mineapple.py",
+    "sam3": "recipes/sam3_coco_text.py",
+    "sam3_tracker": "recipes/sam3_tracker_mineapple.py",
+}
+#: How messages name each family.
+FAMILY_NAMES = {"sam2": "SAM2", "sam3": "SAM3", "sam3_tracker": "SAM3 tracker"}
+
+
+def family_name(family: str) -> str:
+    """``sam3_tracker`` -> ``SAM3 tracker`` (as messages, cards and reports say it)."""
+    return FAMILY_NAMES.get(family, family.upper())
+
+
 #: What ``model_name_or_path`` accepts, per family (said in every "not found" message).
 MODEL_SOURCES = {
     "sam2": (
@@ -35,13 +48,30 @@ MODEL_SOURCES = {
         "output), an official SAM3 .pt checkpoint (sam3.pt), or a small random config (sam3-tiny, "
         "sam3-mini)"
     ),
+    "sam3_tracker": (
+        "a Hub id (e.g. facebook/sam3: its tracker head), a local folder with config.json "
+        "(Sam3TrackerModel save_pretrained output), an official SAM3 .pt checkpoint (sam3.pt: "
+        "its tracker), or a small random config (sam3-tracker-tiny, sam3-tracker-mini)"
+    ),
 }
 #: config.json ``model_type`` values whose weights each recipe's model class loads
 #: (Sam3Model reads the detector out of a sam3_video config, Sam2Model a sam2_video one).
-CHECKPOINT_MODEL_TYPES = {"sam2": ("sam2", "sam2_video"), "sam3": ("sam3", "sam3_video")}
-#: Prefixes of the named small random configs (models.sam2/sam3 TINY_NAMES; a test keeps
-#: every name covered).
+CHECKPOINT_MODEL_TYPES = {
+    "sam2": ("sam2", "sam2_video"),
+    "sam3": ("sam3", "sam3_video"),
+    # Sam3TrackerModel reads its tracker_config out of a sam3_video config
+    "sam3_tracker": ("sam3_tracker", "sam3_video"),
+}
+#: Prefixes of the named small random configs (models.sam2/sam3/sam3_tracker TINY_NAMES; a
+#: test keeps every name covered).
 _SMALL_PREFIXES = ("-tiny", "-mini")
+#: Name prefixes of each family: its small random configs and its Hub ids. facebook/sam3
+#: belongs to both SAM3 families (the detector and the tracker come in one checkpoint).
+_NAME_PREFIXES = {
+    "sam2": ("sam2-tiny", "sam2-mini", "facebook/sam2", "sam2.1-hiera", "sam2.1_hiera"),
+    "sam3": ("sam3-tiny", "sam3-mini", "facebook/sam3"),
+    "sam3_tracker": ("sam3-tracker-tiny", "sam3-tracker-mini", "facebook/sam3"),
+}
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -118,18 +148,15 @@ def check_model_name(name: Any, family: str) -> None:
     """Names that can only belong to the other family (its tiny config, its Hub ids, a sam2.1
     model type), and a local folder whose config.json says another family: refused without
     loading anything."""
-    other = "sam3" if family == "sam2" else "sam2"
     text = str(name or "").strip()
     low = text.lower()
-    if (
-        low.startswith(tuple(other + p for p in _SMALL_PREFIXES))
-        or low.startswith(f"facebook/{other}")
-        or (other == "sam2" and low.startswith(("sam2.1-hiera", "sam2.1_hiera")))
-    ):
+    owners = [f for f, prefixes in _NAME_PREFIXES.items() if low.startswith(prefixes)]
+    if owners and family not in owners:
+        other = owners[0]
         raise ConfigError(
-            f"model_name_or_path {text!r} is a {other.upper()} checkpoint; the {family.upper()} "
+            f"model_name_or_path {text!r} is a {family_name(other)} checkpoint; the {family_name(family)} "
             f"recipe ({RECIPES[family]}) accepts {MODEL_SOURCES[family]}. Train it with the "
-            f"{other.upper()} recipe ({RECIPES[other]})."
+            f"{family_name(other)} recipe ({RECIPES[other]})."
         )
     path = Path(text).expanduser() if text else None
     if path is not None and (path / "config.json").is_file():
@@ -147,17 +174,16 @@ def check_checkpoint_family(raw: Any, source: str, family: str) -> None:
     model_type = raw.get("model_type") if isinstance(raw, dict) else None
     if model_type in wanted:
         return
-    fam = family.upper()
+    fam = family_name(family)
     if model_type is None:
         raise ConfigError(
             f"{source}: its config.json has no model_type, so it is not a transformers {fam} "
             f"model; the {fam} recipe accepts {MODEL_SOURCES[family]}."
         )
-    other = "sam3" if family == "sam2" else "sam2"
-    if model_type in CHECKPOINT_MODEL_TYPES[other]:
-        hint = (
-            f" Use the {other.upper()} recipe ({RECIPES[other]}) for {other.upper()} checkpoints."
-        )
+    owners = [f for f, types in CHECKPOINT_MODEL_TYPES.items() if model_type in types]
+    if owners:
+        other = owners[0]
+        hint = f" Use the {family_name(other)} recipe ({RECIPES[other]}) for {family_name(other)} checkpoints."
     elif model_type in ("sam", "sam_hq"):
         hint = (
             " That is SAM1 (ViT); sam_hf fine-tunes SAM2 (Hiera, recipes/sam2_mineapple.py, e.g. "
@@ -165,13 +191,13 @@ def check_checkpoint_family(raw: Any, source: str, family: str) -> None:
         )
     elif str(model_type).startswith("sam3_tracker"):
         hint = (
-            " That is SAM3's video tracker, which sam_hf does not train; the SAM3 recipe "
-            f"({RECIPES['sam3']}) trains the detector of a sam3 / sam3_video checkpoint."
+            " That is SAM3's video tracker, whose memory sam_hf does not train; the SAM3 "
+            f"tracker recipe ({RECIPES['sam3_tracker']}) trains its point/box head."
         )
     else:
         hint = (
-            f" sam_hf trains SAM2 ({RECIPES['sam2']}) and SAM3 ({RECIPES['sam3']}) "
-            "checkpoints only."
+            f" sam_hf trains SAM2 ({RECIPES['sam2']}), SAM3 ({RECIPES['sam3']}) and SAM3 "
+            f"tracker ({RECIPES['sam3_tracker']}) checkpoints only."
         )
     raise ConfigError(
         f"{source} holds a {model_type!r} model, not {fam} (config.json model_type must be one "
@@ -194,7 +220,7 @@ def validate(cfg: Any) -> None:
         raise ConfigError("synthetic_image_size must be [H, W].")
     if cfg.family in RECIPES:
         check_model_name(cfg.model_name_or_path, cfg.family)
-    if cfg.family == "sam2":
+    if cfg.family in ("sam2", "sam3_tracker"):
         _validate_sam2(cfg)
     elif cfg.family == "sam3":
         _validate_sam3(cfg)
@@ -336,7 +362,8 @@ SAM2_MODEL_TYPES = {
 
 
 def _validate_sam2(cfg: Any) -> None:
-    if cfg.model_type is not None:
+    """SAM2's keys, which SAM3's tracker head shares (its backbone is a ViT: patch 14)."""
+    if getattr(cfg, "model_type", None) is not None:
         if cfg.model_type in _SAM1_NAMES:
             raise ConfigError(
                 f"model_type {cfg.model_type!r} is a SAM1 ViT name; SAM2 uses Hiera backbones. "
@@ -357,11 +384,18 @@ def _validate_sam2(cfg: Any) -> None:
         _check(0.0 <= value <= 1.0, f"{key} is a probability: 0 <= {key} <= 1, got {value}.")
     _check(cfg.max_objects_per_image >= 1, "max_objects_per_image must be >= 1.")
     _check(0.0 <= cfg.mask_prompt_prob <= 1.0, "mask_prompt_prob must be within [0, 1].")
-    _check(
-        cfg.resolution % 32 == 0,
-        f"resolution {cfg.resolution} must be a multiple of 32 (Hiera downsamples the input "
-        "32x); SAM2 checkpoints were trained at 1024.",
-    )
+    if cfg.family == "sam3_tracker":
+        _check(
+            cfg.resolution % 14 == 0,
+            f"resolution {cfg.resolution} must be a multiple of SAM3's ViT patch size 14 "
+            "(1008 = 72 x 14 is what the checkpoint was trained at).",
+        )
+    else:
+        _check(
+            cfg.resolution % 32 == 0,
+            f"resolution {cfg.resolution} must be a multiple of 32 (Hiera downsamples the "
+            "input 32x); SAM2 checkpoints were trained at 1024.",
+        )
     for name in ("loss_focal", "loss_dice", "loss_iou", "loss_bce"):
         _check(getattr(cfg, name) >= 0, f"{name} must be >= 0.")
     check_cache_settings(cfg)

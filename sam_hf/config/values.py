@@ -21,7 +21,7 @@ import yaml
 
 from sam_hf.config.args import CONFIG_CLASSES
 from sam_hf.config.errors import ConfigError
-from sam_hf.config.validate import MODEL_SOURCES, RECIPES
+from sam_hf.config.validate import MODEL_SOURCES, RECIPES, family_name
 
 #: Old or guide spellings of keys that TrainingArguments names otherwise: a hint, not an alias.
 RENAMED = {
@@ -244,15 +244,20 @@ def unknown_key_error(key: str, known: list[str], source: str, config_cls: type)
     close = difflib.get_close_matches(key, known, n=3)
     hint += f" Did you mean {', '.join(close)}?" if close and not hint else ""
     family = family_of(config_cls)
-    other = {"sam2": "sam3", "sam3": "sam2"}.get(family or "")
-    if other and key in {f.name for f in dataclasses.fields(CONFIG_CLASSES[other])}:
+    others = [
+        f
+        for f in CONFIG_CLASSES
+        if family and f != family and key in {x.name for x in dataclasses.fields(CONFIG_CLASSES[f])}
+    ]
+    other = others[0] if others else None
+    if other:
         hint += (
-            f" '{key}' is a key of the {other.upper()} recipe ({RECIPES[other]}), not of the "
-            f"{family.upper()} recipe ({RECIPES[family]})."
+            f" '{key}' is a key of the {family_name(other)} recipe ({RECIPES[other]}), not of the "
+            f"{family_name(family)} recipe ({RECIPES[family]})."
         )
         if key == "model_type":
             hint += (
-                f" The {family.upper()} recipe has no model_type: it takes its checkpoint from "
+                f" The {family_name(family)} recipe has no model_type: it takes its checkpoint from "
                 f"model_name_or_path, which accepts {MODEL_SOURCES[family]}."
             )
     return ConfigError(

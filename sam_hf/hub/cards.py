@@ -23,10 +23,17 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.repocard import RepoCard
 
-from sam_hf.config.validate import RECIPES, SAM2_MODEL_TYPES
+from sam_hf.config.validate import RECIPES, SAM2_MODEL_TYPES, family_name
 
 TEMPLATE_PATH = Path(__file__).parent.parent / "assets" / "model_card_template.md"
-_FAMILY_NAMES = {"sam2": "SAM2", "sam3": "SAM3"}
+#: Families prompted by points and boxes (SAM2's prompt encoder and mask decoder).
+_GEOMETRIC = ("sam2", "sam3_tracker")
+#: transformers model and processor class of each family.
+_CLASSES = {
+    "sam2": ("Sam2Model", "Sam2Processor"),
+    "sam3": ("Sam3Model", "Sam3Processor"),
+    "sam3_tracker": ("Sam3TrackerModel", "Sam3TrackerProcessor"),
+}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _DATASET_URL = re.compile(r"^https://huggingface\.co/datasets/([\w.-]+/[\w.-]+)")
 
@@ -87,15 +94,16 @@ def base_model_id(cfg: Mapping[str, Any]) -> str | None:
 
 
 def infer_family(cfg: Mapping[str, Any], model_dir: str | os.PathLike | None = None) -> str:
-    """sam2 / sam3 from the config (saved configs omit ``family``) or the saved model's type."""
+    """sam2 / sam3 / sam3_tracker from the config (saved configs omit ``family``) or the saved
+    model's type."""
     if cfg.get("family") in RECIPES:
         return str(cfg["family"])
     if model_dir is not None and (Path(model_dir) / "config.json").is_file():
         model_type = json.loads((Path(model_dir) / "config.json").read_text()).get("model_type")
         if model_type in RECIPES:
             return str(model_type)
-    if "prompt_type" in cfg:  # keys only the SAM2 config has
-        return "sam2"
+    if "prompt_type" in cfg:  # keys only SAM2's prompts have; the tracker has no model_type
+        return "sam2" if "model_type" in cfg else "sam3_tracker"
     if "negative_ratio" in cfg:  # keys only the SAM3 config has
         return "sam3"
     raise ValueError("Cannot tell whether this run trained SAM2 or SAM3; pass family=.")
@@ -173,12 +181,9 @@ def usage_snippet(
     score_threshold: float = 0.5,
 ) -> str:
     """Python that loads the pushed model with plain transformers (or peft for adapters)."""
-    if family == "sam2":
-        model_cls, proc_cls = "Sam2Model", "Sam2Processor"
-    elif family == "sam3":
-        model_cls, proc_cls = "Sam3Model", "Sam3Processor"
-    else:
-        raise ValueError(f"Unknown model family {family!r}; expected sam2 or sam3.")
+    if family not in _CLASSES:
+        raise ValueError(f"Unknown model family {family!r}; expected one of {sorted(_CLASSES)}.")
+    model_cls, proc_cls = _CLASSES[family]
     head = ["import torch", "from PIL import Image"]
     if adapter_only:
         head.append("from peft import PeftModel")
@@ -196,7 +201,7 @@ def usage_snippet(
             f'processor = {proc_cls}.from_pretrained("{repo_id}")',
         ]
     lines += ["", 'image = Image.open("image.jpg").convert("RGB")']
-    if family == "sam2":
+    if family in _GEOMETRIC:
         lines += [
             "# one positive click (x, y) in pixels on one object: image > object > point > xy",
             "inputs = processor(",
@@ -247,7 +252,7 @@ class CardFacts:
 
     @property
     def family_name(self) -> str:
-        return _FAMILY_NAMES[self.family]
+        return family_name(self.family)
 
     @property
     def model_name(self) -> str:
@@ -338,7 +343,7 @@ def _origin_lines(f: CardFacts) -> dict[str, str]:
             "README.md beside the prepared data (push it with `scripts/push_to_hub.py "
             "DATASET_DIR --repo-id ...` to link it here)"
         )
-    if f.family == "sam2":
+    if f.family in _GEOMETRIC:
         prompt_line = (
             f"{c.get('prompt_type', 'point')} prompts simulated from the ground truth, "
             f"{c.get('num_points', 1)} point(s) per object"

@@ -20,7 +20,12 @@ from huggingface_hub import errors as hf_errors
 from huggingface_hub import hf_hub_download
 
 from sam_hf.config import ConfigError
-from sam_hf.config.validate import MODEL_SOURCES, check_checkpoint_family, check_model_name
+from sam_hf.config.validate import (
+    MODEL_SOURCES,
+    check_checkpoint_family,
+    check_model_name,
+    family_name,
+)
 
 #: File suffixes that make a name a checkpoint path rather than a Hub id.
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
@@ -144,7 +149,7 @@ def read_model_config(source: str, revision: str | None, family: str) -> dict[st
         file = path / "config.json"
         if not file.is_file():
             raise ConfigError(
-                f"{path} is not a saved {family.upper()} model folder: it has no config.json. "
+                f"{path} is not a saved {family_name(family)} model folder: it has no config.json. "
                 "Point model_name_or_path at the folder save_pretrained wrote (or a Hub id)."
             )
     else:
@@ -164,6 +169,6 @@ def read_model_config(source: str, revision: str | None, family: str) -> dict[st
 def load_error(source: str, family: str, e: Exception) -> ConfigError:
     """A transformers failure to load ``source`` (after its config.json was read) in one line."""
     return ConfigError(
-        f"could not load the {family.upper()} model {source!r}: {first_line(e)}. If this "
+        f"could not load the {family_name(family)} model {source!r}: {first_line(e)}. If this "
         "machine is offline, download it elsewhere (hf download) and give the local folder."
     )

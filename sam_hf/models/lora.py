@@ -66,6 +66,12 @@ LORA_GROUPS: dict[str, dict[str, str]] = {
     },
 }
 
+#: SAM3's tracker head: SAM3's ViT under a SAM2 mask decoder (the module names of both).
+LORA_GROUPS["sam3_tracker"] = {
+    "vision_encoder": LORA_GROUPS["sam3"]["vision_encoder"],
+    "mask_decoder": LORA_GROUPS["sam2"]["mask_decoder"],
+}
+
 #: family -> regexes of the heads trained in full (peft ``modules_to_save``). ModuleLists are
 #: listed per element because peft cannot wrap a ModuleList itself.
 LORA_HEADS: dict[str, tuple[str, ...]] = {
@@ -84,6 +90,8 @@ LORA_HEADS: dict[str, tuple[str, ...]] = {
     ),
 }
 
+LORA_HEADS["sam3_tracker"] = LORA_HEADS["sam2"]
+
 #: family -> freeze flag of the config -> module-name prefix it freezes. A head under a frozen
 #: prefix is not put in modules_to_save (the user asked for that part to stay fixed).
 FREEZE_PREFIXES: dict[str, dict[str, str]] = {
@@ -97,6 +105,8 @@ FREEZE_PREFIXES: dict[str, dict[str, str]] = {
         "freeze_text_encoder": "text_encoder.",
     },
 }
+
+FREEZE_PREFIXES["sam3_tracker"] = FREEZE_PREFIXES["sam2"]
 
 # Parameter/buffer names that belong to an adapter or to a fully trained copy of a head.
 _TRAINABLE_KEY = re.compile(

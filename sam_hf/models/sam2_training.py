@@ -126,13 +126,18 @@ class Sam2ForTraining(nn.Module):
     def encoder_features(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         """The encoder's part of :meth:`image_embeddings`: the FPN maps, ``no_memory_embedding``
         added to the last. With a frozen encoder these are fixed per image, which is what the
-        embedding cache (:mod:`sam_hf.features`) stores. Run without autograd when frozen."""
+        embedding cache (:mod:`sam_hf.features`) stores. Run without autograd when frozen.
+
+        Only the first ``len(backbone_feature_sizes)`` maps are kept, as in transformers'
+        forward: all of SAM2's; Sam3TrackerModel drops a 4th (0.5x) map -- the one that got
+        ``no_memory_embedding``. sam_hf follows transformers here (what ``final/`` is served
+        with), not Meta's tracker, which adds the offset to the 1x map."""
         m = self.model
         ctx = contextlib.nullcontext() if encoder_is_trainable(m) else torch.no_grad()
         with ctx:
             feats = list(m.vision_encoder(pixel_values, return_dict=True).fpn_hidden_states)
             feats[-1] = feats[-1] + m.no_memory_embedding.reshape(1, -1, 1, 1)
-        return feats
+        return feats[: len(m.backbone_feature_sizes)]
 
     def project_features(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         """The mask decoder's (trainable) ``conv_s0``/``conv_s1`` on the high-res maps."""
