@@ -1,6 +1,7 @@
 """What to evaluate: a model source a user names, resolved and loaded for prediction.
 
-A source is a tiny random config (``sam2-tiny`` / ``sam3-tiny``), a ``save_pretrained``
+A source is a small random config (``sam2-tiny``, ``sam3-tiny``, ``sam3-tracker-tiny``...), a
+``save_pretrained``
 folder (a run's ``final/`` or ``best/``), a peft adapter folder (merged into the base it
 names), a run directory (its ``final/``) or a Hub id. :func:`resolve_source` decides which
 without loading anything and reads the training config saved beside a fine-tune (the
@@ -21,17 +22,28 @@ import torch
 import yaml
 from peft import PeftModel
 
-from sam_hf.config import Sam2Config, Sam3Config, load_config
+from sam_hf.config import Sam2Config, Sam3Config, Sam3TrackerConfig, load_config
+from sam_hf.config.validate import family_name
 from sam_hf.models.lora import merge_to_base
 from sam_hf.models.sam2 import TINY_NAMES as SAM2_SMALL_NAMES
 from sam_hf.models.sam2 import build_sam2
 from sam_hf.models.sam2_training import Sam2ForTraining
 from sam_hf.models.sam3 import TINY_NAMES as SAM3_SMALL_NAMES
 from sam_hf.models.sam3 import Sam3ForTraining, build_sam3
+from sam_hf.models.sam3_tracker import TINY_NAMES as TRACKER_SMALL_NAMES
+from sam_hf.models.sam3_tracker import build_sam3_tracker
 
 logger = logging.getLogger("sam_hf")
 
-FAMILIES = ("sam2", "sam3")
+FAMILIES = ("sam2", "sam3", "sam3_tracker")
+#: Families prompted by points and boxes: evaluated with SAM2's protocol (same prompts).
+GEOMETRIC = ("sam2", "sam3_tracker")
+#: Per family: builder, config class, training wrapper (used for ``predict``).
+_BUILD = {
+    "sam2": (build_sam2, Sam2Config, Sam2ForTraining),
+    "sam3": (build_sam3, Sam3Config, Sam3ForTraining),
+    "sam3_tracker": (build_sam3_tracker, Sam3TrackerConfig, Sam2ForTraining),
+}
 
 #: Files a saved transformers folder holds its weights in.
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
@@ -39,11 +51,20 @@ _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_m
 _RUN_CONFIG_NAMES = ("training_config.yaml", "config.yaml")
 #: Suffixes of official (``torch.save``) checkpoints and the resolution they were trained at.
 _OFFICIAL_SUFFIXES = (".pt", ".pth", ".ckpt")
-_OFFICIAL_RESOLUTION = {"sam2": 1024, "sam3": 1008}
+_OFFICIAL_RESOLUTION = {"sam2": 1024, "sam3": 1008, "sam3_tracker": 1008}
 #: Default resolutions of the small named random configs (sam2-tiny, sam2-mini, sam3-tiny...).
 _TINY_RESOLUTION = {
     **{name: 256 for name in SAM2_SMALL_NAMES},
     **{name: 224 for name in SAM3_SMALL_NAMES},
+    **{name: 224 for name in TRACKER_SMALL_NAMES},
+}
+#: peft's ``base_model_class`` (lowercase) -> family.
+_ADAPTER_BASES = {"sam2model": "sam2", "sam3model": "sam3", "sam3trackermodel": "sam3_tracker"}
+#: The family of each small named config.
+_TINY_FAMILY = {
+    **{name: "sam2" for name in SAM2_SMALL_NAMES},
+    **{name: "sam3" for name in SAM3_SMALL_NAMES},
+    **{name: "sam3_tracker" for name in TRACKER_SMALL_NAMES},
 }
 
 
@@ -104,6 +125,8 @@ def _run_config_near(path: Path) -> dict:
 
 def _family_of_model_type(model_type: Any) -> str | None:
     mt = str(model_type or "")
+    if mt.startswith("sam3_tracker"):
+        return "sam3_tracker"
     if mt.startswith("sam3"):
         return "sam3"
     if mt.startswith("sam2"):
@@ -139,14 +162,15 @@ def _family_check(src: str, family: str | None) -> Callable[[str | None, str], s
         if found is None:
             if family is None:
                 raise EvaluationError(
-                    f"cannot tell whether {src!r} is SAM2 or SAM3 ({what}); use the sam2/sam3 "
-                    "mode or the --sam2/--sam3 option that names its family."
+                    f"cannot tell whether {src!r} is SAM2, SAM3 or SAM3 tracker ({what}); use "
+                    "the sam2/sam3/sam3_tracker mode or the --sam2/--sam3/--sam3-tracker option "
+                    "that names its family."
                 )
             return family
         if family is not None and found != family:
             raise EvaluationError(
-                f"{src!r} holds a {found.upper()} model ({what}), but it was given as "
-                f"{family.upper()}; pass it with --{found} instead."
+                f"{src!r} holds a {family_name(found)} model ({what}), but it was given as "
+                f"{family_name(family)}; pass it with --{found.replace('_', '-')} instead."
             )
         return found
 
@@ -168,7 +192,7 @@ def resolve_source(
         raise EvaluationError(f"family must be one of {FAMILIES}, got {family!r}.")
     check = _family_check(src, family)
     if src in _TINY_RESOLUTION:
-        fam = check(src.split("-")[0], "tiny config name")
+        fam = check(_TINY_FAMILY[src], "small config name")
         return ModelSource(src, fam, "tiny", src, resolution or _TINY_RESOLUTION[src], seed)
     path = Path(src).expanduser()
     if path.exists():
@@ -176,7 +200,11 @@ def resolve_source(
     if src.startswith(("/", "./", "../", "~")) or src.count("/") > 1:
         raise EvaluationError(f"model source {src!r}: no such folder.")
     low = src.lower()
-    fam = check("sam3" if "sam3" in low else "sam2" if "sam2" in low else None, "Hub id")
+    # facebook/sam3 holds the detector and the tracker: the family asked for decides
+    hub = "sam3" if "sam3" in low else "sam2" if "sam2" in low else None
+    if hub == "sam3" and family == "sam3_tracker":
+        hub = family
+    fam = check(hub, "Hub id")
     return ModelSource(src, fam, "hub", src, resolution, seed)
 
 
@@ -230,6 +258,7 @@ def _resolve_official(
     """An official ``.pt`` (converted on load by the same builder as training). Its family is
     the one asked for, else read from the file name (official SAM3 files are named sam3*)."""
     fam = check(family or ("sam3" if "sam3" in path.name.lower() else "sam2"), "file name")
+    fam = family if family == "sam3_tracker" and fam == "sam3" else fam
     res = resolution or _OFFICIAL_RESOLUTION[fam]
     return ModelSource(src, fam, "official", str(path), res, seed)
 
@@ -245,11 +274,10 @@ def _resolve_adapter(
     """A peft adapter folder: its family and base from adapter_config.json or the run config."""
     acfg = _read_json(adapter / "adapter_config.json")
     base_cls = str((acfg.get("auto_mapping") or {}).get("base_model_class", "")).lower()
-    fam_found = (
-        "sam3" if "sam3" in base_cls else "sam2" if "sam2" in base_cls else None
-    ) or run_cfg.get("family")
-    if fam_found is None and run_cfg:
-        fam_found = "sam2" if "prompt_type" in run_cfg else "sam3"
+    fam_found = _ADAPTER_BASES.get(base_cls) or run_cfg.get("family")
+    if fam_found is None and run_cfg:  # SAM2's prompt keys; only Sam2Config has model_type
+        prompts = "prompt_type" in run_cfg
+        fam_found = "sam3" if not prompts else "sam2" if "model_type" in run_cfg else "sam3_tracker"
     fam = check(fam_found, "adapter_config.json base_model_class")
     base = acfg.get("base_model_name_or_path") or run_cfg.get("model_name_or_path")
     if not base:
@@ -294,16 +322,14 @@ class LoadedModel:
 
 
 def build_config(src: ModelSource, **overrides: Any) -> Any:
-    """The validated Sam2Config / Sam3Config the builders read for ``src``."""
+    """The validated config (Sam2Config / Sam3Config / Sam3TrackerConfig) the builders read."""
     values: dict[str, Any] = {"model_name_or_path": src.base, "seed": src.seed or 0}
     if src.resolution:
         values["resolution"] = int(src.resolution)
-    if src.family == "sam2":
+    if src.family in GEOMETRIC:
         values["multimask_output"] = src.multimask_output
-        values.update(overrides)
-        return load_config(Sam2Config, None, values)
     values.update(overrides)
-    return load_config(Sam3Config, None, values)
+    return load_config(_BUILD[src.family][1], None, values)
 
 
 def load_model(
@@ -324,13 +350,10 @@ def load_model(
         else resolve_source(source, family, seed, resolution)
     )
     cfg = build_config(src)
-    if src.family == "sam2":
-        model, processor = build_sam2(cfg)
-    else:
-        model, processor = build_sam3(cfg)
+    build, _, wrapper_cls = _BUILD[src.family]
+    model, processor = build(cfg)
     if src.adapter is not None:
         model = merge_to_base(PeftModel.from_pretrained(model, src.adapter))
-    wrapper_cls = Sam2ForTraining if src.family == "sam2" else Sam3ForTraining
     module = wrapper_cls(model, cfg).to(device).eval()
     n_params = sum(p.numel() for p in model.parameters())
     return LoadedModel(src, module, processor, cfg, n_params)
