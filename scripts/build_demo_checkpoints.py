@@ -58,6 +58,23 @@ def _task(family: str) -> Sam2Task | Sam3Task | Sam3TrackerTask:
     return FAMILIES[family][1]()
 
 
+#: Flags the probe run replaces (it neither evaluates nor saves, so their intervals go too).
+_PROBE_DROPS = ("--eval_steps", "--save_steps", "--eval_on_start", "--max_steps")
+
+
+def _without(flags: list[str], keys: tuple[str, ...]) -> list[str]:
+    """``flags`` (``--key value`` pairs) without ``keys`` and their values."""
+    out, skip = [], False
+    for f in flags:
+        if skip:
+            skip = False
+        elif f.split("=")[0] in keys:
+            skip = "=" not in f
+        else:
+            out.append(f)
+    return out
+
+
 def seconds_per_step(family: str, overrides: list[str]) -> float:
     """Seconds per optimizer step of a short probe run (same config, no eval, no checkpoints).
 
@@ -66,7 +83,7 @@ def seconds_per_step(family: str, overrides: list[str]) -> float:
     """
     with tempfile.TemporaryDirectory() as tmp:
         probe = [
-            *overrides,
+            *_without(overrides, _PROBE_DROPS),
             *("--output_dir", tmp, "--max_steps", str(PROBE_STEPS)),
             *("--eval_strategy", "no", "--save_strategy", "no", "--max_eval_samples", "1"),
         ]

@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from sam_hf.config import Sam2Config, Sam3Config, parse_args
+from sam_hf.config import parse_args
+from sam_hf.config.args import CONFIG_CLASSES
 from sam_hf.config.errors import ConfigError
 from sam_hf.data.synthetic import shapes
 from sam_hf.models import sam2 as m2
 from sam_hf.models import sam3 as m3
+from sam_hf.models import sam3_tracker as mt
 from tests.scripts_loader import load_script
 
 #: The shipped-checkpoint limit of the demo issue: about 10 MB of float32 weights.
@@ -68,10 +70,13 @@ def test_sam3_tiny_is_unchanged_by_the_named_configs() -> None:
     assert c.detr_decoder_config.num_layers == 2 and c.mask_decoder_config.hidden_size == 32
 
 
-@pytest.mark.parametrize("family,other", [("sam2", m3.TINY_NAMES), ("sam3", m2.TINY_NAMES)])
-def test_every_small_name_of_the_other_family_is_refused(family, other) -> None:
-    config_cls = Sam2Config if family == "sam2" else Sam3Config
-    for name in other:
+_NAMES = {"sam2": m2.TINY_NAMES, "sam3": m3.TINY_NAMES, "sam3_tracker": mt.TINY_NAMES}
+
+
+@pytest.mark.parametrize("family", sorted(_NAMES))
+def test_every_small_name_of_the_other_family_is_refused(family) -> None:
+    config_cls = CONFIG_CLASSES[family]
+    for name in [n for f, names in _NAMES.items() if f != family for n in names]:
         with pytest.raises(ConfigError, match="checkpoint; the"):
             parse_args(config_cls, ["--model_name_or_path", name])
 
@@ -98,6 +103,8 @@ def test_time_budget_sets_max_steps_from_a_probe(tmp_path, capsys) -> None:
         "--dataset_path", str(tmp_path / "data"), "--output_dir", str(tmp_path / "run"),
         "--per_device_train_batch_size", "2", "--num_correction_clicks", "0",
         "--max_eval_samples", "2", "--dataloader_num_workers", "0",
+        # an eval interval for the real run: the probe (which never evaluates) drops it
+        "--eval_strategy", "steps", "--eval_steps", "1000",
     ]  # fmt: skip
     assert script.main(argv) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("probe:"))
@@ -109,11 +116,12 @@ def test_time_budget_sets_max_steps_from_a_probe(tmp_path, capsys) -> None:
     assert (tmp_path / "ck" / "model.safetensors").is_file()
 
 
-@pytest.mark.parametrize("name", [*m2.TINY_NAMES, *m3.TINY_NAMES])
+@pytest.mark.parametrize("name", [*m2.TINY_NAMES, *m3.TINY_NAMES, *mt.TINY_NAMES])
 def test_every_small_name_is_an_evaluation_source(name: str) -> None:
     """evaluate.py / predict.py take the same names as training (a random-init baseline)."""
     from sam_hf.eval.sources import resolve_source
 
     src = resolve_source(name, None, seed=0, resolution=None)
-    assert (src.kind, src.family, src.base) == ("tiny", name.split("-")[0], name)
+    family = "sam3_tracker" if name.startswith("sam3-tracker") else name.split("-")[0]
+    assert (src.kind, src.family, src.base) == ("tiny", family, name)
     assert src.resolution == (256 if src.family == "sam2" else 224)
