@@ -1,10 +1,12 @@
-"""Apply a SAM3 model (text phrases) or a SAM2 model (point/box prompts) to a folder of images.
+"""Apply a SAM3 model (text phrases) or a SAM2 / SAM3 tracker model (point/box prompts) to images.
 
     # SAM3: every instance of each phrase
     python scripts/predict.py --model outputs/sam3_demo/final --images DIR --text apple \
         "ripe red apple" --out OUT [--threshold 0.5] [--batch-size 4]
-    # SAM2: one mask per prompt, prompts per image in a json file
+    # SAM2 or SAM3 tracker: one mask per prompt, prompts per image in a json file
     python scripts/predict.py --model outputs/sam2_demo/final --images DIR --prompts p.json --out OUT
+    python scripts/predict.py --model outputs/sam3_tracker_demo/final --images DIR --prompts p.json \
+        --out OUT
 
 Writes ``OUT/predictions.json`` -- COCO results (``image_id``, ``category_id``,
 ``segmentation`` as compressed RLE with ``counts`` a str, ``score``) with the ``phrase`` of each
@@ -35,14 +37,14 @@ and skipped, and the run exits 0 with the count skipped; ``--strict`` stops at t
 end, so a run that predicts nothing (every image unreadable, or an error) creates no ``--out``
 and leaves an existing one as it was.
 
-SAM2 prompts file (coordinates in pixels of the image as displayed; keys: path relative to
+Prompts file of SAM2 and the SAM3 tracker (the same file for both; coordinates in pixels of the image as displayed; keys: path relative to
 ``--images`` or base name; images without a key are skipped)::
 
     {"img1.png": [{"points": [[x, y], ...], "labels": [1, 0, ...]},   # labels default to 1
                   {"box": [x0, y0, x1, y1]},
                   {"box": [...], "points": [[x, y]], "labels": [0], "phrase": "apple"}]}
 
-Score: SAM3's ``sigmoid(logit) x sigmoid(presence)``; SAM2's predicted IoU.
+Score: SAM3's ``sigmoid(logit) x sigmoid(presence)``; SAM2's (and the tracker's) predicted IoU.
 """
 
 from __future__ import annotations
@@ -64,12 +66,19 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from sam_hf.config.validate import family_name
 from sam_hf.data import rle
 from sam_hf.data.images import ImageReadError, load_image
 from sam_hf.data.queries import normalize_phrase
 from sam_hf.eval.pictures import prediction_figure, save_figure
 from sam_hf.eval.sam2 import sam2_decode, to_model_coords, upsample_masks
-from sam_hf.eval.sources import EvaluationError, LoadedModel, load_model, resolve_source
+from sam_hf.eval.sources import (
+    GEOMETRIC,
+    EvaluationError,
+    LoadedModel,
+    load_model,
+    resolve_source,
+)
 
 logger = logging.getLogger("sam_hf")
 
@@ -274,8 +283,9 @@ def predict_prompts(
     prompts: Sequence[list[dict]],
     names: Sequence[str],
 ) -> list[list[tuple[str, np.ndarray, float]]]:
-    """SAM2 on a batch of images: per image ``[(phrase, bool (H, W) mask, predicted IoU)]``,
-    one per prompt, in prompt order."""
+    """SAM2 or the SAM3 tracker (the same training wrapper, ``Sam2ForTraining``) on a batch of
+    images: per image ``[(phrase, bool (H, W) mask, predicted IoU)]``, one per prompt, in
+    prompt order."""
     module = loaded.module
     device = next(module.parameters()).device
     ip = loaded.processor.image_processor
@@ -332,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", required=True, help="Folder of images (searched recursively).")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--text", nargs="+", help="SAM3: noun phrase(s) to segment.")
-    what.add_argument("--prompts", help="SAM2: json of point/box prompts per image.")
+    what.add_argument("--prompts", help="SAM2 / SAM3 tracker: json of point/box prompts per image.")
     p.add_argument("--out", required=True, help="Output folder.")
     p.add_argument("--batch-size", type=int, default=4, help="Images per forward pass.")
     p.add_argument("--threshold", type=float, default=0.5, help="SAM3 score to keep a mask.")
@@ -352,23 +362,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def resolve_model(model: str, family: str, seed: int, resolution: int | None) -> Any:
-    """The model source, with a family mismatch told in this script's own flags."""
+def resolve_model(model: str, text: bool, seed: int, resolution: int | None) -> Any:
+    """The model source for ``--text`` (SAM3) or ``--prompts`` (the families prompted by points
+    and boxes, :data:`~sam_hf.eval.sources.GEOMETRIC`: SAM2 and the SAM3 tracker), with a
+    family mismatch told in this script's own flags.
+
+    A source that does not say its family is taken as the first family the mode accepts; a
+    SAM3 Hub id or official ``sam3.pt`` given ``--prompts`` is its tracker (the file holds both).
+    """
+    wanted = ("sam3",) if text else GEOMETRIC
     try:
-        return resolve_source(model, family, seed, resolution)
+        found = resolve_source(model, None, seed, resolution)
     except EvaluationError:
-        try:
-            found = resolve_source(model, None, seed, resolution).family
-        except EvaluationError:
-            found = None
-        if found is None or found == family:
-            raise
-        given = "--text" if family == "sam3" else "--prompts"
-        use = "--text PHRASE ..." if found == "sam3" else "--prompts FILE.json"
-        raise EvaluationError(
-            f"{model!r} holds a {found.upper()} model, but {given} is for {family.upper()}"
-            f" models; segment with {use} instead, or give a {family.upper()} --model."
-        ) from None
+        return resolve_source(model, wanted[0], seed, resolution)
+    if found.family in wanted:
+        return found
+    if not text and found.family == "sam3" and found.kind in ("hub", "official"):
+        return resolve_source(model, "sam3_tracker", seed, resolution)
+    given = "--text" if text else "--prompts"
+    use = "--prompts FILE.json" if text else "--text PHRASE ..."
+    names = " or ".join(family_name(f) for f in wanted)
+    raise EvaluationError(
+        f"{model!r} holds a {family_name(found.family)} model, but {given} is for {names}"
+        f" models; segment with {use} instead, or give a {names} --model."
+    )
 
 
 def read_images(
@@ -407,7 +424,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     Everything is written to a temporary folder beside ``--out`` and moved in at the end, so
     an error, or a folder where no image could be read, leaves no ``--out`` behind.
     """
-    family = "sam3" if args.text else "sam2"
+    text = bool(args.text)
     if args.batch_size < 1:
         raise EvaluationError("--batch-size must be >= 1.")
     if not 0.0 <= args.threshold <= 1.0:
@@ -418,7 +435,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         files, root, Path(args.coco_json) if args.coco_json else None
     )
     prompts: dict[str, list[dict]] = {}
-    if family == "sam2":
+    if not text:
         try:
             prompts = json.loads(Path(args.prompts).read_text())
         except (OSError, json.JSONDecodeError) as e:
@@ -433,7 +450,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         pairs = [(f, i) for f, i in pairs if key_of(f) is not None]
         if not pairs:
             raise EvaluationError(f"no image under {root} has an entry in {args.prompts}.")
-    src = resolve_model(args.model, family, args.seed, args.resolution)
+    src = resolve_model(args.model, text, args.seed, args.resolution)
     loaded = load_model(src, device=args.device)
     out = Path(args.out)
     parent = out.absolute().parent
@@ -441,7 +458,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
     try:
-        summary = _predict_into(args, loaded, family, root, pairs, prompts, coco, how, tmp)
+        summary = _predict_into(args, loaded, root, pairs, prompts, coco, how, tmp)
         if summary["images"] == 0:
             shown = ", ".join(summary["skipped"][:5])
             raise EvaluationError(
@@ -464,7 +481,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def _predict_into(
     args: argparse.Namespace,
     loaded: LoadedModel,
-    family: str,
     root: Path,
     pairs: list[tuple[Path, Any]],
     prompts: dict[str, list[dict]],
@@ -490,7 +506,7 @@ def _predict_into(
         if not chunk:
             continue
         ims = [im for _, _, im in chunk]
-        if family == "sam3":
+        if args.text:
             found = predict_text(loaded, ims, phrases, args.threshold)
         else:
             plist = [prompts[key_of(f)] for f, _, _ in chunk]

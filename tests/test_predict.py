@@ -171,6 +171,45 @@ def test_sam2_prompts_file_gives_one_mask_per_prompt(setup, tmp_path):
     assert sorted(p.name for p in (out / "overlays").glob("*.png")) == sorted(names[:2])
 
 
+def test_sam3_tracker_takes_the_same_prompts_file(setup, tmp_path, capsys):
+    """SAM3's tracker head answers the SAM2 prompts file: one mask per prompt at the image's
+    own size, its predicted IoU as score, an overlay per image; --text refuses it by name."""
+    gt = json.loads(setup["val"].read_text())
+    names = [i["file_name"] for i in gt["images"]]
+    prompts = {
+        names[0]: [
+            {"points": [[10, 12], [40, 30]], "labels": [1, 0]},
+            {"box": [5, 5, 60, 50], "phrase": "apple"},
+            {"points": [[70, 60]]},
+        ],
+        names[1]: [{"box": [0, 0, 111, 79], "points": [[50, 40]]}],
+    }
+    pfile = tmp_path / "prompts.json"
+    pfile.write_text(json.dumps(prompts))
+    out = tmp_path / "out"
+    args = ["--model", "sam3-tracker-tiny", "--resolution", "112", "--images", str(setup["images"])]
+    rc = predict_cli.main([*args, "--prompts", str(pfile), "--coco-json", str(setup["val"]),
+                           "--out", str(out), "--no-progress"])  # fmt: skip
+    assert rc == 0
+    results = json.loads((out / "predictions.json").read_text())
+    ids = {i["file_name"]: i["id"] for i in gt["images"]}
+    per_image = [[r for r in results if r["image_id"] == ids[n]] for n in names[:2]]
+    assert [len(r) for r in per_image] == [3, 1]
+    assert [r["phrase"] for r in per_image[0]] == ["object", "apple", "object"]
+    sizes = {i["id"]: (i["height"], i["width"]) for i in gt["images"]}
+    for r in results:
+        assert rle.decode(r["segmentation"]).shape == sizes[r["image_id"]]
+        assert np.isfinite(r["score"])
+    _load_res(_quiet_coco(setup["val"]), out / "predictions.json")
+    assert sorted(p.name for p in (out / "overlays").glob("*.png")) == sorted(names[:2])
+    meta = json.loads((out / "images.json").read_text())
+    assert meta["info"]["model"] == "sam3-tracker-tiny"
+    rc = predict_cli.main([*args, "--text", "apple", "--out", str(tmp_path / "o2")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "holds a SAM3 tracker model, but --text is for SAM3 models" in err
+    assert not (tmp_path / "o2").exists()
+
+
 def test_bad_inputs_are_reported(setup, tmp_path, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"orchard_00000.png": [{"box": [1, 2, 3]}]}))
