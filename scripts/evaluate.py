@@ -1,20 +1,29 @@
-"""Evaluate SAM2 / SAM3 on a prepared split, or compare them (and their baselines) in one report.
+"""Evaluate SAM2 / SAM3 tracker / SAM3 on a prepared split, or compare them in one report.
 
     # SAM2 with prompts from the ground truth (1 point, 3 points, box) + clicks-to-IoU / NoC
     python scripts/evaluate.py sam2 --model outputs/sam2_demo/final --data DIR   # -> outputs/eval_sam2
+    # SAM3 tracker (SAM3's point/box head): exactly SAM2's protocol and report
+    python scripts/evaluate.py sam3_tracker --model outputs/sam3_tracker_demo/final --data DIR
+    #   -> outputs/eval_sam3_tracker
     # SAM3 from text: every phrase of the split plus negatives, all SAM3 metrics
     python scripts/evaluate.py sam3 --model outputs/sam3_demo/final --data DIR   # -> outputs/eval_sam3
     # baseline vs fine-tuned and SAM2 vs SAM3 on the same images
     python scripts/evaluate.py compare --sam2 outputs/sam2_demo/final --sam3 outputs/sam3_demo/final \
         --sam2-baseline sam2-tiny --sam3-baseline sam3-tiny --data DIR --split validation  # -> outputs/compare
+    # all three: SAM2 and the SAM3 tracker on the same clicks/boxes, SAM3 from text, plus the
+    # equal-prompt gap (tracker minus SAM2) with a paired bootstrap interval over images
+    python scripts/evaluate.py compare --sam2 outputs/sam2_demo/final \
+        --sam3-tracker outputs/sam3_tracker_demo/final --sam3 outputs/sam3_demo/final --data DIR
 
 A model SRC is a Hub id, a fine-tuned folder (a run's ``final/`` or ``best/``), a run directory
 (its ``final/`` is used), a peft adapter folder (the base it names is built and the adapter
-merged), or ``sam2-tiny`` / ``sam3-tiny`` (random weights seeded by ``--seed``). The input size
-is the one saved with the model unless ``--sam2-resolution`` / ``--sam3-resolution`` (or
-``--resolution``) say otherwise. ``--data`` is a DatasetDict folder written by
-``scripts/prepare_*`` (SAM2 needs instance masks; SAM3 noun phrases, else the category is used
-and the report says so).
+merged), or ``sam2-tiny`` / ``sam3-tracker-tiny`` / ``sam3-tiny`` (random weights seeded by
+``--seed``). The input size is the one saved with the model unless ``--sam2-resolution`` /
+``--sam3-tracker-resolution`` / ``--sam3-resolution`` (or ``--resolution``) say otherwise.
+``--data`` is a DatasetDict folder written by ``scripts/prepare_*`` (SAM2 and the tracker need
+instance masks; SAM3 noun phrases, else the category is used and the report says so). SAM2
+and the tracker are given the same prompts (drawn per object in original-image pixels) even
+at different input sizes; any subset of ``--sam2`` / ``--sam3-tracker`` / ``--sam3`` works.
 
 Options left unset (``--seed``, ``--max-images``, ``--negative-ratio``, ``--hard-negatives``) are
 read from the training config saved with the fine-tuned model (``final/training_config.yaml``),
@@ -22,9 +31,10 @@ else the recipes' defaults apply: on a run's ``final/`` and the run's evaluation
 scored on the very (image, phrase) pairs -- built by the same function,
 ``sam_hf.data.views.sam3_eval_pairs`` -- and with the same metrics as the run's final evaluation.
 
-Writes (``--out``, default ``outputs/eval_sam2``, ``outputs/eval_sam3`` or ``outputs/compare``)
-OUT/report.md, OUT/report.json, OUT/report.csv, PNG plots, an overlay grid of the best
-and worst images, and OUT/records/<model>.json (the predictions as RLE behind every number).
+Writes (``--out``, default ``outputs/eval_<mode>`` or ``outputs/compare``) OUT/report.md,
+OUT/report.json, OUT/report.csv, PNG plots (with SAM2 and a tracker: equal_prompt_gap.png), an
+overlay grid of the best and worst images, and OUT/records/<model>.json (the predictions as RLE
+and the prompts behind every number).
 """
 
 from __future__ import annotations
@@ -36,11 +46,16 @@ from pathlib import Path
 
 import torch
 
+from sam_hf.config.validate import family_name
 from sam_hf.eval.data import load_split, select_images
 from sam_hf.eval.report import write_report
 from sam_hf.eval.run import ModelSpec, run_evaluation
 from sam_hf.eval.settings import SAM2_PROMPTS, EvalSettings
-from sam_hf.eval.sources import EvaluationError
+from sam_hf.eval.sources import FAMILIES, GEOMETRIC, EvaluationError
+
+#: Families of the compare mode, in table order; each has --<fam>, --<fam>-baseline and
+#: --<fam>-resolution options (``sam3_tracker`` spelled ``--sam3-tracker``).
+COMPARE_ORDER = ("sam2", "sam3_tracker", "sam3")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -49,8 +64,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--out",
         default=None,
-        help="Output folder for the report (default: outputs/eval_sam2, outputs/eval_sam3 or "
-        "outputs/compare, after the mode).",
+        help="Output folder for the report (default: outputs/eval_<mode>, or outputs/compare).",
     )
     p.add_argument(
         "--max-images",
@@ -85,6 +99,13 @@ def _sam2_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-clicks", type=int, default=10, help="Clicks of the NoC protocol (0: skip it)."
     )
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=2000,
+        help="Image resamples of the equal-prompt gap's 95%% interval (SAM3 tracker minus "
+        "SAM2; seeded by --seed).",
+    )
 
 
 def _sam3_opts(p: argparse.ArgumentParser) -> None:
@@ -111,27 +132,35 @@ def _sam3_opts(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _flag(family: str) -> str:
+    """A family as the command line spells it: ``sam3_tracker`` -> ``sam3-tracker``."""
+    return family.replace("_", "-")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="mode", required=True)
-    for fam in ("sam2", "sam3"):
+    for fam in FAMILIES:
         p = sub.add_parser(
-            fam, help=f"Evaluate one {fam.upper()} model (optionally vs a baseline)."
+            fam, help=f"Evaluate one {family_name(fam)} model (optionally vs a baseline)."
         )
         p.add_argument("--model", required=True, help="Model source (fine-tuned or any).")
         p.add_argument("--baseline", default=None, help="Optional baseline source to compare.")
         p.add_argument("--resolution", type=int, default=None, help="Input size override.")
         _common(p)
-        (_sam2_opts if fam == "sam2" else _sam3_opts)(p)
-    p = sub.add_parser("compare", help="SAM2 vs SAM3 (and baselines) on the same images.")
-    p.add_argument("--sam2", default=None, help="Fine-tuned SAM2 source.")
-    p.add_argument("--sam3", default=None, help="Fine-tuned SAM3 source.")
-    p.add_argument("--sam2-baseline", default=None, help="SAM2 baseline source.")
-    p.add_argument("--sam3-baseline", default=None, help="SAM3 baseline source.")
-    p.add_argument("--sam2-resolution", type=int, default=None, help="SAM2 input size override.")
-    p.add_argument("--sam3-resolution", type=int, default=None, help="SAM3 input size override.")
+        (_sam2_opts if fam in GEOMETRIC else _sam3_opts)(p)
+    p = sub.add_parser(
+        "compare", help="SAM2 vs SAM3 tracker vs SAM3 (and baselines) on the same images."
+    )
+    for fam in COMPARE_ORDER:
+        flag, name = _flag(fam), family_name(fam)
+        p.add_argument(f"--{flag}", default=None, help=f"Fine-tuned {name} source.")
+        p.add_argument(f"--{flag}-baseline", default=None, help=f"{name} baseline source.")
+        p.add_argument(
+            f"--{flag}-resolution", type=int, default=None, help=f"{name} input size override."
+        )
     _common(p)
     _sam2_opts(p)
     _sam3_opts(p)
@@ -139,31 +168,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def model_specs(args: argparse.Namespace) -> list[ModelSpec]:
-    """The models a command line names, baselines first (the order of the tables)."""
-    if args.mode in ("sam2", "sam3"):
+    """The models a command line names, baselines first (the order of the tables); labels are
+    the families as spelled on the command line (``sam3-tracker``, ``sam3-tracker-baseline``)."""
+    if args.mode in FAMILIES:
+        fam, label = args.mode, _flag(args.mode)
         specs = []
         if args.baseline:
             specs.append(
-                ModelSpec(
-                    f"{args.mode}-baseline", args.baseline, args.mode, "baseline", args.resolution
-                )
+                ModelSpec(f"{label}-baseline", args.baseline, fam, "baseline", args.resolution)
             )
         role = "fine-tuned" if args.baseline else "model"
-        specs.append(ModelSpec(args.mode, args.model, args.mode, role, args.resolution))
+        specs.append(ModelSpec(label, args.model, fam, role, args.resolution))
         return specs
     specs = []
-    for fam in ("sam2", "sam3"):
+    for fam in COMPARE_ORDER:
+        flag = _flag(fam)
         tuned = getattr(args, fam)
         base = getattr(args, f"{fam}_baseline")
         res = getattr(args, f"{fam}_resolution")
         if base:
-            specs.append(ModelSpec(f"{fam}-baseline", base, fam, "baseline", res))
+            specs.append(ModelSpec(f"{flag}-baseline", base, fam, "baseline", res))
         if tuned:
-            specs.append(ModelSpec(fam, tuned, fam, "fine-tuned" if base else "model", res))
+            specs.append(ModelSpec(flag, tuned, fam, "fine-tuned" if base else "model", res))
         elif base:
-            raise EvaluationError(f"--{fam}-baseline needs --{fam} (the model to compare with).")
+            raise EvaluationError(f"--{flag}-baseline needs --{flag} (the model to compare with).")
     if not specs:
-        raise EvaluationError("compare needs --sam2 and/or --sam3.")
+        raise EvaluationError("compare needs at least one of --sam2, --sam3-tracker, --sam3.")
     return specs
 
 
@@ -185,13 +215,15 @@ def settings_from(args: argparse.Namespace) -> EvalSettings:
     if threshold is not None and not 0.0 < threshold < 1.0:
         raise EvaluationError(f"--score-threshold must be within (0, 1), got {threshold}.")
     if (
-        args.batch_size < 1
+        getattr(args, "bootstrap", 1) < 1
+        or args.batch_size < 1
         or (args.max_images or 0) < 0
         or getattr(args, "max_clicks", 0) < 0
         or (getattr(args, "negative_ratio", None) or 0) < 0
     ):
         raise EvaluationError(
-            "--batch-size must be >= 1; --max-images, --max-clicks and --negative-ratio >= 0."
+            "--batch-size and --bootstrap must be >= 1; --max-images, --max-clicks and "
+            "--negative-ratio >= 0."
         )
     return EvalSettings(
         seed=args.seed,
@@ -205,12 +237,14 @@ def settings_from(args: argparse.Namespace) -> EvalSettings:
         negative_ratio=getattr(args, "negative_ratio", None),
         hard_negatives=getattr(args, "hard_negatives", None),
         device=str(args.device),
+        bootstrap_resamples=int(getattr(args, "bootstrap", 2000)),
     )
 
 
 #: Where each mode writes its report when --out is not given (outputs/ is not tracked by git).
 DEFAULT_OUT = {
     "sam2": "outputs/eval_sam2",
+    "sam3_tracker": "outputs/eval_sam3_tracker",
     "sam3": "outputs/eval_sam3",
     "compare": "outputs/compare",
 }

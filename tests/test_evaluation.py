@@ -22,7 +22,7 @@ import yaml
 from scripts_loader import load_script
 
 from sam_hf.data import rle
-from sam_hf.data.prompts import sample_correction_clicks
+from sam_hf.data.prompts import make_generator, sample_correction_clicks, sample_object_prompt
 from sam_hf.data.sources.coco import convert_coco_text
 from sam_hf.eval.run_curves import log_history, plot_run, read_trainer_state
 from sam_hf.eval.sam2 import (
@@ -165,7 +165,21 @@ def _independent_sam2(workdir, prompt: str) -> dict:
         ),
         train=False,
     )  # fmt: skip
-    preds = module.predict(collator([ds[i] for i in range(len(ds))]))
+    samples = [s for s in (ds[i] for i in range(len(ds))) if s["masks"].shape[0]]
+    batch = collator(samples)
+    # the protocol's prompts: drawn on each object's original-resolution mask (the collator's
+    # seeded streams), mapped into the model input -- the same for every input size
+    for bi, s in enumerate(samples):
+        for j, mask in enumerate(s["orig_masks"]):
+            pts, _ = sample_object_prompt(
+                mask, make_generator(s["seed"], "sam2-prompt", j), train=False,
+                prompt_type="box" if prompt == "box" else "point",
+                num_points=3 if prompt == "points3" else 1,
+            )  # fmt: skip
+            batch["input_points"][bi, j, : len(pts)] = to_model_coords(
+                pts, s["orig_size"], SAM2_RES
+            )
+    preds = module.predict(batch)
     pred = [p["pred_masks"] for p in preds]
     gt = [p["gt_masks"] for p in preds]
     ious = torch.cat([mask_iou(p, g) for p, g in zip(pred, gt)]).double()
@@ -457,22 +471,22 @@ def test_default_outputs_are_untracked_and_readme_commands_name_the_demo_data():
     import shlex
 
     assert all(v.startswith("outputs/") for v in evaluate_cli.DEFAULT_OUT.values())
-    assert set(evaluate_cli.DEFAULT_OUT) == {"sam2", "sam3", "compare"}
+    assert set(evaluate_cli.DEFAULT_OUT) == {"sam2", "sam3_tracker", "sam3", "compare"}
     ignored = (ROOT / ".gitignore").read_text().split()
     assert "/outputs/" in ignored and "/data/" in ignored
     demo_data = {
         fam: yaml.safe_load((ROOT / "recipes" / f"{fam}_demo.yaml").read_text())["dataset_path"]
-        for fam in ("sam2", "sam3")
+        for fam in ("sam2", "sam3_tracker", "sam3")
     }
     commands = [
         shlex.split(line)
         for line in (ROOT / "README.md").read_text().splitlines()
         if line.startswith("python scripts/evaluate.py ")
     ]
-    assert {c[2] for c in commands} == {"sam2", "sam3", "compare"}
+    assert {"sam2", "sam3", "compare"} <= {c[2] for c in commands} <= set(evaluate_cli.DEFAULT_OUT)
     for argv in commands:
         args = evaluate_cli.build_parser().parse_args(argv[2:])  # parses as printed
-        assert args.data == demo_data["sam2" if args.mode == "sam2" else "sam3"], argv
+        assert args.data == demo_data.get(args.mode, demo_data["sam3"]), argv
         assert args.out is None or args.out.startswith("outputs/"), argv
 
 

@@ -1,7 +1,7 @@
 """What an evaluation found, and how models compare: per-model results, deltas, the gap.
 
 :class:`ModelEvaluation` holds everything measured for one model; :class:`Evaluation` a whole
-run of them on the same images, with the two comparisons the report is about:
+run of them on the same images, with the three comparisons the report is about:
 
 * fine-tuned minus baseline, per family and protocol (:meth:`Evaluation.comparisons`);
 * SAM2 vs SAM3 on columns that mean the same for both (:meth:`Evaluation.gap_rows`):
@@ -14,8 +14,10 @@ run of them on the same images, with the two comparisons the report is about:
     instance, where "found" is its own mask reaching IoU 0.5, grouped by the same phrases);
   - ``instance_recall``: the same share pooled over all instances.
 
-  The prompts differ (SAM2 is told *where* each object is; SAM3 only *what* to look for),
-  and the report says so next to every number.
+  The prompts differ (SAM2 and the SAM3 tracker are told *where* each object is; SAM3 only
+  *what* to look for), and the report says so next to every number;
+* SAM3 tracker minus SAM2 on the very same prompts, with a paired bootstrap interval over
+  images (:meth:`Evaluation.prompt_gaps`, :mod:`sam_hf.eval.bootstrap`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from sam_hf.eval.bootstrap import equal_prompt_gap, gap_pairs
 from sam_hf.eval.settings import EvalSettings
 from sam_hf.eval.sources import FAMILIES, ModelSource
 
@@ -132,6 +135,15 @@ class Evaluation:
                 )
         return rows
 
+    def prompt_gaps(self) -> list[dict[str, Any]]:
+        """SAM3 tracker minus SAM2 on the same prompts (baselines with baselines, fine-tunes
+        with fine-tunes), per protocol and metric, with the bootstrap interval over images."""
+        s = self.settings
+        seed = 0 if s.seed is None else int(s.seed)
+        return [
+            equal_prompt_gap(a, b, s.bootstrap_resamples, seed) for a, b in gap_pairs(self.models)
+        ]
+
     def to_json(self) -> dict[str, Any]:
         return jsonable(
             {
@@ -141,6 +153,7 @@ class Evaluation:
                 "models": {m.label: m.to_json() for m in self.models},
                 "comparisons": self.comparisons(),
                 "sam2_vs_sam3": self.gap_rows(),
+                "equal_prompt_gap": self.prompt_gaps(),
                 "notes": self.notes,
             }
         )

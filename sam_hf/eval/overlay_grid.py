@@ -2,9 +2,10 @@
 
 Rows are the ``k`` best then the ``k`` worst images by per-image IoU (averaged over the models
 shown); columns the ground truth, then each model's prediction. SAM2 columns show the
-single-centre-point protocol (the click drawn as a dot), SAM3 columns the kept predictions
-from text. Masks take one colour per phrase (the legend names them): SAM2's mask the phrase of
-the instance whose prompt it answers, SAM3's the phrase it was asked for. Beside each predicted
+single-centre-point protocol (the click drawn as a dot), and so do SAM3 tracker columns (with
+the same clicks); SAM3 columns the kept predictions from text. Masks take one colour per
+phrase (the legend names them): SAM2's mask the phrase of the instance whose prompt it
+answers, SAM3's the phrase it was asked for. Beside each predicted
 mask, where there is room: its IoU with the ground truth it answers (SAM2) or was
 Hungarian-matched to (SAM3; "no match" when none) and ``s``, the model's score. Panels are
 448-640 px on their long side (:data:`PANEL_SIDE`; small images upsampled by nearest
@@ -23,6 +24,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from sam_hf.config.validate import family_name
 from sam_hf.data import rle
 from sam_hf.eval.compare import Evaluation, ModelEvaluation
 from sam_hf.eval.pictures import (
@@ -44,6 +46,7 @@ from sam_hf.eval.pictures import (
     save_figure,
     wrap,
 )
+from sam_hf.eval.sources import GEOMETRIC
 from sam_hf.metrics.matching import SCORE_THRESHOLD, hungarian, pairwise_mask_iou
 
 #: Long side of one overlay panel, in pixels: small images are upsampled by an integer factor
@@ -85,7 +88,7 @@ def _shown_columns(ev: Evaluation) -> list[tuple[ModelEvaluation, str]]:
     """(model, protocol) of each prediction column: SAM2's ``point`` protocol, SAM3's text."""
     shown = []
     for m in ev.models:
-        if m.family == "sam2":
+        if m.family in GEOMETRIC:
             proto = "point" if "point" in m.records else next(iter(m.records), None)
         else:
             proto = "text"
@@ -139,7 +142,7 @@ def _grid_phrases(rows: list[dict], cells: list[list[tuple[ModelEvaluation, dict
         for m, rec in row_cells:
             if rec is None:
                 continue
-            if m.family == "sam2":
+            if m.family in GEOMETRIC:
                 out += list(rec.get("phrases") or [])
             else:
                 out += [pair["phrase"] for pair in rec["pairs"] if _kept(pair)]
@@ -218,7 +221,7 @@ def _row_panels(
     for m, rec, value in cells:
         if rec is None:
             out.append(_Panel(base, "no prediction"))
-        elif m.family == "sam2":
+        elif m.family in GEOMETRIC:
             panel, n, empty = _sam2_panel(base, rec, hw, colors)
             mean = f"mean IoU {value:.2f}, " if value is not None else ""
             panel.caption = mean + plural(n, "mask") + (f" ({empty} empty)" if empty else "")
@@ -237,8 +240,10 @@ def _title(shown: list[tuple[ModelEvaluation, str]]) -> str:
         "phrase; beside each predicted mask, where there is room: IoU with its ground truth "
         "and s = the model's score"
     )
-    if any(m.family == "sam2" for m, _ in shown):
-        text += "; dots: SAM2's clicks"
+    told = [family_name(f) for f in GEOMETRIC if any(m.family == f for m, _ in shown)]
+    if told:
+        text += f"; dots: the clicks given to {' and '.join(told)}"
+        text += " (the same for both)" if len(told) > 1 else ""
     if any(m.family == "sam3" for m, _ in shown):
         text += "; 'no match': a SAM3 mask matched to no ground truth"
     return text + "."

@@ -1,4 +1,5 @@
-"""Charts of an evaluation: metric bars, the SAM2-vs-SAM3 gap, IoU histograms, clicks.
+"""Charts of an evaluation: metric bars, the SAM2-vs-SAM3 gap, the equal-prompt gap (SAM3
+tracker minus SAM2, with bootstrap intervals), IoU histograms, clicks.
 
 Colour says which model and hatching which prompt, and every bar carries its value, so a
 chart reads without the tables. Figures are drawn on :class:`matplotlib.figure.Figure`
@@ -16,6 +17,7 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
+from sam_hf.config.validate import family_name
 from sam_hf.eval.compare import Evaluation
 from sam_hf.eval.names import (
     COMMON,
@@ -25,6 +27,10 @@ from sam_hf.eval.names import (
     metric_name,
     protocol_order,
 )
+from sam_hf.eval.sources import GEOMETRIC
+
+#: Panel order of the metric bars: the point/box families, then SAM3.
+_PANELS = (*GEOMETRIC, "sam3")
 
 
 def save_figure(fig: Figure, path: Path, dpi: int = 130) -> Path:
@@ -103,14 +109,14 @@ def _hatch(proto: str) -> str:
 
 
 def plot_metric_bars(ev: Evaluation, path: Path) -> Path:
-    """Per-family metric bars: SAM2 per model and prompt, SAM3 per model."""
+    """Per-family metric bars: SAM2 / SAM3 tracker per model and prompt, SAM3 per model."""
     colors = _model_colors(ev)
-    panels = [f for f in ("sam2", "sam3") if ev.by_family(f)]
+    panels = [f for f in _PANELS if ev.by_family(f)]
     fig = Figure(figsize=(6.5 * len(panels), 5.0))
     axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, fam in zip(axes[0], panels):
         series = []
-        if fam == "sam2":
+        if fam in GEOMETRIC:
             groups = [METRIC_NAMES[k] for k in SAM2_TABLE]
             for m in ev.by_family(fam):
                 for proto in sorted(m.metrics, key=protocol_order):
@@ -122,7 +128,7 @@ def plot_metric_bars(ev: Evaluation, path: Path) -> Path:
                             _hatch(proto),
                         )
                     )
-            ax.set_title("SAM2, prompts from ground truth")
+            ax.set_title(f"{family_name(fam)}, prompts from ground truth")
         else:
             groups = [metric_name(k, "sam3") for k in SAM3_BARS]
             for m in ev.by_family(fam):
@@ -133,7 +139,7 @@ def plot_metric_bars(ev: Evaluation, path: Path) -> Path:
         _bar_group(ax, groups, series)
         ax.legend(
             fontsize=7,
-            ncol=2 if fam == "sam2" else 4,
+            ncol=2 if fam in GEOMETRIC else 4,
             loc="upper center",
             bbox_to_anchor=(0.5, -0.14),
             frameon=False,
@@ -158,7 +164,8 @@ def plot_gap(ev: Evaluation, path: Path) -> Path:
         for r in rows
     ]
     _bar_group(ax, [METRIC_NAMES[k] for k in COMMON], series)
-    ax.set_title("Same instances, different prompts: SAM2 (geometry from GT) vs SAM3 (text)")
+    told = " / ".join(family_name(f) for f in GEOMETRIC if ev.by_family(f))
+    ax.set_title(f"Same instances, different prompts: {told} (geometry from GT) vs SAM3 (text)")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.9)
     return save_figure(fig, path)
 
@@ -186,7 +193,7 @@ def plot_iou_histograms(ev: Evaluation, path: Path) -> Path:
                 color=color,
                 label=f"{what} (mean {vals.mean():.2f}, n={vals.size})",
             )
-        ax.set_title(f"{m.label} ({m.family.upper()}, {m.role})", fontsize=9)
+        ax.set_title(f"{m.label} ({family_name(m.family)}, {m.role})", fontsize=9)
         ax.set_xlabel("IoU per ground-truth instance")
         ax.set_ylabel("instances")
         ax.set_xlim(0, 1)
@@ -199,12 +206,12 @@ def plot_iou_histograms(ev: Evaluation, path: Path) -> Path:
 
 
 def plot_clicks(ev: Evaluation, path: Path) -> Path:
-    """Mean IoU after each click, per SAM2 model, with the NoC targets drawn in."""
+    """Mean IoU after each click, per SAM2 / SAM3 tracker model, with the NoC targets."""
     colors = _model_colors(ev)
     fig = Figure(figsize=(6.2, 4.0))
     ax = fig.subplots()
     s = ev.settings
-    for m in ev.by_family("sam2"):
+    for m in (m for m in ev.models if m.family in GEOMETRIC):
         if not m.clicks or not m.clicks["miou_per_click"]:
             continue
         y = m.clicks["miou_per_click"]
@@ -230,7 +237,46 @@ def plot_clicks(ev: Evaluation, path: Path) -> Path:
     ax.set_ylabel("mean IoU over instances")
     ax.set_xticks(np.arange(1, s.max_clicks + 1))
     ax.set_ylim(0, 1.02)
-    ax.set_title("SAM2 clicks-to-IoU (corrective clicks from the error region)", fontsize=10)
+    ax.set_title("Clicks-to-IoU (corrective clicks from the error region)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
+    return save_figure(fig, path)
+
+
+def plot_prompt_gap(ev: Evaluation, path: Path) -> Path:
+    """SAM3 tracker minus SAM2 on the same prompts: one dot per (prompt, metric) with its 95%
+    paired bootstrap interval, one panel per compared pair; zero (no difference) marked."""
+    gaps = ev.prompt_gaps()
+    n_rows = max(sum(len(v) for v in g["protocols"].values()) for g in gaps)
+    fig = Figure(figsize=(6.8 * len(gaps), 1.2 + 0.36 * n_rows))
+    axes = fig.subplots(1, len(gaps), squeeze=False)[0]
+    for ax, g in zip(axes, gaps):
+        labels, y = [], 0
+        for proto in sorted(g["protocols"], key=protocol_order):
+            color = _by_protocol(_PROTO_COLORS, proto, "gray")
+            for k, r in g["protocols"][proto].items():
+                err = [[r["gap"] - r["ci_low"]], [r["ci_high"] - r["gap"]]]
+                ax.errorbar(r["gap"], y, xerr=err, fmt="o", color=color, capsize=3, ms=4)
+                ax.annotate(
+                    f"{r['gap']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]",
+                    (1.0, y),
+                    xycoords=("axes fraction", "data"),
+                    xytext=(4, 0),
+                    textcoords="offset points",
+                    va="center",
+                    fontsize=7,
+                )
+                labels.append(f"{proto} · {METRIC_NAMES[k]}")
+                y += 1
+        ax.axvline(0.0, color="black", lw=0.8)
+        ax.set_yticks(range(len(labels)), labels, fontsize=8)
+        ax.set_ylim(len(labels) - 0.5, -0.5)
+        ax.set_xlabel(f"{g['sam3_tracker']} minus {g['sam2']} (positive: tracker better)")
+        ax.grid(axis="x", alpha=0.3)
+        n = next(iter(next(iter(g["protocols"].values())).values()))["num_images"]
+        ax.set_title(
+            f"Equal-prompt gap, 95% paired bootstrap CI over {n} images\n"
+            f"({g['resamples']} resamples, seed {g['seed']})",
+            fontsize=9,
+        )
     return save_figure(fig, path)

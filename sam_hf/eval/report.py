@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sam_hf.config.validate import family_name
 from sam_hf.eval.compare import Evaluation, ModelEvaluation, jsonable
 from sam_hf.eval.names import (
     COMMON,
@@ -27,7 +28,14 @@ from sam_hf.eval.names import (
     protocol_order,
 )
 from sam_hf.eval.overlay_grid import overlay_grid
-from sam_hf.eval.plots import plot_clicks, plot_gap, plot_iou_histograms, plot_metric_bars
+from sam_hf.eval.plots import (
+    plot_clicks,
+    plot_gap,
+    plot_iou_histograms,
+    plot_metric_bars,
+    plot_prompt_gap,
+)
+from sam_hf.eval.sources import GEOMETRIC
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
@@ -78,7 +86,7 @@ def _intro(ev: Evaluation) -> list[str]:
         [
             [
                 m.label,
-                m.family.upper(),
+                family_name(m.family),
                 m.role,
                 f"`{m.source.source}`",
                 m.source.describe(),
@@ -91,21 +99,24 @@ def _intro(ev: Evaluation) -> list[str]:
 
 
 def _gap_section(ev: Evaluation) -> list[str]:
+    present = [family_name(f) for f in (*GEOMETRIC, "sam3") if ev.by_family(f)]
+    told = " and ".join(family_name(f) for f in GEOMETRIC if ev.by_family(f))
     lines = [
         "",
-        "## SAM2 vs SAM3 (read with the prompts in mind)",
+        f"## {' vs '.join(present)} (read with the prompts in mind)",
         "",
-        "SAM2 is told *where* each object is (a prompt taken from that instance's ground "
-        "truth); SAM3 is only told *what* to look for (the noun phrase) and must find every "
-        "instance itself, and say 'none here' for negative phrases. The columns below mean "
-        "the same for both: per ground-truth instance, SAM2's IoU for its own prompt vs "
+        f"{told} {'are' if ' and ' in told else 'is'} told *where* each object is (a prompt "
+        "taken from that instance's ground truth; the same prompts for both when both are "
+        "evaluated); SAM3 is only told *what* to look for (the noun phrase) and must find "
+        "every instance itself, and say 'none here' for negative phrases. The columns below "
+        "mean the same for all: per ground-truth instance, the IoU for its own prompt vs "
         "SAM3's IoU of the prediction Hungarian-matched to it (0 when nothing was found); "
         "recall = instances reached with IoU >= 0.5 (concept recall: per phrase, then "
         "averaged over phrases; instance recall: pooled).",
         "",
     ]
     rows = [
-        [r["model"], r["family"].upper(), r["prompt"]]
+        [r["model"], family_name(r["family"]), r["prompt"]]
         + [r.get(k) for k in COMMON]
         + [r.get("num_instances")]
         for r in ev.gap_rows()
@@ -116,14 +127,62 @@ def _gap_section(ev: Evaluation) -> list[str]:
     )
 
 
-def _sam2_section(ev: Evaluation, sam2: list[ModelEvaluation]) -> list[str]:
+#: Below this many images the report warns that the bootstrap interval is not worth much.
+FEW_IMAGES = 10
+
+
+def _prompt_gap_section(ev: Evaluation) -> list[str]:
+    """SAM3 tracker minus SAM2 per prompt and metric, with the bootstrap interval."""
+    gaps = ev.prompt_gaps()
+    if not gaps:
+        return []
+    lines = [
+        "",
+        "## Equal-prompt gap: SAM3 tracker minus SAM2",
+        "",
+        "The SAM3 tracker is SAM2's prompt encoder and mask decoder on SAM3's backbone. Both "
+        "were given the very same prompts -- drawn per object in original-image pixels, "
+        "whatever each model's input size, and checked identical for every object before "
+        "subtracting -- so the gap is what the other model (chiefly its backbone) changes. "
+        "gap = SAM3 tracker minus SAM2 (positive: the tracker is better); 95% CI = paired "
+        f"percentile bootstrap over images: {gaps[0]['resamples']} resamples (numpy seed "
+        f"{gaps[0]['seed']}) of the evaluated images with replacement, the same images for "
+        "both models in each, instance means recomputed; the interval is the 2.5th-97.5th "
+        "percentile of the resampled gaps. The clicks protocol is left out: after the first "
+        "click, each model's clicks follow its own errors.",
+        "",
+    ]
+    for g in gaps:
+        lines += [f"### `{g['sam3_tracker']}` minus `{g['sam2']}`", ""]
+        rows = []
+        for proto in sorted(g["protocols"], key=protocol_order):
+            for k, r in g["protocols"][proto].items():
+                ci = f"[{_signed(r['ci_low'])}, {_signed(r['ci_high'])}]"
+                rows.append(
+                    [ev.settings.prompt_label(proto), METRIC_NAMES[k], r["sam2"]]
+                    + [r["sam3_tracker"], _signed(r["gap"]), ci, r["num_images"]]
+                )
+        header = ["prompt (same for both)", "metric", g["sam2"], g["sam3_tracker"], "gap"]
+        lines += _md_table(header + ["95% CI", "images"], rows) + [""]
+    n = min((r[-1] for r in rows), default=0)
+    if n < FEW_IMAGES:
+        lines.append(
+            f"Only {n} images: an interval resampled from so few says little about new images."
+        )
+    return lines
+
+
+def _sam2_section(ev: Evaluation, sam2: list[ModelEvaluation], family: str) -> list[str]:
+    """A point/box family's table (SAM2 or SAM3 tracker): every prompt protocol, then clicks."""
     s = ev.settings
     lines = [
         "",
-        "## SAM2: prompted segmentation (prompts from the ground truth)",
+        f"## {family_name(family)}: prompted segmentation (prompts from the ground truth)",
         "",
         "Per-instance means over every annotated instance (DAVIS conventions: IoU, Dice, "
-        "Boundary F1 at tolerance 0.008 of the diagonal); each prompt type is its own run.",
+        "Boundary F1 at tolerance 0.008 of the diagonal); each prompt type is its own run. "
+        "Prompts are drawn per object in original-image pixels, so every point/box model "
+        "gets the same ones.",
         "",
     ]
     rows = []
@@ -207,7 +266,7 @@ def _comparison_section(ev: Evaluation) -> list[str]:
     for fam, comp in comparisons.items():
         base = next(m for m in ev.models if m.label == comp["baseline"])
         tuned = next(m for m in ev.models if m.label == comp["fine_tuned"])
-        lines += [f"### {fam.upper()}: `{base.source.source}` -> `{tuned.source.source}`", ""]
+        lines += [f"### {family_name(fam)}: `{base.source.source}` -> `{tuned.source.source}`", ""]
         rows = []
         for proto, delta in comp["delta"].items():
             before = base.clicks if proto == "clicks" else base.metrics.get(proto, {})
@@ -227,12 +286,14 @@ def _comparison_section(ev: Evaluation) -> list[str]:
 
 def markdown(ev: Evaluation, artefacts: Sequence[str] = ()) -> str:
     """The human report: what was evaluated how, then one table per question."""
-    sam2, sam3 = ev.by_family("sam2"), ev.by_family("sam3")
+    geometric = [f for f in GEOMETRIC if ev.by_family(f)]
+    sam3 = ev.by_family("sam3")
     lines = _intro(ev)
-    if sam2 and sam3:
+    if geometric and sam3:
         lines += _gap_section(ev)
-    if sam2:
-        lines += _sam2_section(ev, sam2)
+    lines += _prompt_gap_section(ev)
+    for fam in geometric:
+        lines += _sam2_section(ev, ev.by_family(fam), fam)
     if sam3:
         lines += _sam3_section(ev, sam3)
     lines += _comparison_section(ev)
@@ -252,25 +313,48 @@ def markdown(ev: Evaluation, artefacts: Sequence[str] = ()) -> str:
 # =============================================================================================
 
 
-def csv_rows(ev: Evaluation) -> list[dict[str, Any]]:
-    """Long format: one row per (model, protocol, metric)."""
+def _gap_csv_rows(ev: Evaluation) -> list[dict[str, Any]]:
+    """The equal-prompt gaps in report.csv's long format (``gap``, ``ci_low``, ``ci_high``)."""
     rows = []
+    for g in ev.prompt_gaps():
+        base = {
+            "model": f"{g['sam3_tracker']} - {g['sam2']}",
+            "family": "sam3_tracker - sam2",
+            "role": f"equal-prompt gap ({g['resamples']} bootstrap resamples, seed {g['seed']})",
+            "source": "",
+        }
+        for proto, per in g["protocols"].items():
+            prompt = ev.settings.prompt_label(proto)
+            for k, r in per.items():
+                for part in ("gap", "ci_low", "ci_high"):
+                    metric = k if part == "gap" else f"{k}/{part}"
+                    rows.append(
+                        {**base, "protocol": proto, "prompt": prompt, "metric": metric}
+                        | {"value": r[part]}
+                    )
+    return rows
+
+
+def csv_rows(ev: Evaluation) -> list[dict[str, Any]]:
+    """Long format: one row per (model, protocol, metric), with the prompt the model was
+    given; then the equal-prompt gaps (SAM3 tracker minus SAM2) and their intervals."""
+    rows = []
+    label = ev.settings.prompt_label
     for m in ev.models:
         base = {"model": m.label, "family": m.family, "role": m.role, "source": m.source.source}
         for proto, met in m.metrics.items():
+            at = {**base, "protocol": proto, "prompt": label(proto)}
             for k, v in met.items():
-                rows.append({**base, "protocol": proto, "metric": k, "value": v})
+                rows.append({**at, "metric": k, "value": v})
             for k, v in m.common.get(proto, {}).items():
-                rows.append({**base, "protocol": proto, "metric": f"common/{k}", "value": v})
-        if m.clicks:
-            for k, v in m.clicks.items():
-                if k == "miou_per_click":
-                    for i, x in enumerate(v, start=1):
-                        rows.append(
-                            {**base, "protocol": "clicks", "metric": f"mIoU@{i}", "value": x}
-                        )
-                else:
-                    rows.append({**base, "protocol": "clicks", "metric": k, "value": v})
+                rows.append({**at, "metric": f"common/{k}", "value": v})
+        at = {**base, "protocol": "clicks", "prompt": label("clicks")}
+        for k, v in (m.clicks or {}).items():
+            if k == "miou_per_click":
+                rows += [{**at, "metric": f"mIoU@{i}", "value": x} for i, x in enumerate(v, 1)]
+            else:
+                rows.append({**at, "metric": k, "value": v})
+    rows += _gap_csv_rows(ev)
     for r in rows:
         v = r["value"]
         if isinstance(v, float) and not math.isfinite(v):
@@ -278,9 +362,13 @@ def csv_rows(ev: Evaluation) -> list[dict[str, Any]]:
     return rows
 
 
+#: Columns of report.csv.
+CSV_COLUMNS = ["model", "family", "role", "source", "protocol", "prompt", "metric", "value"]
+
+
 def write_csv(ev: Evaluation, path: Path) -> None:
     with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, ["model", "family", "role", "source", "protocol", "metric", "value"])
+        w = csv.DictWriter(f, CSV_COLUMNS)
         w.writeheader()
         w.writerows(csv_rows(ev))
 
@@ -327,8 +415,10 @@ def write_report(ev: Evaluation, ds: Any, out_dir: str | Path) -> list[Path]:
     written.append(plot_iou_histograms(ev, out / "iou_histograms.png"))
     if any(m.clicks for m in ev.models):
         written.append(plot_clicks(ev, out / "clicks_to_iou.png"))
-    if ev.by_family("sam2") and ev.by_family("sam3"):
+    if any(ev.by_family(f) for f in GEOMETRIC) and ev.by_family("sam3"):
         written.append(plot_gap(ev, out / "sam2_vs_sam3.png"))
+    if ev.prompt_gaps():
+        written.append(plot_prompt_gap(ev, out / "equal_prompt_gap.png"))
     grid = overlay_grid(ev, ds, out / "overlays_best_worst.png")
     if grid is not None:
         written.append(grid)

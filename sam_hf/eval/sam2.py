@@ -1,10 +1,18 @@
 """The SAM2 protocol: prompts taken from the ground truth, and clicks-to-IoU.
 
-Prompts are seeded by the sample seed and never stored:
+Prompts are drawn per object from its mask at the image's *original* resolution, seeded by the
+sample seed and the object's index (the streams of :class:`~sam_hf.data.collate.Sam2Collator`),
+then mapped into each model's input frame (:func:`to_model_coords`):
 
 * ``point``: one click at the object's centre (the mask pixel farthest from its border);
 * ``points3``: that click plus 2 more drawn uniformly from the mask (``--num-points``);
 * ``box``: the exact tight box.
+
+Drawing them in the original frame is what makes the SAM2 vs SAM3 tracker comparison an
+equal-prompt one: a 1024 px SAM2 and a 1008 px tracker get the very same clicks and boxes in
+image coordinates (drawn on each model's resized mask they would differ by a pixel or more).
+Every record stores its prompts (``prompt_points`` / ``prompt_labels``, original pixels), so
+:mod:`sam_hf.eval.bootstrap` can check they are equal before subtracting two models' numbers.
 
 Each is its own row of per-instance metrics (:meth:`sam_hf.tasks.sam2.Sam2Task.compute_metrics`:
 ``mean_iou``, ``mean_dice``, ``mean_boundary_f1``, ``iou_at_50``), the same numbers the trainer
@@ -34,9 +42,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from sam_hf.config.validate import family_name
 from sam_hf.data import rle
 from sam_hf.data.collate import Sam2Collator
-from sam_hf.data.prompts import make_generator, sample_correction_clicks
+from sam_hf.data.prompts import make_generator, sample_correction_clicks, sample_object_prompt
 from sam_hf.data.queries import normalize_phrase
 from sam_hf.data.transforms import SegmentationDataset
 from sam_hf.eval.compare import ModelEvaluation
@@ -114,6 +123,50 @@ def from_model_coords(
     h, w = orig_size
     scale = torch.tensor([w / resolution, h / resolution], dtype=torch.float32)
     return (xy.float() + 0.5) * scale - 0.5
+
+
+def original_prompts(
+    sample: dict[str, Any], prompt: str, num_points: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``[(points (n, 2), labels (n,))]`` per object of ``sample``, in original-image pixels.
+
+    The evaluation prompts of :class:`~sam_hf.data.collate.Sam2Collator` (centre point, seeded
+    extra points, exact box; same generator streams), drawn on ``orig_masks``: they depend
+    only on the image, its objects and the seed -- never on a model's input size -- so every
+    point/box model scored on ``sample`` is given the same prompts.
+    """
+    seed = int(sample["seed"])
+    out = []
+    for i, mask in enumerate(sample["orig_masks"]):
+        out.append(
+            sample_object_prompt(
+                mask.bool(),
+                make_generator(seed, "sam2-prompt", i),
+                prompt_type="box" if prompt == "box" else "point",
+                num_points=num_points if prompt == "points" else 1,
+                train=False,
+            )
+        )
+    return out
+
+
+def with_original_prompts(
+    batch: dict[str, Any], prompts: list[list[tuple[torch.Tensor, torch.Tensor]]]
+) -> dict[str, Any]:
+    """``batch`` (a collator's, CPU) with its prompts replaced by ``prompts`` (per image, per
+    object; original pixels) mapped into the batch's ``R x R`` input frame."""
+    res = int(batch["pixel_values"].shape[-1])
+    for bi, objs in enumerate(prompts):
+        size = batch["orig_sizes"][bi]
+        for j, (pts, lab) in enumerate(objs):
+            n = int(batch["num_prompt_points"][bi, j])
+            if n != len(lab) or not torch.equal(batch["input_labels"][bi, j, :n], lab):
+                raise RuntimeError("original-frame prompts do not match the collator's objects.")
+            xy = to_model_coords(pts, size, res)
+            batch["input_points"][bi, j, :n] = xy
+            if bool(batch["has_box"][bi, j]):
+                batch["input_boxes"][bi, j] = xy.reshape(4)
+    return batch
 
 
 def sam2_decode(
@@ -258,13 +311,14 @@ def _prompt_records(
     samples: list[dict],
     batch: dict[str, Any],
     name: str,
-    resolution: int,
+    prompts: list[list[tuple[torch.Tensor, torch.Tensor]]],
 ) -> list[dict]:
     """Per image of a collated batch: the metrics of ``task.eval_records`` plus what the report
-    shows (the predictions as RLE, their scores, the phrases, and the clicks of ``point``)."""
+    shows and checks (the predictions as RLE, their scores, the phrases, every object's prompt
+    in original pixels, and the clicks of ``point`` for the overlays)."""
     preds = module.predict(batch)
     out = []
-    for bi, (s, p, rec) in enumerate(zip(samples, preds, task.eval_records(preds))):
+    for s, p, rec, objs in zip(samples, preds, task.eval_records(preds), prompts):
         if p["image_id"] != s["image_id"]:
             raise RuntimeError("SAM2 predictions came back out of order.")
         rec.update(
@@ -273,11 +327,12 @@ def _prompt_records(
                 "phrases": list(s["phrases"]),
                 "pred": [rle.encode(m) for m in p["pred_masks"].numpy()],
                 "scores": p["scores"].float().tolist(),
+                "prompt_points": [pts.tolist() for pts, _ in objs],
+                "prompt_labels": [lab.tolist() for _, lab in objs],
             }
         )
         if name == "point":
-            pts = batch["input_points"][bi, : s["masks"].shape[0], 0].cpu()
-            rec["points"] = from_model_coords(pts, s["orig_size"], resolution).tolist()
+            rec["points"] = [pts[0].tolist() for pts, _ in objs]
         out.append(rec)
     return out
 
@@ -323,25 +378,27 @@ def evaluate_sam2(
         ds, loaded.processor, loaded.resolution, settings.seed, train=False, keep_orig_masks=True
     )
     collators = {
-        settings.prompt_name(p): Sam2Collator(_collator_cfg(p, settings.num_points), train=False)
+        settings.prompt_name(p): (p, Sam2Collator(_collator_cfg(p, settings.num_points), False))
         for p in settings.sam2_prompts
     }
     records: dict[str, list[dict]] = {name: [] for name in collators}
     curves: list[list[float]] = []
     loader = sample_loader(eval_ds, settings.batch_size, settings.num_workers)
-    for samples in tqdm(loader, desc=f"{label} (SAM2 prompts + clicks)", disable=not progress):
+    desc = f"{label} ({family_name(loaded.family)} prompts + clicks)"
+    for samples in tqdm(loader, desc=desc, disable=not progress):
         kept = [s for s in samples if s["masks"].shape[0] > 0]
         if not kept:
             continue
         batch: dict[str, Any] = {}
         features = None
-        for name, collator in collators.items():
-            batch = to_device(collator(kept), device)
+        for name, (prompt, collator) in collators.items():
+            prompts = [original_prompts(s, prompt, settings.num_points) for s in kept]
+            batch = to_device(with_original_prompts(collator(kept), prompts), device)
             if features is None:
                 # the image encoder runs once per batch; every protocol reuses its features
                 features = module.encoder_features(batch["pixel_values"])
             batch["image_embeddings"] = features
-            records[name] += _prompt_records(module, task, kept, batch, name, loaded.resolution)
+            records[name] += _prompt_records(module, task, kept, batch, name, prompts)
         if settings.max_clicks > 0:
             # any protocol's batch carries the images and original masks the clicks need
             if not batch:

@@ -1,6 +1,6 @@
 """What decides the numbers besides the model and the data: :class:`EvalSettings`.
 
-A fine-tune is scored on the very prompts and (image, phrase) pairs its trainer scored:
+A fine-tune is scored with the seed, images and (image, phrase) pairs its trainer scored:
 every setting left open (``None``) is read by :func:`resolve_settings` from the training
 config saved with the evaluated model (:data:`RUN_KEYS` says which key), else it takes the
 recipes' default. The settings are written into the report, so a number can be reproduced.
@@ -31,7 +31,9 @@ class EvalSettings:
     The fields that may be ``None`` are left open to :func:`resolve_settings`, which reads them
     from the training config saved with the evaluated model (``training_config.yaml`` beside
     ``final/``, see :data:`RUN_KEYS`), else takes the recipes' defaults -- so a fine-tune is
-    scored on the very (image, phrase) pairs and prompts its trainer scored.
+    scored on the very (image, phrase) pairs its trainer scored, and point/box models on
+    prompts from the same seed (drawn in original pixels, so SAM2 and the SAM3 tracker get
+    the same ones whatever their input sizes).
     """
 
     seed: int | None = None
@@ -50,6 +52,8 @@ class EvalSettings:
     train_split: str | None = None
     max_train_samples: int | None = None
     device: str = "cpu"
+    #: image resamples of the equal-prompt gap's bootstrap interval (seeded by ``seed``)
+    bootstrap_resamples: int = 2000
 
     def prompt_name(self, prompt: str) -> str:
         return f"points{self.num_points}" if prompt == "points" else prompt
