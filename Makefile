@@ -5,8 +5,9 @@ PYTHON ?= python
 PIP ?= $(PYTHON) -m pip
 DEMO_OUT ?= outputs/sam2_demo
 DEMO_SAM3_OUT ?= outputs/sam3_demo
+DEMO_TRACKER_OUT ?= outputs/sam3_tracker_demo
 
-.PHONY: install install-dev install-official demo demo-sam3 test test-slow test-official lint bench
+.PHONY: install install-dev install-official demo demo-sam3 demo-sam3-tracker test test-slow test-official lint bench
 
 install:
 	$(PIP) install -e .
@@ -28,6 +29,11 @@ demo-sam3: install
 	accelerate launch -q --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
 		recipes/sam3_coco_text.py --config recipes/sam3_demo.yaml --output_dir $(DEMO_SAM3_OUT)
 	$(PYTHON) scripts/demo_forgetting.py $(DEMO_SAM3_OUT)
+
+demo-sam3-tracker: install
+	accelerate launch -q --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+		recipes/sam3_tracker_mineapple.py --config recipes/sam3_tracker_demo.yaml --output_dir $(DEMO_TRACKER_OUT)
+	$(PYTHON) scripts/demo_forgetting.py $(DEMO_TRACKER_OUT)
 
 test: install-dev
 	$(PYTHON) -m pytest -q -m "not slow and not official"

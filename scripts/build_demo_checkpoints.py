@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from sam_hf.config import Sam2Config, Sam3Config, Sam3TrackerConfig, parse_args
+from sam_hf.config.validate import family_name
 from sam_hf.tasks.sam2 import Sam2Task
 from sam_hf.tasks.sam3 import Sam3Task
 from sam_hf.tasks.sam3_tracker import Sam3TrackerTask
@@ -92,7 +93,17 @@ def seconds_per_step(family: str, overrides: list[str]) -> float:
 
 
 def write_asset(target: Path, cfg, results: dict, command: str, minutes: float) -> None:
-    """Copy ``final/`` (model, processor, tokenizer) into ``target`` with its PRETRAINING.md."""
+    """Copy ``final/`` (model, processor, tokenizer) into ``target`` with its PRETRAINING.md.
+
+    A run that continued an earlier checkpoint folder (``model_name_or_path``, e.g. a second
+    stage with correction clicks) says so, and keeps that folder's PRETRAINING.md below its
+    own: the record covers every stage, even when ``target`` replaces the folder it started
+    from.
+    """
+    start = Path(str(cfg.model_name_or_path))
+    earlier = start / "PRETRAINING.md"
+    earlier_text = earlier.read_text() if earlier.is_file() else None
+    continued = start.is_dir()  # before rmtree: target may be the folder it started from
     if target.exists():
         shutil.rmtree(target)
     target.mkdir(parents=True)
@@ -103,16 +114,26 @@ def write_asset(target: Path, cfg, results: dict, command: str, minutes: float) 
     shutil.copy2(Path(cfg.output_dir) / "trainer_state.json", target / "trainer_state.json")
     metrics = {k.removeprefix("eval_"): v for k, v in results.items() if k.startswith("eval_")}
     where = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "the CPU"
+    origin = (
+        f"continued from the checkpoint `{start}` (its record is below)"
+        if continued
+        else "pretrained from random weights"
+    )
+    stages = (
+        f"\n## Earlier stage: `{start}`\n\n" + earlier_text.split("\n", 1)[1]
+        if earlier_text
+        else ""
+    )
     (target / "PRETRAINING.md").write_text(
         f"# {target.name}\n\n"
-        f"{cfg.model_name_or_path} ({cfg.family.upper()}) pretrained from random weights on "
+        f"{cfg.model_name_or_path} ({family_name(cfg.family)}) {origin} on "
         "generic synthetic shapes (`sam_hf.data.synthetic.shapes`, no apples) by "
         f"`{command}` with `recipes/pretrain/{cfg.family}_mini_shapes.yaml` "
         f"({results['global_step']} optimizer steps of batch {cfg.per_device_train_batch_size}, "
         f"{minutes:.1f} minutes on {where}, seed {cfg.seed}, {cfg.resolution} px). "
         "`trainer_state.json` beside this file holds the learning curve.\n\n"
         "Validation metrics on held-out shapes images at the end of pretraining:\n\n"
-        f"```json\n{json.dumps(metrics, indent=2)}\n```\n"
+        f"```json\n{json.dumps(metrics, indent=2)}\n```\n{stages}"
     )
 
 

@@ -3,6 +3,7 @@
 
     python scripts/demo_forgetting.py outputs/sam2_demo   # make demo runs it after the fine-tune
     python scripts/demo_forgetting.py outputs/sam3_demo   # make demo-sam3
+    python scripts/demo_forgetting.py outputs/sam3_tracker_demo   # make demo-sam3-tracker
 
 A gain on the orchard is only half of the story: a fine-tune can win it by unlearning what the
 pretrained checkpoint could already do. So the run's starting checkpoint ("before": the
@@ -45,7 +46,7 @@ HELDOUT_SEED = 1
 #: About 200-250 objects (6-8 per image): a stable mean, and seconds per model on 2 CPU cores.
 NUM_IMAGES = 32
 #: The protocol whose metrics the table shows, per family: the demo's own evaluation.
-PROTOCOL = {"sam2": "point", "sam3": "text"}
+PROTOCOL = {"sam2": "point", "sam3_tracker": "point", "sam3": "text"}
 
 
 def heldout_shapes(data_dir: Path, resolution: int, num_images: int, seed: int) -> Path:
@@ -124,7 +125,7 @@ def forgetting(
 
 def forgetting_table(result: dict[str, Any]) -> str:
     """The printed table: a title line saying what was measured, then metric/before/after/change."""
-    what = "1 centre click per object" if result["family"] == "sam2" else "phrases + negatives"
+    what = "phrases + negatives" if result["family"] == "sam3" else "1 centre click per object"
     title = (
         f"held-out shapes (forgetting): {result['num_images']} images, "
         f"{result['num_objects']} objects, {result['resolution']} px, "
