@@ -44,7 +44,14 @@ def load_finetuned_weights(model: torch.nn.Module, path: str, family: str) -> No
     """Weights of an earlier fine-tune (a final/ or best/ folder) into a fresh model."""
     p = Path(path)
     _check_model_type(p, family)
-    missing, unexpected = model.load_state_dict(_load_state_dict(p), strict=False)
+    sd = _load_state_dict(p)
+    if not set(sd) & set(model.state_dict()):
+        # transformers writes some models under their source checkpoint's key names
+        # (Sam3TrackerModel: tracker_model.*, its ViT under tracker_model.detector_model.*);
+        # the class's own loader maps them back (safetensors only, this model's config)
+        sd = type(model).from_pretrained(str(p), config=model.config, use_safetensors=True)
+        sd = sd.state_dict()
+    missing, unexpected = model.load_state_dict(sd, strict=False)
     if unexpected or missing:
         raise ConfigError(
             f"init_from {p}: weights do not fit this model (missing {missing[:5]}, unexpected "
