@@ -19,19 +19,34 @@ from typing import Any, Literal
 
 import pytest
 
-from sam_hf.config import ConfigError, Sam2Config, Sam3Config, load_config
+from sam_hf.config import ConfigError, Sam2Config, Sam3Config, Sam3TrackerConfig, load_config
 from sam_hf.tasks.sam2 import Sam2Task
 from sam_hf.tasks.sam3 import Sam3Task
+from sam_hf.tasks.sam3_tracker import Sam3TrackerTask
 
 ROOT = Path(__file__).resolve().parents[1]
 
 import sam2_mineapple  # noqa: E402
 import sam3_coco_text  # noqa: E402
+import sam3_tracker_mineapple  # noqa: E402
 from recipe_runs import recipe_argv, reset_accelerate_state  # noqa: E402
 
 FAMILIES = {
     "sam2": (Sam2Config, sam2_mineapple, ROOT / "recipes" / "sam2_demo.yaml"),
     "sam3": (Sam3Config, sam3_coco_text, ROOT / "recipes" / "sam3_demo.yaml"),
+    "sam3_tracker": (
+        Sam3TrackerConfig,
+        sam3_tracker_mineapple,
+        ROOT / "recipes" / "sam3_tracker_demo.yaml",
+    ),
+}
+TASKS = {"sam2": Sam2Task, "sam3": Sam3Task, "sam3_tracker": Sam3TrackerTask}
+#: Each family's tiny model, input size and synthetic image size (the tracker's ViT takes
+#: multiples of 14; the tracker demo YAML names a pretrained checkpoint, replaced here).
+TINY = {
+    "sam2": ({"model_name_or_path": "sam2-tiny", "resolution": 64}, "[64, 64]"),
+    "sam3": ({"resolution": 112}, "[96, 96]"),
+    "sam3_tracker": ({"model_name_or_path": "sam3-tracker-tiny", "resolution": 56}, "[64, 64]"),
 }
 
 # Keys that are strings in the dataclass but accept a fixed set of values.
@@ -40,6 +55,7 @@ STRING_CHOICES = {
     "lora_target_groups": {
         "sam2": ["vision_encoder", "mask_decoder"],
         "sam3": ["vision_encoder", "text_encoder", "mask_decoder", "detr_decoder"],
+        "sam3_tracker": ["vision_encoder", "mask_decoder"],
     },
     "report_to": ["none", "tensorboard", "wandb", "tensorboard,wandb"],
 }
@@ -142,9 +158,7 @@ def _base(family: str, data: Path, out: Path) -> dict[str, Any]:
         "log_images": 1,
         "max_eval_samples": 2,
     }
-    if family == "sam2":
-        return {**common, "model_name_or_path": "sam2-tiny", "resolution": 64}
-    return {**common, "resolution": 112}
+    return {**common, **TINY[family][0]}
 
 
 @pytest.fixture(scope="module")
@@ -154,14 +168,14 @@ def prepared(tmp_path_factory) -> dict[str, Path]:
     paths = {}
     for family, (config_cls, _, yaml) in FAMILIES.items():
         data = root / f"data_{family}"
-        size = "[64, 64]" if family == "sam2" else "[96, 96]"
+        size = TINY[family][1]
         overrides = {
             "dataset_path": str(data),
             "synthetic_num_images": "8",
             "synthetic_image_size": size,
             "output_dir": str(root / "unused"),
         }
-        task = Sam2Task() if family == "sam2" else Sam3Task()
+        task = TASKS[family]()
         task.prepare_data(load_config(config_cls, yaml, overrides))
         paths[family] = data
     return paths
@@ -181,7 +195,7 @@ def test_every_choice_trains_two_steps_or_is_refused(
         values.update(
             dataset_path=str(tmp_path / "gen"), synthetic_num_images=8, synthetic_kind=value
         )
-        values["synthetic_image_size"] = "[64, 64]" if family == "sam2" else "[96, 96]"
+        values["synthetic_image_size"] = TINY[family][1]
     else:
         values[key] = value
     if (key, value) == ("export_official", True):
