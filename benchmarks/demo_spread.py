@@ -2,13 +2,18 @@
 
     python benchmarks/demo_spread.py --family sam2 --seeds 0 1 2
     python benchmarks/demo_spread.py --family sam3 --seeds 0 1 2
+    python benchmarks/demo_spread.py --family sam3_tracker --seeds 0 1 2
     ATEN_CPU_CAPABILITY=avx2 python benchmarks/demo_spread.py --family sam2 --seeds 0  # another kernel
+    python benchmarks/demo_spread.py --family sam2 --seeds 0 -- --preset official  # flags to the recipe
 
 Each seed runs the demo exactly as the README does (``accelerate launch`` of the recipe with
 its demo YAML), only with ``--seed`` and its own ``--output_dir``; the data folder is the
 YAML's and is generated once. The seed changes the data order, prompts and augmentation,
 not the pretrained starting point, so ``before`` is the same for every seed. Prints one row
-per metric: before, after per seed, mean, standard deviation, min and max of after.
+per metric: before, after per seed, mean, standard deviation, min and max of after. For the
+point/box families it then scores each fine-tuned model with ``scripts/evaluate.py`` on the
+demo's validation split with up to 5 correction clicks and prints mean IoU after 1-5 clicks
+(the clicks-to-IoU curve: does the model follow corrections?).
 """
 
 from __future__ import annotations
@@ -22,11 +27,18 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 DEMOS = {
     "sam2": (
         "recipes/sam2_mineapple.py",
         "recipes/sam2_demo.yaml",
+        ["mean_iou", "mean_dice", "mean_boundary_f1"],
+    ),
+    "sam3_tracker": (
+        "recipes/sam3_tracker_mineapple.py",
+        "recipes/sam3_tracker_demo.yaml",
         ["mean_iou", "mean_dice", "mean_boundary_f1"],
     ),
     "sam3": (
@@ -37,17 +49,49 @@ DEMOS = {
 }
 
 
-def run_demo(family: str, seed: int, out_root: Path) -> tuple[dict, float]:
-    recipe, yaml, _ = DEMOS[family]
+#: Correction clicks of the clicks-to-IoU curve.
+MAX_CLICKS = 5
+
+
+def run_demo(family: str, seed: int, out_root: Path, extra: list[str]) -> tuple[dict, float]:
+    recipe, config, _ = DEMOS[family]
     out = out_root / f"{family}_seed{seed}"
     cmd = [
         *("accelerate", "launch", "-q", "--num_processes", "1", "--num_machines", "1"),
         *("--mixed_precision", "no", "--dynamo_backend", "no", recipe),
-        *("--config", yaml, "--output_dir", str(out), "--seed", str(seed)),
+        *("--config", config, "--output_dir", str(out), "--seed", str(seed), *extra),
     ]
     t0 = time.perf_counter()
     subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     return json.loads((out / "eval_results.json").read_text()), time.perf_counter() - t0
+
+
+def clicks_curve(family: str, seed: int, out_root: Path) -> list[float]:
+    """Mean IoU after 1..MAX_CLICKS clicks of the seed's ``final/`` on the demo's validation
+    split (``scripts/evaluate.py``: centre clicks from the error region, previous logits as
+    mask prompt)."""
+    run = out_root / f"{family}_seed{seed}"
+    data = yaml.safe_load((ROOT / DEMOS[family][1]).read_text())["dataset_path"]
+    cmd = [
+        *(sys.executable, "scripts/evaluate.py", family, "--model", str(run / "final")),
+        *("--data", data, "--split", "validation", "--prompts", "point"),
+        *("--max-clicks", str(MAX_CLICKS), "--out", str(run / "eval_clicks")),
+    ]
+    subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    report = json.loads((run / "eval_clicks" / "report.json").read_text())
+    (model,) = report["models"].values()
+    return model["clicks"]["miou_per_click"]
+
+
+def print_clicks(curves: dict[int, list[float]]) -> None:
+    seeds = sorted(curves)
+    print(f"\nclicks-to-IoU after fine-tuning (mean IoU after k clicks), seeds {seeds}")
+    print(" | ".join(["clicks", *(f"seed {s}" for s in seeds), "mean", "sd"]))
+    for k in range(MAX_CLICKS):
+        vals = [curves[s][k] for s in seeds]
+        sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        cells = [str(k + 1), *(f"{v:.3f}" for v in vals), f"{statistics.mean(vals):.3f}"]
+        print(" | ".join([*cells, f"{sd:.3f}"]))
 
 
 def main() -> None:
@@ -55,13 +99,15 @@ def main() -> None:
     p.add_argument("--family", choices=sorted(DEMOS), required=True)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", default="outputs/demo_spread", help="Run folders go here.")
+    p.add_argument("extra", nargs="*", help="After --: flags passed to the recipe as given.")
     args = p.parse_args()
     runs = {}
     for seed in args.seeds:
-        runs[seed], secs = run_demo(args.family, seed, ROOT / args.out)
+        runs[seed], secs = run_demo(args.family, seed, ROOT / args.out, args.extra)
         print(f"seed {seed}: {secs:.0f} s", flush=True)
     kernel = os.environ.get("ATEN_CPU_CAPABILITY", "default")
-    print(f"\n{args.family} demo, seeds {args.seeds}, ATEN_CPU_CAPABILITY={kernel}")
+    flags = f", recipe flags {' '.join(args.extra)}" if args.extra else ""
+    print(f"\n{args.family} demo, seeds {args.seeds}, ATEN_CPU_CAPABILITY={kernel}{flags}")
     head = ["metric", "before", *(f"seed {s}" for s in args.seeds), "mean", "sd", "min", "max"]
     print(" | ".join(head))
     for key in DEMOS[args.family][2]:
@@ -71,6 +117,8 @@ def main() -> None:
         cells = [key, f"{before:.3f}", *(f"{a:.3f}" for a in after)]
         cells += [f"{statistics.mean(after):.3f}", f"{sd:.3f}", f"{min(after):.3f}"]
         print(" | ".join([*cells, f"{max(after):.3f}"]))
+    if args.family != "sam3":
+        print_clicks({s: clicks_curve(args.family, s, ROOT / args.out) for s in args.seeds})
     sys.stdout.flush()
 
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from sam_hf.config import Sam2Config, Sam3Config, parse_args
+from sam_hf.config import parse_args
+from sam_hf.config.args import CONFIG_CLASSES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,13 +80,13 @@ def test_readme_pretraining_commands_parse():
     test_readme_commands); their flags must still be valid keys and values today."""
     readme = (ROOT / "README.md").read_text()
     found = re.findall(
-        r"python scripts/build_demo_checkpoints\.py --family (sam[23])([^`]*)`", readme
+        r"python scripts/build_demo_checkpoints\.py --family (sam3_tracker|sam[23])([^`]*)`", readme
     )
-    assert {family for family, _ in found} == {"sam2", "sam3"}
+    assert {family for family, _ in found} == {"sam2", "sam3", "sam3_tracker"}
     for family, flags in found:
         # the script's own flags (not config keys) are its argparse's, not the config's
         flags = re.sub(r"--(time_budget_minutes|assets_dir|asset_name) \S+", "", flags)
-        config_cls = Sam2Config if family == "sam2" else Sam3Config
+        config_cls = CONFIG_CLASSES[family]
         yaml = ROOT / "recipes" / "pretrain" / f"{family}_mini_shapes.yaml"
         cfg = parse_args(config_cls, ["--config", str(yaml), *shlex.split(flags)])
         assert cfg.family == family
