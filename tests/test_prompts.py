@@ -289,11 +289,14 @@ def test_eval_prompts_depend_only_on_the_sample_seed():
         assert torch.equal(alone["input_labels"][0, j, :k], mixed["input_labels"][1, j, :k])
     again = Sam2Collator(cfg, train=False)([make_sample(4, 5)])
     assert torch.equal(alone["input_points"], again["input_points"])
-    # evaluation boxes are exact, evaluation points start at the mask center
-    m = alone["masks"][0]
+    # evaluation under `mixed` is one protocol, points (not a point/box draw per object) ...
+    assert not alone["has_box"].any()
+    # ... and evaluation boxes (prompt_type box) are exact
+    boxed = Sam2Collator(make_cfg(prompt_type="box"), train=False)([make_sample(4, 5)])
+    m = boxed["masks"][0]
+    assert boxed["has_box"][0, :5].all()
     for j in range(5):
-        if alone["has_box"][0, j]:
-            assert alone["input_boxes"][0, j].tolist() == mask_to_box(m[j]).tolist()
+        assert boxed["input_boxes"][0, j].tolist() == mask_to_box(m[j]).tolist()
 
 
 def test_train_caps_objects_eval_keeps_all():

@@ -205,7 +205,9 @@ class Sam2PromptArgs:
     """Prompt simulation (sampled from the ground truth every step, never stored)."""
 
     prompt_type: Literal["point", "box", "mixed"] | None = _f(
-        None, "Initial prompt per object; mixed = box or point, 50% each (unset: from preset)."
+        None,
+        "Initial training prompt per object; mixed = box or point, 50% each (unset: from "
+        "preset). Evaluation: boxes for box, else centre point(s).",
     )
     num_points: int | None = _f(
         None, "Positive points per object (1, or 3-5) when the prompt is points (unset: preset)."

@@ -67,6 +67,10 @@ class Sam2Collator:
             raise ValueError(
                 f"prompt_type must be one of {PROMPT_TYPES}, got {self.prompt_type!r}."
             )
+        if not self.train and self.prompt_type == "mixed":
+            # evaluation reports one protocol, not a point/box draw: the centre point(s), the
+            # number the before/after tables and evaluate.py's point protocol report
+            self.prompt_type = "point"
         self.num_points = int(cfg.num_points)
         if self.num_points < 1:
             raise ValueError(f"num_points must be >= 1, got {self.num_points}.")
