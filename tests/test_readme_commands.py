@@ -365,6 +365,40 @@ CASES: list[Case] = [
         "parsed against the recipe in tests/test_hf_interface.py",
     ),
     Case(
+        "python scripts/build_demo_checkpoints.py --family sam2 --model_name_or_path "
+        "sam_hf/assets/checkpoints/sam2-mini-shapes --synthetic_num_images 1500 "
+        "--per_device_train_batch_size 16 --dataloader_num_workers 1 --max_steps 100 "
+        "--learning_rate 3.0e-4 --warmup_steps 10 --eval_strategy steps --eval_steps 50 "
+        "--max_eval_samples 48 --eval_on_start true",
+        "skip",
+        reason="stage 2 of the shipped sam2-mini-shapes (correction clicks): 11 minutes on this "
+        "CPU; its flags are parsed against the recipe in tests/test_hf_interface.py",
+    ),
+    Case(
+        "python scripts/build_demo_checkpoints.py --family sam3_tracker --synthetic_num_images 1500 "
+        "--num_correction_clicks 0 --per_device_train_batch_size 16 --dataloader_num_workers 1 "
+        "--max_steps 1191 --eval_strategy steps --eval_steps 150 --max_eval_samples 48 "
+        "--eval_on_start true",
+        "skip",
+        reason="pretrains the shipped sam3-tracker-mini-shapes: about an hour on this CPU; its "
+        "flags are parsed against the recipe in tests/test_hf_interface.py",
+    ),
+    Case(
+        "make demo-sam3-tracker",
+        "skip",
+        reason="the SAM3 tracker demo, then the forgetting table; the README's `accelerate "
+        "launch ... sam3_tracker_demo.yaml` command runs the same fine-tune here",
+    ),
+    Case(
+        "accelerate launch recipes/sam3_tracker_mineapple.py --config "
+        "recipes/sam3_tracker_demo.yaml --output_dir outputs/sam3_tracker_demo",
+        "run",
+        creates=(
+            "outputs/sam3_tracker_demo/eval_results.json",
+            "outputs/sam3_tracker_demo/final/config.json",
+        ),
+    ),
+    Case(
         "bash scripts/build_demo_checkpoints_gpu.sh OUT 5.5",
         "skip",
         reason="trains three demo-checkpoint candidates side by side on a GPU for 5.5 minutes",
@@ -436,6 +470,21 @@ CASES: list[Case] = [
         "run",
         results_flag="--out",
         creates=("{out}/report.md", "{out}/records/sam2.json", "{out}/records/sam3.json"),
+    ),
+    Case(
+        "python scripts/evaluate.py sam3_tracker --model outputs/sam3_tracker_demo/final "
+        "--data <data> --split validation --out <out>",
+        "run",
+        results_flag="--out",
+        creates=("{out}/report.md", "{out}/report.json", "{out}/records/sam3_tracker.json"),
+    ),
+    Case(
+        "python scripts/evaluate.py compare --sam2 outputs/sam2_demo/final --sam3-tracker "
+        "outputs/sam3_tracker_demo/final --sam3 outputs/sam3_demo/final --data <data> "
+        "--split validation --out <out>",
+        "run",
+        results_flag="--out",
+        creates=("{out}/report.md", "{out}/equal_prompt_gap.png", "{out}/records/sam3.json"),
     ),
     Case(
         'python scripts/predict.py --model outputs/sam3_demo/final --images DIR --text "ripe red '
