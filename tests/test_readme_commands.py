@@ -476,7 +476,7 @@ CASES: list[Case] = [
         "--data <data> --split validation --out <out>",
         "run",
         results_flag="--out",
-        creates=("{out}/report.md", "{out}/report.json", "{out}/records/sam3_tracker.json"),
+        creates=("{out}/report.md", "{out}/report.json", "{out}/records/sam3-tracker.json"),
     ),
     Case(
         "python scripts/evaluate.py compare --sam2 outputs/sam2_demo/final --sam3-tracker "
