@@ -27,6 +27,9 @@ RECIPES = {
     "sam3": "recipes/sam3_coco_text.py",
     "sam3_tracker": "recipes/sam3_tracker_mineapple.py",
 }
+#: Families prompted by points and boxes (SAM2's prompt encoder and mask decoder): SAM2's
+#: prompt keys, validation, evaluation protocol and model card apply to all of them.
+GEOMETRIC_FAMILIES = ("sam2", "sam3_tracker")
 #: How messages name each family.
 FAMILY_NAMES = {"sam2": "SAM2", "sam3": "SAM3", "sam3_tracker": "SAM3 tracker"}
 
@@ -220,7 +223,7 @@ def validate(cfg: Any) -> None:
         raise ConfigError("synthetic_image_size must be [H, W].")
     if cfg.family in RECIPES:
         check_model_name(cfg.model_name_or_path, cfg.family)
-    if cfg.family in ("sam2", "sam3_tracker"):
+    if cfg.family in GEOMETRIC_FAMILIES:
         _validate_sam2(cfg)
     elif cfg.family == "sam3":
         _validate_sam3(cfg)

@@ -23,7 +23,7 @@ import yaml
 from peft import PeftModel
 
 from sam_hf.config import Sam2Config, Sam3Config, Sam3TrackerConfig, load_config
-from sam_hf.config.validate import family_name
+from sam_hf.config.validate import GEOMETRIC_FAMILIES, family_name
 from sam_hf.models.lora import merge_to_base
 from sam_hf.models.sam2 import TINY_NAMES as SAM2_SMALL_NAMES
 from sam_hf.models.sam2 import build_sam2
@@ -37,7 +37,7 @@ logger = logging.getLogger("sam_hf")
 
 FAMILIES = ("sam2", "sam3", "sam3_tracker")
 #: Families prompted by points and boxes: evaluated with SAM2's protocol (same prompts).
-GEOMETRIC = ("sam2", "sam3_tracker")
+GEOMETRIC = GEOMETRIC_FAMILIES
 #: Per family: builder, config class, training wrapper (used for ``predict``).
 _BUILD = {
     "sam2": (build_sam2, Sam2Config, Sam2ForTraining),

@@ -23,11 +23,14 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.repocard import RepoCard
 
-from sam_hf.config.validate import RECIPES, SAM2_MODEL_TYPES, family_name
+from sam_hf.config.validate import (
+    GEOMETRIC_FAMILIES,
+    RECIPES,
+    SAM2_MODEL_TYPES,
+    family_name,
+)
 
 TEMPLATE_PATH = Path(__file__).parent.parent / "assets" / "model_card_template.md"
-#: Families prompted by points and boxes (SAM2's prompt encoder and mask decoder).
-_GEOMETRIC = ("sam2", "sam3_tracker")
 #: transformers model and processor class of each family.
 _CLASSES = {
     "sam2": ("Sam2Model", "Sam2Processor"),
@@ -201,7 +204,7 @@ def usage_snippet(
             f'processor = {proc_cls}.from_pretrained("{repo_id}")',
         ]
     lines += ["", 'image = Image.open("image.jpg").convert("RGB")']
-    if family in _GEOMETRIC:
+    if family in GEOMETRIC_FAMILIES:
         lines += [
             "# one positive click (x, y) in pixels on one object: image > object > point > xy",
             "inputs = processor(",
@@ -343,7 +346,7 @@ def _origin_lines(f: CardFacts) -> dict[str, str]:
             "README.md beside the prepared data (push it with `scripts/push_to_hub.py "
             "DATASET_DIR --repo-id ...` to link it here)"
         )
-    if f.family in _GEOMETRIC:
+    if f.family in GEOMETRIC_FAMILIES:
         prompt_line = (
             f"{c.get('prompt_type', 'point')} prompts simulated from the ground truth, "
             f"{c.get('num_points', 1)} point(s) per object"
