@@ -127,7 +127,7 @@ def write_asset(target: Path, cfg, results: dict, command: str, minutes: float) 
     (target / "PRETRAINING.md").write_text(
         f"# {target.name}\n\n"
         f"{cfg.model_name_or_path} ({family_name(cfg.family)}) {origin} on "
-        "generic synthetic shapes (`sam_hf.data.synthetic.shapes`, no apples) by "
+        f"generic synthetic shapes (`{_generator(cfg)}`, no apples) by "
         f"`{command}` with `recipes/pretrain/{cfg.family}_mini_shapes.yaml` "
         f"({results['global_step']} optimizer steps of batch {cfg.per_device_train_batch_size}, "
         f"{minutes:.1f} minutes on {where}, seed {cfg.seed}, {cfg.resolution} px). "
@@ -135,6 +135,12 @@ def write_asset(target: Path, cfg, results: dict, command: str, minutes: float) 
         "Validation metrics on held-out shapes images at the end of pretraining:\n\n"
         f"```json\n{json.dumps(metrics, indent=2)}\n```\n{stages}"
     )
+
+
+def _generator(cfg) -> str:
+    """The module that drew the pretraining data (``synthetic_kind``), for the record."""
+    kind = getattr(cfg, "synthetic_kind", "shapes")
+    return f"sam_hf.data.synthetic.{'clutter' if kind == 'clutter' else 'shapes'}"
 
 
 def main(argv: list[str] | None = None) -> int:

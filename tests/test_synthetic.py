@@ -324,8 +324,9 @@ def test_cli_writes_layout_and_prints_summary(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------- shapes
 
 
-def test_shape_rows_validate_and_describe_what_is_drawn(tmp_path: Path) -> None:
-    rows = list(shapes.iter_shape_rows(8, 4, (64, 80)))
+@pytest.mark.parametrize("style", ["plain", "clutter"])
+def test_shape_rows_validate_and_describe_what_is_drawn(tmp_path: Path, style: str) -> None:
+    rows = list(shapes.iter_shape_rows(8, 4, (64, 80), style))
     ds = datasets.Dataset.from_list(rows, features=FEATURES)
     assert len(ds) == 8 and ds.features == FEATURES
     for row in rows:
@@ -350,15 +351,39 @@ def test_shape_rows_validate_and_describe_what_is_drawn(tmp_path: Path) -> None:
             assert color in shapes.COLORS and shape in shapes.SHAPES
 
 
-def test_shapes_are_deterministic_and_cached(tmp_path: Path) -> None:
-    a = [r["image"]["bytes"] for r in shapes.iter_shape_rows(3, 9, (48, 48))]
-    b = [r["image"]["bytes"] for r in shapes.iter_shape_rows(3, 9, (48, 48))]
-    c = [r["image"]["bytes"] for r in shapes.iter_shape_rows(3, 10, (48, 48))]
+@pytest.mark.parametrize("style", ["plain", "clutter"])
+def test_shapes_are_deterministic_and_cached(tmp_path: Path, style: str) -> None:
+    a = [r["image"]["bytes"] for r in shapes.iter_shape_rows(3, 9, (48, 48), style)]
+    b = [r["image"]["bytes"] for r in shapes.iter_shape_rows(3, 9, (48, 48), style)]
+    c = [r["image"]["bytes"] for r in shapes.iter_shape_rows(3, 10, (48, 48), style)]
     assert a == b and all(x != y for x, y in zip(a, c))
-    ds = shapes.make_shapes_dataset(3, 9, (48, 48), cache_dir=str(tmp_path))
+    ds = shapes.make_shapes_dataset(3, 9, (48, 48), cache_dir=str(tmp_path), style=style)
     assert ds.features == FEATURES and len(ds) == 3
     assert ds[0]["image_id"] == "shapes_00000"
     assert np.array_equal(np.asarray(ds[2]["image"]), np.asarray(Image.open(io.BytesIO(a[2]))))
+
+
+def test_clutter_objects_are_many_small_and_partly_hidden() -> None:
+    """What the clutter style is for: many objects, mostly small, some partly hidden."""
+    from sam_hf.data.synthetic import clutter
+
+    rows = list(shapes.iter_shape_rows(12, 2, (128, 128), "clutter"))
+    areas = np.array([o["area"] for r in rows for o in r["objects"]])
+    assert len(areas) >= 3 * 12 and np.median(areas) < 0.01 * 128 * 128  # many, mostly small
+    # occlusion: an object's visible mask falls short of the shape it was drawn as
+    rng = np.random.default_rng(0)
+    whole = clutter.shape_mask(rng, "circle", 30.0, 30.0, 10.0, 64, 64)
+    assert whole.sum() > 250  # the helper draws full shapes; the renderer cuts them
+    cut = [
+        o
+        for r in rows
+        for o in r["objects"]
+        if attributes_dict(o["attributes"])["shape"] == "circle"
+        and o["area"] < 0.8 * np.pi * (max(o["bbox"][2], o["bbox"][3]) / 2) ** 2
+    ]
+    assert cut, "no circle of 12 clutter images is partly hidden"
+    with pytest.raises(ValueError, match="unknown shapes style"):
+        list(shapes.iter_shape_rows(1, 0, (32, 32), "fancy"))
 
 
 def test_zoom_is_the_centre_of_a_larger_scene():

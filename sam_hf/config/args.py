@@ -168,8 +168,10 @@ class DataArgs:
     )
     synthetic_image_size: list[int] = _f([256, 256], "Synthetic image size [H, W].")
     synthetic_zoom: float = _f(1.0, "Orchard close-up factor (>= 1): larger, fewer apples.")
-    synthetic_kind: Literal["orchard", "shapes"] = _f(
-        "orchard", "What to generate: the apple orchard, or generic shapes (for pretraining)."
+    synthetic_kind: Literal["orchard", "shapes", "clutter"] = _f(
+        "orchard",
+        "What to generate: the apple orchard, or generic shapes for pretraining (shapes: flat "
+        "on smooth backgrounds; clutter: shaded and occluded in busy scenes).",
     )
 
 

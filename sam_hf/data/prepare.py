@@ -51,9 +51,9 @@ def load_splits(cfg: Any) -> datasets.DatasetDict:
     return dd
 
 
-def _shapes(cfg: Any, size: tuple[int, ...]) -> datasets.DatasetDict:
-    """Generic shapes, written directly: 90 % train, 10 % validation."""
-    ds = make_shapes_dataset(cfg.synthetic_num_images, seed=cfg.seed, image_size=size)
+def _shapes(cfg: Any, size: tuple[int, ...], style: str) -> datasets.DatasetDict:
+    """Generic shapes (``plain`` or ``clutter``), written directly: 90 % train, 10 % validation."""
+    ds = make_shapes_dataset(cfg.synthetic_num_images, seed=cfg.seed, image_size=size, style=style)
     parts = ds.train_test_split(test_size=0.1, seed=cfg.seed)
     return datasets.DatasetDict({"train": parts["train"], "validation": parts["test"]})
 
@@ -102,8 +102,8 @@ def prepare_synthetic(cfg: Any, view: str) -> None:
         cfg.synthetic_num_images,
         cfg.synthetic_kind,
     )
-    if cfg.synthetic_kind == "shapes":
-        dd = _shapes(cfg, size)
+    if cfg.synthetic_kind in ("shapes", "clutter"):
+        dd = _shapes(cfg, size, "plain" if cfg.synthetic_kind == "shapes" else "clutter")
     else:
         dd = _orchard(cfg, size, path, view)
     save_atomically(dd, path, command="prepare_synthetic")

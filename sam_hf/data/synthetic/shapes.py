@@ -19,7 +19,7 @@ Determinism: image ``i`` of seed ``s`` depends only on ``(s, i, image_size)``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import cv2
@@ -76,7 +76,7 @@ def _polygon(n: int, r: float, angle: float, inner: float | None = None) -> np.n
     return np.stack([radii * np.cos(t), radii * np.sin(t)], 1)
 
 
-def _shape_mask(
+def shape_mask(
     rng: np.random.Generator, shape: str, cx: float, cy: float, r: float, height: int, width: int
 ) -> np.ndarray:
     """Bool (H, W) mask of one shape of circumradius ``r`` at (cx, cy), randomly rotated."""
@@ -215,7 +215,7 @@ def _paint(rng: np.random.Generator, canvas: np.ndarray, mask: np.ndarray, color
         canvas[rim] *= 0.6
 
 
-def _negatives(
+def negatives(
     rng: np.random.Generator, present: set[tuple[str, str]], k_hard: int = 4, k_easy: int = 2
 ) -> list[str]:
     """Absent colour/shape phrases: mostly hard (shares a colour or shape with one present)."""
@@ -247,7 +247,7 @@ def render_shapes_image(
     rng = np.random.default_rng([int(seed), 3, int(index)])
     canvas = _background(rng, height, width)
     objects = _sample_objects(rng, height, width)
-    masks = [_shape_mask(rng, o["shape"], o["cx"], o["cy"], o["r"], height, width) for o in objects]
+    masks = [shape_mask(rng, o["shape"], o["cx"], o["cy"], o["r"], height, width) for o in objects]
 
     # Visibility with every shape drawn; removing a failing shape only uncovers the others,
     # so one pass leaves every kept shape at least as visible as measured here.
@@ -273,20 +273,23 @@ def render_shapes_image(
         "image": rgb,
         "label_map": label,
         "objects": kept,
-        "negative_phrases": _negatives(rng, present),
+        "negative_phrases": negatives(rng, present),
     }
 
 
 def iter_shape_rows(
-    num_images: int, seed: int, image_size: tuple[int, int] = (256, 256)
+    num_images: int, seed: int, image_size: tuple[int, int] = (256, 256), style: str = "plain"
 ) -> Iterator[dict[str, Any]]:
     """Yield shape images as schema rows (``FEATURES``) with inline PNG bytes.
 
     ``category`` is the shape name, ``noun_phrase`` ``"{color} {shape}"``, attributes
-    ``{"color", "shape"}``; ``image_id`` is ``shapes_{index:05d}``.
+    ``{"color", "shape"}``; ``image_id`` is ``shapes_{index:05d}``. ``style`` is ``plain``
+    (flat shapes on smooth textures, this module) or ``clutter`` (shaded, occluded shapes in a
+    busy scene, :mod:`sam_hf.data.synthetic.clutter`).
     """
+    render = _renderer(style)
     for index in range(int(num_images)):
-        sample = render_shapes_image(seed, index, image_size)
+        sample = render(seed, index, image_size)
         label = sample["label_map"]
         ids = list(range(1, len(sample["objects"]) + 1))
         rles = rle.encode_instances(label, ids)
@@ -312,12 +315,30 @@ def iter_shape_rows(
         }
 
 
+def _renderer(style: str) -> Callable[..., dict[str, Any]]:
+    if style == "plain":
+        return render_shapes_image
+    if style == "clutter":
+        from sam_hf.data.synthetic.clutter import render_clutter_image
+
+        return render_clutter_image
+    raise ValueError(f"unknown shapes style {style!r}; expected 'plain' or 'clutter'")
+
+
+def _version(style: str) -> str:
+    if style == "clutter":
+        from sam_hf.data.synthetic.clutter import GENERATOR_VERSION as CLUTTER_VERSION
+
+        return CLUTTER_VERSION
+    return GENERATOR_VERSION
+
+
 def _shape_rows_generator(
-    num_images: int, seed: int, height: int, width: int, version: str
+    num_images: int, seed: int, height: int, width: int, version: str, style: str = "plain"
 ) -> Iterator[dict[str, Any]]:
     # Top-level (not a closure) so datasets can hash it; ``version`` keys the Arrow cache.
     del version
-    yield from iter_shape_rows(num_images, seed, (height, width))
+    yield from iter_shape_rows(num_images, seed, (height, width), style)
 
 
 def make_shapes_dataset(
@@ -325,11 +346,12 @@ def make_shapes_dataset(
     seed: int,
     image_size: tuple[int, int] = (256, 256),
     cache_dir: str | None = None,
+    style: str = "plain",
 ) -> datasets.Dataset:
     """The shapes data as a ``datasets.Dataset`` with ``FEATURES``, cached as Arrow.
 
     A second call with the same arguments (and generator version) loads from the cache
-    instead of drawing again.
+    instead of drawing again. ``style`` as in :func:`iter_shape_rows`.
     """
     return datasets.Dataset.from_generator(
         _shape_rows_generator,
@@ -340,6 +362,7 @@ def make_shapes_dataset(
             "seed": int(seed),
             "height": int(image_size[0]),
             "width": int(image_size[1]),
-            "version": GENERATOR_VERSION,
+            "version": _version(style),
+            "style": style,
         },
     )
