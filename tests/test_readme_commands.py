@@ -386,6 +386,16 @@ CASES: list[Case] = [
         "thread of this CPU; its flags are parsed against the recipe in tests/test_hf_interface.py",
     ),
     Case(
+        "python scripts/build_demo_checkpoints.py --family sam3 --model_name_or_path "
+        "sam_hf/assets/checkpoints/sam3-tiny-shapes --dataset_path data/clutter_112 "
+        "--synthetic_kind clutter --synthetic_num_images 6000 --per_device_train_batch_size 16 "
+        "--dataloader_num_workers 1 --max_steps 9594 --learning_rate 5.0e-4 --warmup_steps 50 "
+        "--eval_strategy steps --eval_steps 1000 --max_eval_samples 64 --eval_on_start true",
+        "skip",
+        reason="stage 2 of the shipped sam3-tiny-shapes (shapes in clutter): 56 minutes on one "
+        "thread of this CPU; its flags are parsed against the recipe in tests/test_hf_interface.py",
+    ),
+    Case(
         "python scripts/mask_ceiling.py --data data/synthetic_orchard_demo --resolution 256",
         "run",
     ),
