@@ -30,11 +30,12 @@ import numpy as np
 from sam_hf.data.synthetic.drawing import smooth_noise
 from sam_hf.data.synthetic.shapes import (
     COLORS,
-    MIN_VISIBLE_AREA,
-    MIN_VISIBLE_FRACTION,
     SHAPES,
-    negatives,
+    checked_size,
+    finish,
+    paint_objects,
     shape_mask,
+    visible_objects,
 )
 
 GENERATOR_VERSION = "clutter-1"
@@ -158,32 +159,11 @@ def _paint_dome(rng: np.random.Generator, canvas: np.ndarray, mask: np.ndarray, 
     canvas[ys, xs] = np.clip(pix, 0, 1).astype(np.float32)
 
 
-def _visible(masks: list[np.ndarray], cover: np.ndarray) -> list[int]:
-    """Indices of the objects that stay readable when drawn in order under ``cover``.
-
-    Removing a failing object only uncovers the others, so one pass suffices (as in shapes).
-    """
-    order = np.zeros(cover.shape, np.int32)
-    for k, m in enumerate(masks, 1):
-        order[m] = k
-    order[cover] = 0
-    visible = np.bincount(order.ravel(), minlength=len(masks) + 1)[1:]
-    return [
-        k
-        for k, m in enumerate(masks)
-        if visible[k] >= MIN_VISIBLE_AREA and visible[k] >= MIN_VISIBLE_FRACTION * m.sum()
-    ]
-
-
 def render_clutter_image(
     seed: int, index: int, image_size: tuple[int, int] = (256, 256)
 ) -> dict[str, Any]:
     """Render image ``index`` for ``seed``; the same dict as ``shapes.render_shapes_image``."""
-    if seed < 0 or index < 0:
-        raise ValueError(f"seed and index must be >= 0, got seed={seed}, index={index}")
-    height, width = (int(v) for v in image_size)
-    if height < 16 or width < 16:
-        raise ValueError(f"image_size must be at least 16x16 pixels, got {tuple(image_size)!r}")
+    height, width = checked_size(seed, index, image_size)
     rng = np.random.default_rng([int(seed), 5, int(index)])
     canvas = _background(rng, height, width)
     objects = _sample_objects(rng, height, width)
@@ -192,25 +172,13 @@ def render_clutter_image(
     near = _palette(rng)
     front = np.zeros_like(canvas)
     cover = _draw_pieces(rng, front, int(rng.integers(0, 25)), (0.02, 0.1), near)
-    keep = _visible(masks, cover)
+    keep = visible_objects(masks, cover)
     if not keep:  # every object hidden: drop the occluders rather than return an empty image
         cover[:] = False
-        keep = _visible(masks, cover)
-    label = np.zeros((height, width), np.uint16)
-    kept = []
-    for new_id, k in enumerate(keep, 1):
-        _paint_dome(rng, canvas, masks[k], objects[k]["color"])
-        label[masks[k]] = new_id
-        kept.append({"color": objects[k]["color"], "shape": objects[k]["shape"]})
+        keep = visible_objects(masks, cover)
+    label, kept = paint_objects(rng, canvas, masks, objects, keep, _paint_dome)
     label[cover] = 0
     canvas[cover] = front[cover]
     canvas = cv2.GaussianBlur(canvas, (0, 0), float(rng.uniform(0.4, 0.9)))
     canvas += rng.normal(0, 0.02, canvas.shape).astype(np.float32)
-    rgb = (np.clip(canvas, 0, 1) * 255 + 0.5).astype(np.uint8)
-    present = {(o["color"], o["shape"]) for o in kept}
-    return {
-        "image": rgb,
-        "label_map": label,
-        "objects": kept,
-        "negative_phrases": negatives(rng, present),
-    }
+    return finish(rng, canvas, label, kept)

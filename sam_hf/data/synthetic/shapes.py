@@ -231,6 +231,37 @@ def negatives(
     return [hard[int(i)] for i in sorted(pick_h)] + [easy[int(i)] for i in sorted(pick_e)]
 
 
+def checked_size(seed: int, index: int, image_size: tuple[int, int]) -> tuple[int, int]:
+    """``(height, width)`` of ``image_size``, after checking the renderers' arguments."""
+    if seed < 0 or index < 0:
+        raise ValueError(f"seed and index must be >= 0, got seed={seed}, index={index}")
+    height, width = (int(v) for v in image_size)
+    if height < 16 or width < 16:
+        raise ValueError(f"image_size must be at least 16x16 pixels, got {tuple(image_size)!r}")
+    return height, width
+
+
+def visible_objects(masks: list[np.ndarray], cover: np.ndarray | None = None) -> list[int]:
+    """Indices of the shapes that stay readable when drawn in order (under ``cover``, if any).
+
+    Visibility is measured with every shape drawn; removing a failing shape only uncovers the
+    others, so one pass leaves every kept shape at least as visible as measured here.
+    """
+    if not masks:
+        return []
+    order = np.zeros(masks[0].shape, np.int32)
+    for k, m in enumerate(masks, 1):
+        order[m] = k
+    if cover is not None:
+        order[cover] = 0
+    visible = np.bincount(order.ravel(), minlength=len(masks) + 1)[1:]
+    return [
+        k
+        for k, m in enumerate(masks)
+        if visible[k] >= MIN_VISIBLE_AREA and visible[k] >= MIN_VISIBLE_FRACTION * m.sum()
+    ]
+
+
 def render_shapes_image(
     seed: int, index: int, image_size: tuple[int, int] = (256, 256)
 ) -> dict[str, Any]:
@@ -239,34 +270,37 @@ def render_shapes_image(
     ``label_map`` is uint16 (0 background, k = ``objects[k - 1]``); ``objects`` holds
     ``{"color", "shape"}`` per visible instance, in draw order (back to front).
     """
-    if seed < 0 or index < 0:
-        raise ValueError(f"seed and index must be >= 0, got seed={seed}, index={index}")
-    height, width = (int(v) for v in image_size)
-    if height < 16 or width < 16:
-        raise ValueError(f"image_size must be at least 16x16 pixels, got {tuple(image_size)!r}")
+    height, width = checked_size(seed, index, image_size)
     rng = np.random.default_rng([int(seed), 3, int(index)])
     canvas = _background(rng, height, width)
     objects = _sample_objects(rng, height, width)
     masks = [shape_mask(rng, o["shape"], o["cx"], o["cy"], o["r"], height, width) for o in objects]
+    label, kept = paint_objects(rng, canvas, masks, objects, visible_objects(masks), _paint)
+    return finish(rng, cv2.GaussianBlur(canvas, (0, 0), 0.5), label, kept)
 
-    # Visibility with every shape drawn; removing a failing shape only uncovers the others,
-    # so one pass leaves every kept shape at least as visible as measured here.
-    order = np.zeros((height, width), np.int32)
-    for k, m in enumerate(masks, 1):
-        order[m] = k
-    visible = np.bincount(order.ravel(), minlength=len(masks) + 1)[1:]
-    keep = [
-        k
-        for k, m in enumerate(masks)
-        if visible[k] >= MIN_VISIBLE_AREA and visible[k] >= MIN_VISIBLE_FRACTION * m.sum()
-    ]
-    label = np.zeros((height, width), np.uint16)
+
+def paint_objects(
+    rng: np.random.Generator,
+    canvas: np.ndarray,
+    masks: list[np.ndarray],
+    objects: list[dict[str, Any]],
+    keep: list[int],
+    paint: Callable[[np.random.Generator, np.ndarray, np.ndarray, str], None],
+) -> tuple[np.ndarray, list[dict[str, str]]]:
+    """Paint the kept shapes back to front; their label map (uint16) and ``{"color", "shape"}``."""
+    label = np.zeros(canvas.shape[:2], np.uint16)
     kept = []
     for new_id, k in enumerate(keep, 1):
-        _paint(rng, canvas, masks[k], objects[k]["color"])
+        paint(rng, canvas, masks[k], objects[k]["color"])
         label[masks[k]] = new_id
         kept.append({"color": objects[k]["color"], "shape": objects[k]["shape"]})
-    canvas = cv2.GaussianBlur(canvas, (0, 0), 0.5)
+    return label, kept
+
+
+def finish(
+    rng: np.random.Generator, canvas: np.ndarray, label: np.ndarray, kept: list[dict[str, str]]
+) -> dict[str, Any]:
+    """The renderers' result: uint8 image, label map, objects and negatives for what is drawn."""
     rgb = (np.clip(canvas, 0, 1) * 255 + 0.5).astype(np.uint8)
     present = {(o["color"], o["shape"]) for o in kept}
     return {
