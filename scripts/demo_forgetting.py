@@ -34,7 +34,8 @@ import datasets
 import torch
 
 from sam_hf.data.build import save_atomically
-from sam_hf.data.synthetic.shapes import GENERATOR_VERSION, make_shapes_dataset
+from sam_hf.data.synthetic.shape_rows import make_shapes_dataset
+from sam_hf.data.synthetic.shapes import GENERATOR_VERSION
 from sam_hf.eval.compare import jsonable
 from sam_hf.eval.run import ModelSpec, run_evaluation
 from sam_hf.eval.settings import EvalSettings

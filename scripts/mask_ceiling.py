@@ -10,12 +10,19 @@ for every ground-truth object, the low-resolution logits that reproduce its mask
 that same upsampling (Adam on BCE + Dice, then IoU of the thresholded result), and prints the
 mean IoU per object-size bin. A goal above the "fitted" line is out of reach at that resolution
 for any model; the "area" line is the plain area-average of the mask on the grid, for scale.
+
+    python scripts/mask_ceiling.py --data DATA --resolution 256 --records OUT/records/sam2.json
+
+adds a column with a model's own per-object IoU from a ``scripts/evaluate.py sam2`` record
+(same data and split), so where a model falls short of the ceiling shows per object size.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -68,6 +75,26 @@ def ceilings(rows: datasets.Dataset, resolution: int, steps: int) -> dict[str, n
     return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
 
 
+def record_ious(path: str, rows: datasets.Dataset, prompt: str) -> np.ndarray:
+    """Per-object IoU of an ``evaluate.py`` record, in the order :func:`ceilings` visits objects."""
+    records = json.loads(Path(path).read_text())["records"]
+    if prompt not in records:
+        raise SystemExit(f"{path} has no {prompt!r} records; it has {sorted(records)} (--prompt)")
+    by_image = {r["image_id"]: r["iou"] for r in records[prompt]}
+    out: list[float] = []
+    for row in rows:
+        if not row["objects"]:
+            continue
+        ious = by_image.get(row["image_id"])
+        if ious is None or len(ious) != len(row["objects"]):
+            raise SystemExit(
+                f"{path} does not cover image {row['image_id']} object for object: evaluate the "
+                "same --data and --split with every image (--max-images 0)."
+            )
+        out += ious
+    return np.asarray(out, dtype=np.float64)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -76,21 +103,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split", default="validation")
     ap.add_argument("--resolution", type=int, default=256, help="Model input size (px).")
     ap.add_argument("--steps", type=int, default=300, help="Adam steps of the logit fit.")
+    ap.add_argument("--records", default=None, help="An evaluate.py sam2 records/<label>.json.")
+    ap.add_argument("--prompt", default="point", help="Which protocol of --records (point...).")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     rows = datasets.load_from_disk(args.data)[args.split]
+    model = record_ious(args.records, rows, args.prompt) if args.records else None
     c = ceilings(rows, args.resolution, args.steps)
     grid = args.resolution // 4
     print(f"{args.data} [{args.split}], {len(c['area'])} objects, resolution {args.resolution}")
     print(f"mask grid {grid}x{grid}; mean IoU reachable through bilinear upsampling:")
-    print("object area (px) | objects | area-average | fitted")
+    print(
+        "object area (px) | objects | area-average | fitted" + (" | model" if args.records else "")
+    )
     for lo, hi in (*BINS, (0, float("inf"))):
         sel = (c["area"] >= lo) & (c["area"] < hi)
         name = "all" if (lo, hi) == (0, float("inf")) else f"[{lo:g}, {hi:g})"
         if sel.any():
+            extra = f" | {model[sel].mean():.3f}" if model is not None else ""
             print(
                 f"{name} | {int(sel.sum())} | {c['area_iou'][sel].mean():.3f} | "
-                f"{c['fitted_iou'][sel].mean():.3f}"
+                f"{c['fitted_iou'][sel].mean():.3f}{extra}"
             )
     return 0
 

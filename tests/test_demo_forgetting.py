@@ -19,7 +19,7 @@ import pytest
 from scripts_loader import load_script
 
 from sam_hf.config import Sam2Config, Sam3Config, load_config, save_config
-from sam_hf.data.synthetic.shapes import make_shapes_dataset
+from sam_hf.data.synthetic.shape_rows import make_shapes_dataset
 from sam_hf.eval.settings import EvalSettings
 from sam_hf.eval.sources import load_model
 

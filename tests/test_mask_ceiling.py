@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import datasets
@@ -49,3 +50,23 @@ def test_cli_prints_the_table_per_size_bin(tmp_path: Path, capsys: pytest.Captur
     out = capsys.readouterr().out
     assert "mask grid 16x16" in out and "2 objects" in out
     assert "[0, 50) | 1 |" in out and "[400, inf) | 1 |" in out and "all | 2 |" in out
+
+
+def test_records_add_the_model_column_and_must_cover_every_object(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    datasets.DatasetDict({"validation": _rows()}).save_to_disk(str(tmp_path / "d"))
+    rec = {"records": {"point": [{"image_id": "a", "iou": [0.9, 0.1]}]}}
+    (tmp_path / "r.json").write_text(json.dumps(rec))
+    args = ["--data", str(tmp_path / "d"), "--resolution", "64", "--steps", "5"]
+    assert mask_ceiling.main([*args, "--records", str(tmp_path / "r.json")]) == 0
+    out = capsys.readouterr().out
+    assert "| model" in out and "[0, 50) | 1 |" in out
+    assert out.splitlines()[-1].endswith("| 0.500")  # all: mean of 0.9 and 0.1
+    assert "| 0.100" in out and "| 0.900" in out  # the speck and the square, in their bins
+    rec["records"]["point"][0]["iou"] = [0.9]  # one object short
+    (tmp_path / "r.json").write_text(json.dumps(rec))
+    with pytest.raises(SystemExit, match="object for object"):
+        mask_ceiling.main([*args, "--records", str(tmp_path / "r.json")])
+    with pytest.raises(SystemExit, match="no 'box' records"):
+        mask_ceiling.main([*args, "--records", str(tmp_path / "r.json"), "--prompt", "box"])

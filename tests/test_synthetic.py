@@ -18,7 +18,7 @@ from pycocotools.coco import COCO
 
 from sam_hf.data import rle
 from sam_hf.data.schema import FEATURES, attributes_dict
-from sam_hf.data.synthetic import shapes
+from sam_hf.data.synthetic import shape_rows, shapes
 from sam_hf.data.synthetic.drawing import mask_png
 from sam_hf.data.synthetic.orchard import (
     MIN_VISIBLE_AREA,
@@ -326,7 +326,7 @@ def test_cli_writes_layout_and_prints_summary(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("style", ["plain", "clutter"])
 def test_shape_rows_validate_and_describe_what_is_drawn(tmp_path: Path, style: str) -> None:
-    rows = list(shapes.iter_shape_rows(8, 4, (64, 80), style))
+    rows = list(shape_rows.iter_shape_rows(8, 4, (64, 80), style))
     ds = datasets.Dataset.from_list(rows, features=FEATURES)
     assert len(ds) == 8 and ds.features == FEATURES
     for row in rows:
@@ -353,11 +353,11 @@ def test_shape_rows_validate_and_describe_what_is_drawn(tmp_path: Path, style: s
 
 @pytest.mark.parametrize("style", ["plain", "clutter"])
 def test_shapes_are_deterministic_and_cached(tmp_path: Path, style: str) -> None:
-    a = [r["image"]["bytes"] for r in shapes.iter_shape_rows(3, 9, (48, 48), style)]
-    b = [r["image"]["bytes"] for r in shapes.iter_shape_rows(3, 9, (48, 48), style)]
-    c = [r["image"]["bytes"] for r in shapes.iter_shape_rows(3, 10, (48, 48), style)]
+    a = [r["image"]["bytes"] for r in shape_rows.iter_shape_rows(3, 9, (48, 48), style)]
+    b = [r["image"]["bytes"] for r in shape_rows.iter_shape_rows(3, 9, (48, 48), style)]
+    c = [r["image"]["bytes"] for r in shape_rows.iter_shape_rows(3, 10, (48, 48), style)]
     assert a == b and all(x != y for x, y in zip(a, c))
-    ds = shapes.make_shapes_dataset(3, 9, (48, 48), cache_dir=str(tmp_path), style=style)
+    ds = shape_rows.make_shapes_dataset(3, 9, (48, 48), cache_dir=str(tmp_path), style=style)
     assert ds.features == FEATURES and len(ds) == 3
     assert ds[0]["image_id"] == "shapes_00000"
     assert np.array_equal(np.asarray(ds[2]["image"]), np.asarray(Image.open(io.BytesIO(a[2]))))
@@ -367,7 +367,7 @@ def test_clutter_objects_are_many_small_and_partly_hidden() -> None:
     """What the clutter style is for: many objects, mostly small, some partly hidden."""
     from sam_hf.data.synthetic import clutter
 
-    rows = list(shapes.iter_shape_rows(12, 2, (128, 128), "clutter"))
+    rows = list(shape_rows.iter_shape_rows(12, 2, (128, 128), "clutter"))
     areas = np.array([o["area"] for r in rows for o in r["objects"]])
     assert len(areas) >= 3 * 12 and np.median(areas) < 0.01 * 128 * 128  # many, mostly small
     # occlusion: an object's visible mask falls short of the shape it was drawn as
@@ -383,7 +383,7 @@ def test_clutter_objects_are_many_small_and_partly_hidden() -> None:
     ]
     assert cut, "no circle of 12 clutter images is partly hidden"
     with pytest.raises(ValueError, match="unknown shapes style"):
-        list(shapes.iter_shape_rows(1, 0, (32, 32), "fancy"))
+        list(shape_rows.iter_shape_rows(1, 0, (32, 32), "fancy"))
 
 
 def test_zoom_is_the_centre_of_a_larger_scene():

@@ -20,7 +20,7 @@ from sam_hf.data.build import save_atomically
 from sam_hf.data.sources.coco import convert_coco_text
 from sam_hf.data.sources.minneapple import convert_minneapple
 from sam_hf.data.synthetic.orchard import make_synthetic_orchard
-from sam_hf.data.synthetic.shapes import make_shapes_dataset
+from sam_hf.data.synthetic.shape_rows import make_shapes_dataset
 
 logger = logging.getLogger("sam_hf")
 

@@ -19,16 +19,13 @@ Determinism: image ``i`` of seed ``s`` depends only on ``(s, i, image_size)``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import cv2
-import datasets
 import numpy as np
 
-from sam_hf.data import rle
-from sam_hf.data.schema import FEATURES, make_object
-from sam_hf.data.synthetic.drawing import encode_png, smooth_noise
+from sam_hf.data.synthetic.drawing import smooth_noise
 
 SHAPES: tuple[str, ...] = (
     "circle",
@@ -309,94 +306,3 @@ def finish(
         "objects": kept,
         "negative_phrases": negatives(rng, present),
     }
-
-
-def iter_shape_rows(
-    num_images: int, seed: int, image_size: tuple[int, int] = (256, 256), style: str = "plain"
-) -> Iterator[dict[str, Any]]:
-    """Yield shape images as schema rows (``FEATURES``) with inline PNG bytes.
-
-    ``category`` is the shape name, ``noun_phrase`` ``"{color} {shape}"``, attributes
-    ``{"color", "shape"}``; ``image_id`` is ``shapes_{index:05d}``. ``style`` is ``plain``
-    (flat shapes on smooth textures, this module) or ``clutter`` (shaded, occluded shapes in a
-    busy scene, :mod:`sam_hf.data.synthetic.clutter`).
-    """
-    render = _renderer(style)
-    for index in range(int(num_images)):
-        sample = render(seed, index, image_size)
-        label = sample["label_map"]
-        ids = list(range(1, len(sample["objects"]) + 1))
-        rles = rle.encode_instances(label, ids)
-        areas, boxes = rle.area(rles), rle.to_bbox(rles)
-        objects = [
-            make_object(
-                segmentation=r,
-                bbox=boxes[k].tolist(),
-                area=float(areas[k]),
-                category=o["shape"],
-                noun_phrase=shape_phrase(o["color"], o["shape"]),
-                attributes={"color": o["color"], "shape": o["shape"]},
-            )
-            for k, (r, o) in enumerate(zip(rles, sample["objects"]))
-        ]
-        yield {
-            "image": {"bytes": encode_png(sample["image"]), "path": None},
-            "image_id": f"shapes_{index:05d}",
-            "width": int(label.shape[1]),
-            "height": int(label.shape[0]),
-            "objects": objects,
-            "negative_phrases": sample["negative_phrases"],
-        }
-
-
-def _renderer(style: str) -> Callable[..., dict[str, Any]]:
-    if style == "plain":
-        return render_shapes_image
-    if style == "clutter":
-        from sam_hf.data.synthetic.clutter import render_clutter_image
-
-        return render_clutter_image
-    raise ValueError(f"unknown shapes style {style!r}; expected 'plain' or 'clutter'")
-
-
-def _version(style: str) -> str:
-    if style == "clutter":
-        from sam_hf.data.synthetic.clutter import GENERATOR_VERSION as CLUTTER_VERSION
-
-        return CLUTTER_VERSION
-    return GENERATOR_VERSION
-
-
-def _shape_rows_generator(
-    num_images: int, seed: int, height: int, width: int, version: str, style: str = "plain"
-) -> Iterator[dict[str, Any]]:
-    # Top-level (not a closure) so datasets can hash it; ``version`` keys the Arrow cache.
-    del version
-    yield from iter_shape_rows(num_images, seed, (height, width), style)
-
-
-def make_shapes_dataset(
-    num_images: int,
-    seed: int,
-    image_size: tuple[int, int] = (256, 256),
-    cache_dir: str | None = None,
-    style: str = "plain",
-) -> datasets.Dataset:
-    """The shapes data as a ``datasets.Dataset`` with ``FEATURES``, cached as Arrow.
-
-    A second call with the same arguments (and generator version) loads from the cache
-    instead of drawing again. ``style`` as in :func:`iter_shape_rows`.
-    """
-    return datasets.Dataset.from_generator(
-        _shape_rows_generator,
-        features=FEATURES,
-        cache_dir=cache_dir,
-        gen_kwargs={
-            "num_images": int(num_images),
-            "seed": int(seed),
-            "height": int(image_size[0]),
-            "width": int(image_size[1]),
-            "version": _version(style),
-            "style": style,
-        },
-    )
