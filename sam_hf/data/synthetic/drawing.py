@@ -1,4 +1,4 @@
-"""Drawing helpers shared by the synthetic data sets (orchard and shapes): noise and PNGs.
+"""Helpers shared by the synthetic data sets (orchard and shapes): noise, PNGs, Arrow caches.
 
 Both generators must give byte-identical files for the same seed, so PNG encoding is pinned
 here (one compression level, no metadata) and textures come from cheap value noise.
@@ -7,10 +7,15 @@ here (one compression level, no metadata) and textures come from cheap value noi
 from __future__ import annotations
 
 import io
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import cv2
+import datasets
 import numpy as np
 from PIL import Image
+
+from sam_hf.data.schema import FEATURES
 
 # zlib level for PNGs: measured ~1.5x faster than PIL's default 6, files ~10 % larger (the
 # sensor noise makes them hard to compress at any level).
@@ -51,3 +56,32 @@ def mask_png(label_map: np.ndarray) -> bytes:
     if int(label_map.max(initial=0)) <= 255:
         return encode_png(label_map.astype(np.uint8))
     return encode_png(label_map.astype(np.uint16))
+
+
+def cached_rows(
+    generator: Callable[..., Iterator[dict[str, Any]]],
+    num_images: int,
+    seed: int,
+    image_size: tuple[int, int],
+    cache_dir: str | None,
+    **extra: Any,
+) -> datasets.Dataset:
+    """``generator``'s rows as a ``datasets.Dataset`` with ``FEATURES``, cached as Arrow.
+
+    ``generator`` must be a top-level function (datasets hashes it with its arguments), called
+    with ``num_images``, ``seed``, ``height``, ``width`` and ``extra`` (e.g. the generator
+    version, which keys the cache): a second call with the same arguments loads instead of
+    drawing again.
+    """
+    return datasets.Dataset.from_generator(
+        generator,
+        features=FEATURES,
+        cache_dir=cache_dir,
+        gen_kwargs={
+            "num_images": int(num_images),
+            "seed": int(seed),
+            "height": int(image_size[0]),
+            "width": int(image_size[1]),
+            **extra,
+        },
+    )

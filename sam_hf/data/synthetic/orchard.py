@@ -49,8 +49,8 @@ import numpy as np
 from sam_hf.data import rle
 from sam_hf.data.leftovers import clean_leftovers, pid_alive
 from sam_hf.data.output import OutputRules, atomic_output
-from sam_hf.data.schema import FEATURES, make_object
-from sam_hf.data.synthetic.drawing import encode_png, mask_png
+from sam_hf.data.schema import make_object
+from sam_hf.data.synthetic.drawing import cached_rows, encode_png, mask_png
 from sam_hf.data.synthetic.orchard_apples import (
     CATEGORY,
     COLORS,
@@ -258,17 +258,13 @@ def make_orchard_dataset(
 ) -> datasets.Dataset:
     """The orchard as a ``datasets.Dataset`` with ``FEATURES`` (all images, no split), cached
     as Arrow: a second call with the same arguments loads instead of drawing again."""
-    return datasets.Dataset.from_generator(
+    return cached_rows(
         _orchard_rows_generator,
-        features=FEATURES,
-        cache_dir=cache_dir,
-        gen_kwargs={
-            "num_images": int(num_images),
-            "seed": int(seed),
-            "height": int(image_size[0]),
-            "width": int(image_size[1]),
-            "version": GENERATOR_VERSION,
-        },
+        num_images,
+        seed,
+        image_size,
+        cache_dir,
+        version=GENERATOR_VERSION,
     )
 
 

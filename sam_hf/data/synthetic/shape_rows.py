@@ -14,9 +14,9 @@ from typing import Any
 import datasets
 
 from sam_hf.data import rle
-from sam_hf.data.schema import FEATURES, make_object
+from sam_hf.data.schema import make_object
 from sam_hf.data.synthetic import clutter, shapes
-from sam_hf.data.synthetic.drawing import encode_png
+from sam_hf.data.synthetic.drawing import cached_rows, encode_png
 from sam_hf.data.synthetic.shapes import shape_phrase
 
 #: Renderer and generator version of each style.
@@ -95,16 +95,12 @@ def make_shapes_dataset(
     A second call with the same arguments (and generator version) loads from the cache
     instead of drawing again. ``style`` as in :func:`iter_shape_rows`.
     """
-    return datasets.Dataset.from_generator(
+    return cached_rows(
         _shape_rows_generator,
-        features=FEATURES,
-        cache_dir=cache_dir,
-        gen_kwargs={
-            "num_images": int(num_images),
-            "seed": int(seed),
-            "height": int(image_size[0]),
-            "width": int(image_size[1]),
-            "version": _version(style),
-            "style": style,
-        },
+        num_images,
+        seed,
+        image_size,
+        cache_dir,
+        version=_version(style),
+        style=style,
     )
