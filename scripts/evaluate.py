@@ -46,12 +46,12 @@ from pathlib import Path
 
 import torch
 
-from sam_hf.config.validate import family_name
+from sam_hf.config.validate import GEOMETRIC_FAMILIES, family_name
 from sam_hf.eval.data import load_split, select_images
 from sam_hf.eval.report import write_report
 from sam_hf.eval.run import ModelSpec, run_evaluation
 from sam_hf.eval.settings import SAM2_PROMPTS, EvalSettings
-from sam_hf.eval.sources import FAMILIES, GEOMETRIC, EvaluationError
+from sam_hf.eval.sources import FAMILIES, EvaluationError
 
 #: Families of the compare mode, in table order; each has --<fam>, --<fam>-baseline and
 #: --<fam>-resolution options (``sam3_tracker`` spelled ``--sam3-tracker``).
@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--baseline", default=None, help="Optional baseline source to compare.")
         p.add_argument("--resolution", type=int, default=None, help="Input size override.")
         _common(p)
-        (_sam2_opts if fam in GEOMETRIC else _sam3_opts)(p)
+        (_sam2_opts if fam in GEOMETRIC_FAMILIES else _sam3_opts)(p)
     p = sub.add_parser(
         "compare", help="SAM2 vs SAM3 tracker vs SAM3 (and baselines) on the same images."
     )

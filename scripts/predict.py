@@ -66,14 +66,13 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from sam_hf.config.validate import family_name
+from sam_hf.config.validate import GEOMETRIC_FAMILIES, family_name
 from sam_hf.data import rle
 from sam_hf.data.images import ImageReadError, load_image
 from sam_hf.data.queries import normalize_phrase
 from sam_hf.eval.pictures import prediction_figure, save_figure
 from sam_hf.eval.sam2 import sam2_decode, to_model_coords, upsample_masks
 from sam_hf.eval.sources import (
-    GEOMETRIC,
     EvaluationError,
     LoadedModel,
     load_model,
@@ -364,13 +363,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_model(model: str, text: bool, seed: int, resolution: int | None) -> Any:
     """The model source for ``--text`` (SAM3) or ``--prompts`` (the families prompted by points
-    and boxes, :data:`~sam_hf.eval.sources.GEOMETRIC`: SAM2 and the SAM3 tracker), with a
+    and boxes, :data:`~sam_hf.config.validate.GEOMETRIC_FAMILIES`: SAM2 and the SAM3 tracker), with a
     family mismatch told in this script's own flags.
 
     A source that does not say its family is taken as the first family the mode accepts; a
     SAM3 Hub id or official ``sam3.pt`` given ``--prompts`` is its tracker (the file holds both).
     """
-    wanted = ("sam3",) if text else GEOMETRIC
+    wanted = ("sam3",) if text else GEOMETRIC_FAMILIES
     try:
         found = resolve_source(model, None, seed, resolution)
     except EvaluationError:

@@ -24,7 +24,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from sam_hf.config.validate import family_name
+from sam_hf.config.validate import GEOMETRIC_FAMILIES, family_name
 from sam_hf.data import rle
 from sam_hf.eval.compare import Evaluation, ModelEvaluation
 from sam_hf.eval.pictures import (
@@ -46,7 +46,6 @@ from sam_hf.eval.pictures import (
     save_figure,
     wrap,
 )
-from sam_hf.eval.sources import GEOMETRIC
 from sam_hf.metrics.matching import SCORE_THRESHOLD, hungarian, pairwise_mask_iou
 
 #: Long side of one overlay panel, in pixels: small images are upsampled by an integer factor
@@ -88,7 +87,7 @@ def _shown_columns(ev: Evaluation) -> list[tuple[ModelEvaluation, str]]:
     """(model, protocol) of each prediction column: SAM2's ``point`` protocol, SAM3's text."""
     shown = []
     for m in ev.models:
-        if m.family in GEOMETRIC:
+        if m.family in GEOMETRIC_FAMILIES:
             proto = "point" if "point" in m.records else next(iter(m.records), None)
         else:
             proto = "text"
@@ -142,7 +141,7 @@ def _grid_phrases(rows: list[dict], cells: list[list[tuple[ModelEvaluation, dict
         for m, rec in row_cells:
             if rec is None:
                 continue
-            if m.family in GEOMETRIC:
+            if m.family in GEOMETRIC_FAMILIES:
                 out += list(rec.get("phrases") or [])
             else:
                 out += [pair["phrase"] for pair in rec["pairs"] if _kept(pair)]
@@ -221,7 +220,7 @@ def _row_panels(
     for m, rec, value in cells:
         if rec is None:
             out.append(_Panel(base, "no prediction"))
-        elif m.family in GEOMETRIC:
+        elif m.family in GEOMETRIC_FAMILIES:
             panel, n, empty = _sam2_panel(base, rec, hw, colors)
             mean = f"mean IoU {value:.2f}, " if value is not None else ""
             panel.caption = mean + plural(n, "mask") + (f" ({empty} empty)" if empty else "")
@@ -240,7 +239,7 @@ def _title(shown: list[tuple[ModelEvaluation, str]]) -> str:
         "phrase; beside each predicted mask, where there is room: IoU with its ground truth "
         "and s = the model's score"
     )
-    told = [family_name(f) for f in GEOMETRIC if any(m.family == f for m, _ in shown)]
+    told = [family_name(f) for f in GEOMETRIC_FAMILIES if any(m.family == f for m, _ in shown)]
     if told:
         text += f"; dots: the clicks given to {' and '.join(told)}"
         text += " (the same for both)" if len(told) > 1 else ""

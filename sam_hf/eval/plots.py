@@ -17,7 +17,7 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
-from sam_hf.config.validate import family_name
+from sam_hf.config.validate import GEOMETRIC_FAMILIES, family_name
 from sam_hf.eval.compare import Evaluation
 from sam_hf.eval.names import (
     COMMON,
@@ -27,10 +27,9 @@ from sam_hf.eval.names import (
     metric_name,
     protocol_order,
 )
-from sam_hf.eval.sources import GEOMETRIC
 
 #: Panel order of the metric bars: the point/box families, then SAM3.
-_PANELS = (*GEOMETRIC, "sam3")
+_PANELS = (*GEOMETRIC_FAMILIES, "sam3")
 
 
 def save_figure(fig: Figure, path: Path, dpi: int = 130) -> Path:
@@ -116,7 +115,7 @@ def plot_metric_bars(ev: Evaluation, path: Path) -> Path:
     axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, fam in zip(axes[0], panels):
         series = []
-        if fam in GEOMETRIC:
+        if fam in GEOMETRIC_FAMILIES:
             groups = [METRIC_NAMES[k] for k in SAM2_TABLE]
             for m in ev.by_family(fam):
                 for proto in sorted(m.metrics, key=protocol_order):
@@ -139,7 +138,7 @@ def plot_metric_bars(ev: Evaluation, path: Path) -> Path:
         _bar_group(ax, groups, series)
         ax.legend(
             fontsize=7,
-            ncol=2 if fam in GEOMETRIC else 4,
+            ncol=2 if fam in GEOMETRIC_FAMILIES else 4,
             loc="upper center",
             bbox_to_anchor=(0.5, -0.14),
             frameon=False,
@@ -164,7 +163,7 @@ def plot_gap(ev: Evaluation, path: Path) -> Path:
         for r in rows
     ]
     _bar_group(ax, [METRIC_NAMES[k] for k in COMMON], series)
-    told = " / ".join(family_name(f) for f in GEOMETRIC if ev.by_family(f))
+    told = " / ".join(family_name(f) for f in GEOMETRIC_FAMILIES if ev.by_family(f))
     ax.set_title(f"Same instances, different prompts: {told} (geometry from GT) vs SAM3 (text)")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.9)
     return save_figure(fig, path)
@@ -211,7 +210,7 @@ def plot_clicks(ev: Evaluation, path: Path) -> Path:
     fig = Figure(figsize=(6.2, 4.0))
     ax = fig.subplots()
     s = ev.settings
-    for m in (m for m in ev.models if m.family in GEOMETRIC):
+    for m in (m for m in ev.models if m.family in GEOMETRIC_FAMILIES):
         if not m.clicks or not m.clicks["miou_per_click"]:
             continue
         y = m.clicks["miou_per_click"]

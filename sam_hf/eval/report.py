@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sam_hf.config.validate import family_name
+from sam_hf.config.validate import GEOMETRIC_FAMILIES, family_name
 from sam_hf.eval.compare import Evaluation, ModelEvaluation, jsonable
 from sam_hf.eval.names import (
     COMMON,
@@ -35,7 +35,6 @@ from sam_hf.eval.plots import (
     plot_metric_bars,
     plot_prompt_gap,
 )
-from sam_hf.eval.sources import GEOMETRIC
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
@@ -99,8 +98,8 @@ def _intro(ev: Evaluation) -> list[str]:
 
 
 def _gap_section(ev: Evaluation) -> list[str]:
-    present = [family_name(f) for f in (*GEOMETRIC, "sam3") if ev.by_family(f)]
-    told = " and ".join(family_name(f) for f in GEOMETRIC if ev.by_family(f))
+    present = [family_name(f) for f in (*GEOMETRIC_FAMILIES, "sam3") if ev.by_family(f)]
+    told = " and ".join(family_name(f) for f in GEOMETRIC_FAMILIES if ev.by_family(f))
     lines = [
         "",
         f"## {' vs '.join(present)} (read with the prompts in mind)",
@@ -286,7 +285,7 @@ def _comparison_section(ev: Evaluation) -> list[str]:
 
 def markdown(ev: Evaluation, artefacts: Sequence[str] = ()) -> str:
     """The human report: what was evaluated how, then one table per question."""
-    geometric = [f for f in GEOMETRIC if ev.by_family(f)]
+    geometric = [f for f in GEOMETRIC_FAMILIES if ev.by_family(f)]
     sam3 = ev.by_family("sam3")
     lines = _intro(ev)
     if geometric and sam3:
@@ -415,7 +414,7 @@ def write_report(ev: Evaluation, ds: Any, out_dir: str | Path) -> list[Path]:
     written.append(plot_iou_histograms(ev, out / "iou_histograms.png"))
     if any(m.clicks for m in ev.models):
         written.append(plot_clicks(ev, out / "clicks_to_iou.png"))
-    if any(ev.by_family(f) for f in GEOMETRIC) and ev.by_family("sam3"):
+    if any(ev.by_family(f) for f in GEOMETRIC_FAMILIES) and ev.by_family("sam3"):
         written.append(plot_gap(ev, out / "sam2_vs_sam3.png"))
     if ev.prompt_gaps():
         written.append(plot_prompt_gap(ev, out / "equal_prompt_gap.png"))

@@ -4,7 +4,7 @@ How far is SAM2's prompt expertise from SAM3's concept understanding on *your* d
 and after fine-tuning, and how much of it is SAM3's backbone (the SAM3 tracker, prompted like
 SAM2)? :func:`run_evaluation` answers it for the models a command line names
 (:class:`ModelSpec`): each is scored with its family's protocol (:mod:`sam_hf.eval.sam2` for
-the point/box families of :data:`~sam_hf.eval.sources.GEOMETRIC`, :mod:`sam_hf.eval.sam3`) under settings resolved from the fine-tunes' training configs
+the point/box families of :data:`~sam_hf.config.validate.GEOMETRIC_FAMILIES`, :mod:`sam_hf.eval.sam3`) under settings resolved from the fine-tunes' training configs
 (:mod:`sam_hf.eval.settings`), and the results are gathered into an
 :class:`~sam_hf.eval.compare.Evaluation` that :mod:`sam_hf.eval.report` writes down.
 """
@@ -20,7 +20,7 @@ from typing import Any
 import datasets
 import torch
 
-from sam_hf.config.validate import family_name
+from sam_hf.config.validate import GEOMETRIC_FAMILIES, family_name
 from sam_hf.data.views import sam3_training_split
 from sam_hf.eval.compare import Evaluation, ModelEvaluation
 from sam_hf.eval.data import load_split, phrase_coverage, sam3_vocab_split, select_images
@@ -28,7 +28,6 @@ from sam_hf.eval.sam2 import evaluate_sam2
 from sam_hf.eval.sam3 import evaluate_sam3
 from sam_hf.eval.settings import EvalSettings, resolve_settings
 from sam_hf.eval.sources import (
-    GEOMETRIC,
     EvaluationError,
     LoadedModel,
     load_model,
@@ -54,7 +53,7 @@ def _describe_data(
 ) -> tuple[dict[str, Any], dict[str, int]]:
     """The report's description of the evaluated images, and their phrase coverage."""
     cover = phrase_coverage(ds)
-    geometric = sorted(families & set(GEOMETRIC))
+    geometric = sorted(families & set(GEOMETRIC_FAMILIES))
     if geometric and cover["objects"] == 0:
         names = " and ".join(family_name(f) for f in geometric)
         raise EvaluationError(
@@ -103,7 +102,7 @@ def _sam3_vocabulary(
 
 def _closing_notes(ds: datasets.Dataset, settings: EvalSettings, families: set) -> list[str]:
     notes = []
-    geometric = [f for f in GEOMETRIC if f in families]
+    geometric = [f for f in GEOMETRIC_FAMILIES if f in families]
     if geometric:
         n_empty = sum(1 for objs in ds["objects"] if not [o for o in objs if not o["iscrowd"]])
         if n_empty:
@@ -151,7 +150,7 @@ def run_evaluation(
         src = resolve_source(spec.source, spec.family, settings.seed, spec.resolution)
         loaded = loader(src, device=settings.device)
         logger.info("Evaluating %s: %s at %d px", spec.label, src.describe(), loaded.resolution)
-        if spec.family in GEOMETRIC:
+        if spec.family in GEOMETRIC_FAMILIES:
             res = evaluate_sam2(loaded, ds, settings, spec.label, spec.role, progress)
         else:
             res = evaluate_sam3(loaded, ds, vocab_ds, settings, spec.label, spec.role, progress)

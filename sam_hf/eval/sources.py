@@ -36,8 +36,6 @@ from sam_hf.models.sam3_tracker import build_sam3_tracker
 logger = logging.getLogger("sam_hf")
 
 FAMILIES = ("sam2", "sam3", "sam3_tracker")
-#: Families prompted by points and boxes: evaluated with SAM2's protocol (same prompts).
-GEOMETRIC = GEOMETRIC_FAMILIES
 #: Per family: builder, config class, training wrapper (used for ``predict``).
 _BUILD = {
     "sam2": (build_sam2, Sam2Config, Sam2ForTraining),
@@ -326,7 +324,7 @@ def build_config(src: ModelSource, **overrides: Any) -> Any:
     values: dict[str, Any] = {"model_name_or_path": src.base, "seed": src.seed or 0}
     if src.resolution:
         values["resolution"] = int(src.resolution)
-    if src.family in GEOMETRIC:
+    if src.family in GEOMETRIC_FAMILIES:
         values["multimask_output"] = src.multimask_output
     values.update(overrides)
     return load_config(_BUILD[src.family][1], None, values)
