@@ -31,6 +31,7 @@ import torch
 
 from sam_hf.config import Sam2Config, Sam3Config, Sam3TrackerConfig, parse_args
 from sam_hf.config.validate import family_name
+from sam_hf.data.synthetic.shape_rows import STYLES
 from sam_hf.tasks.sam2 import Sam2Task
 from sam_hf.tasks.sam3 import Sam3Task
 from sam_hf.tasks.sam3_tracker import Sam3TrackerTask
@@ -139,8 +140,8 @@ def write_asset(target: Path, cfg, results: dict, command: str, minutes: float) 
 
 def _generator(cfg) -> str:
     """The module that drew the pretraining data (``synthetic_kind``), for the record."""
-    kind = getattr(cfg, "synthetic_kind", "shapes")
-    return f"sam_hf.data.synthetic.{'clutter' if kind == 'clutter' else 'shapes'}"
+    render, _ = STYLES[getattr(cfg, "synthetic_kind", "shapes")]
+    return render.__module__
 
 
 def main(argv: list[str] | None = None) -> int:

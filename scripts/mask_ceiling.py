@@ -37,10 +37,10 @@ from sam_hf.metrics.masks import mask_iou
 BINS = ((0, 50), (50, 150), (150, 400), (400, float("inf")))
 
 
-def _fit_logits(gt: torch.Tensor, grid: int, steps: int) -> torch.Tensor:
-    """Low-res logits (n, 1, grid, grid) whose bilinear upsampling best matches ``gt`` (n, H, W)."""
+def _fit_logits(gt: torch.Tensor, area: torch.Tensor, steps: int) -> torch.Tensor:
+    """Low-res logits (n, 1, h, w) whose bilinear upsampling best matches ``gt`` (n, H, W),
+    started from the masks' area averages ``area`` (n, 1, h, w) on that grid."""
     target = gt.float()[:, None]
-    area = F.interpolate(target, size=(grid, grid), mode="area")
     logits = torch.logit(area.clamp(0.02, 0.98)).mul(0.5).requires_grad_(True)
     opt = torch.optim.Adam([logits], lr=0.2)
     for _ in range(steps):
@@ -70,7 +70,7 @@ def ceilings(rows: datasets.Dataset, resolution: int, steps: int) -> dict[str, n
         avg = F.interpolate(gt.float()[:, None], size=(grid, grid), mode="area")
         out["area"] += gt.flatten(1).sum(1).tolist()
         out["area_iou"] += mask_iou(upsample_masks(avg - 0.5, size), gt).tolist()
-        fitted = _fit_logits(gt, grid, steps)
+        fitted = _fit_logits(gt, avg, steps)
         out["fitted_iou"] += mask_iou(upsample_masks(fitted, size), gt).tolist()
     return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
 

@@ -324,7 +324,7 @@ def test_cli_writes_layout_and_prints_summary(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------- shapes
 
 
-@pytest.mark.parametrize("style", ["plain", "clutter"])
+@pytest.mark.parametrize("style", ["shapes", "clutter"])
 def test_shape_rows_validate_and_describe_what_is_drawn(tmp_path: Path, style: str) -> None:
     rows = list(shape_rows.iter_shape_rows(8, 4, (64, 80), style))
     ds = datasets.Dataset.from_list(rows, features=FEATURES)
@@ -351,7 +351,7 @@ def test_shape_rows_validate_and_describe_what_is_drawn(tmp_path: Path, style: s
             assert color in shapes.COLORS and shape in shapes.SHAPES
 
 
-@pytest.mark.parametrize("style", ["plain", "clutter"])
+@pytest.mark.parametrize("style", ["shapes", "clutter"])
 def test_shapes_are_deterministic_and_cached(tmp_path: Path, style: str) -> None:
     a = [r["image"]["bytes"] for r in shape_rows.iter_shape_rows(3, 9, (48, 48), style)]
     b = [r["image"]["bytes"] for r in shape_rows.iter_shape_rows(3, 9, (48, 48), style)]

@@ -20,7 +20,7 @@ from sam_hf.data.build import save_atomically
 from sam_hf.data.sources.coco import convert_coco_text
 from sam_hf.data.sources.minneapple import convert_minneapple
 from sam_hf.data.synthetic.orchard import make_synthetic_orchard
-from sam_hf.data.synthetic.shape_rows import make_shapes_dataset
+from sam_hf.data.synthetic.shape_rows import STYLES, make_shapes_dataset
 
 logger = logging.getLogger("sam_hf")
 
@@ -51,9 +51,12 @@ def load_splits(cfg: Any) -> datasets.DatasetDict:
     return dd
 
 
-def _shapes(cfg: Any, size: tuple[int, ...], style: str) -> datasets.DatasetDict:
-    """Generic shapes (``plain`` or ``clutter``), written directly: 90 % train, 10 % validation."""
-    ds = make_shapes_dataset(cfg.synthetic_num_images, seed=cfg.seed, image_size=size, style=style)
+def _shapes(cfg: Any, size: tuple[int, ...]) -> datasets.DatasetDict:
+    """Generic shapes in ``cfg.synthetic_kind``'s style, written directly: 90 % train, 10 %
+    validation."""
+    ds = make_shapes_dataset(
+        cfg.synthetic_num_images, seed=cfg.seed, image_size=size, style=cfg.synthetic_kind
+    )
     parts = ds.train_test_split(test_size=0.1, seed=cfg.seed)
     return datasets.DatasetDict({"train": parts["train"], "validation": parts["test"]})
 
@@ -102,8 +105,8 @@ def prepare_synthetic(cfg: Any, view: str) -> None:
         cfg.synthetic_num_images,
         cfg.synthetic_kind,
     )
-    if cfg.synthetic_kind in ("shapes", "clutter"):
-        dd = _shapes(cfg, size, "plain" if cfg.synthetic_kind == "shapes" else "clutter")
+    if cfg.synthetic_kind in STYLES:
+        dd = _shapes(cfg, size)
     else:
         dd = _orchard(cfg, size, path, view)
     save_atomically(dd, path, command="prepare_synthetic")

@@ -136,8 +136,8 @@ def _sample_objects(rng: np.random.Generator, height: int, width: int) -> list[d
 
 
 def _paint_dome(rng: np.random.Generator, canvas: np.ndarray, mask: np.ndarray, color: str) -> None:
-    """Paint a shape as a lit dome: Lambert shading from the distance to its edge, texture,
-    sometimes a highlight and a darker rim, so its inside is not one flat colour."""
+    """Paint a shape as a lit dome: Lambert shading from the distance to its edge, texture and
+    sometimes a highlight, so its inside is not one flat colour."""
     base = np.clip(np.array(COLORS[color], np.float32) * rng.uniform(0.8, 1.15, 3), 0, 1)
     dist = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, 3)
     height = np.sqrt(dist / max(float(dist.max()), 1.0))

@@ -1,6 +1,7 @@
 """The generic shapes as dataset rows and cached ``datasets.Dataset`` s, for both styles.
 
-``plain`` is :mod:`sam_hf.data.synthetic.shapes` (flat shapes on smooth textures), ``clutter``
+A style is named as ``synthetic_kind`` names it: ``shapes`` is
+:mod:`sam_hf.data.synthetic.shapes` (flat shapes on smooth textures), ``clutter``
 :mod:`sam_hf.data.synthetic.clutter` (the same shapes shaded and partly hidden in a busy
 scene). Both render the same dict, so one row writer serves both; the style's generator
 version keys the Arrow cache.
@@ -21,22 +22,22 @@ from sam_hf.data.synthetic.shapes import shape_phrase
 
 #: Renderer and generator version of each style.
 STYLES: dict[str, tuple[Callable[..., dict[str, Any]], str]] = {
-    "plain": (shapes.render_shapes_image, shapes.GENERATOR_VERSION),
+    "shapes": (shapes.render_shapes_image, shapes.GENERATOR_VERSION),
     "clutter": (clutter.render_clutter_image, clutter.GENERATOR_VERSION),
 }
 
 
 def iter_shape_rows(
-    num_images: int, seed: int, image_size: tuple[int, int] = (256, 256), style: str = "plain"
+    num_images: int, seed: int, image_size: tuple[int, int] = (256, 256), style: str = "shapes"
 ) -> Iterator[dict[str, Any]]:
     """Yield shape images as schema rows (``FEATURES``) with inline PNG bytes.
 
     ``category`` is the shape name, ``noun_phrase`` ``"{color} {shape}"``, attributes
-    ``{"color", "shape"}``; ``image_id`` is ``shapes_{index:05d}``. ``style`` is ``plain``
+    ``{"color", "shape"}``; ``image_id`` is ``shapes_{index:05d}``. ``style`` is ``shapes``
     (flat shapes on smooth textures, :mod:`~sam_hf.data.synthetic.shapes`) or ``clutter`` (shaded, occluded shapes in a
     busy scene, :mod:`sam_hf.data.synthetic.clutter`).
     """
-    render = _renderer(style)
+    render, _ = _style(style)
     for index in range(int(num_images)):
         sample = render(seed, index, image_size)
         label = sample["label_map"]
@@ -64,19 +65,15 @@ def iter_shape_rows(
         }
 
 
-def _renderer(style: str) -> Callable[..., dict[str, Any]]:
+def _style(style: str) -> tuple[Callable[..., dict[str, Any]], str]:
+    """Renderer and generator version of ``style``."""
     if style not in STYLES:
         raise ValueError(f"unknown shapes style {style!r}; expected one of {sorted(STYLES)}")
-    return STYLES[style][0]
-
-
-def _version(style: str) -> str:
-    _renderer(style)  # the same message for an unknown style
-    return STYLES[style][1]
+    return STYLES[style]
 
 
 def _shape_rows_generator(
-    num_images: int, seed: int, height: int, width: int, version: str, style: str = "plain"
+    num_images: int, seed: int, height: int, width: int, version: str, style: str = "shapes"
 ) -> Iterator[dict[str, Any]]:
     # Top-level (not a closure) so datasets can hash it; ``version`` keys the Arrow cache.
     del version
@@ -88,7 +85,7 @@ def make_shapes_dataset(
     seed: int,
     image_size: tuple[int, int] = (256, 256),
     cache_dir: str | None = None,
-    style: str = "plain",
+    style: str = "shapes",
 ) -> datasets.Dataset:
     """The shapes data as a ``datasets.Dataset`` with ``FEATURES``, cached as Arrow.
 
@@ -101,6 +98,6 @@ def make_shapes_dataset(
         seed,
         image_size,
         cache_dir,
-        version=_version(style),
+        version=_style(style)[1],
         style=style,
     )
