@@ -11,7 +11,9 @@ a :class:`ModelNotFoundError` (also a ``FileNotFoundError``).
 from __future__ import annotations
 
 import json
+import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,8 @@ from sam_hf.config.validate import (
 )
 
 #: File suffixes that make a name a checkpoint path rather than a Hub id.
+logger = logging.getLogger(__name__)
+
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
 
 
@@ -135,6 +139,12 @@ def _hub_error(source: str, revision: str | None, family: str, e: Exception) -> 
     )
 
 
+def revision_kwargs(revision: str | None) -> dict[str, str]:
+    """``from_pretrained``'s ``revision`` argument: none for the default branch, so a local
+    folder (which has no revisions) loads as well as a Hub id."""
+    return {} if revision in (None, "", "main") else {"revision": revision}
+
+
 def read_model_config(source: str, revision: str | None, family: str) -> dict[str, Any]:
     """``source``'s config.json (a local folder, or a Hub id: that one small file is fetched),
     checked to hold a model of ``family`` -- before any weights are read.
@@ -153,7 +163,7 @@ def read_model_config(source: str, revision: str | None, family: str) -> dict[st
                 "Point model_name_or_path at the folder save_pretrained wrote (or a Hub id)."
             )
     else:
-        kwargs = {} if revision in (None, "", "main") else {"revision": revision}
+        kwargs = revision_kwargs(revision)
         try:
             file = Path(hf_hub_download(source, "config.json", **kwargs))
         except Exception as e:  # noqa: BLE001 - every Hub/network failure becomes one line
@@ -172,3 +182,49 @@ def load_error(source: str, family: str, e: Exception) -> ConfigError:
         f"could not load the {family_name(family)} model {source!r}: {first_line(e)}. If this "
         "machine is offline, download it elsewhere (hf download) and give the local folder."
     )
+
+
+def load_at_resolution(
+    source: str,
+    resolution: int | None,
+    revision: str | None,
+    family: str,
+    classes: tuple[Any, Any],
+    resolution_fns: tuple[Callable[[Any], int], Callable[[Any, int], None]],
+    *,
+    why: str = "",
+) -> tuple[Any, int]:
+    """``source``'s model (a Hub id or a saved folder) built for ``resolution`` px.
+
+    The config is read first and its resolution changed before any weights load, so the
+    position encodings are built for the new size; the weights are unchanged, and a warning
+    compares ``resolution`` with the size the checkpoint says it was trained at (its own
+    config.json, which every run writes). ``classes`` is (config class, model class);
+    ``resolution_fns`` reads and sets a config's resolution; ``why`` ends the warning.
+    Returns the model and that native resolution (the processor is the caller's: families
+    rebuild it differently).
+    """
+    config_cls, model_cls = classes
+    get_resolution, set_resolution = resolution_fns
+    kwargs = revision_kwargs(revision)
+    read_model_config(source, revision, family)  # the family, before any weights are read
+    try:
+        config = config_cls.from_pretrained(source, **kwargs)
+    except OSError as e:
+        raise load_error(source, family, e) from e
+    native = get_resolution(config)
+    res = int(resolution or native)
+    if res != native:
+        logger.warning(
+            "%s was trained at %d px; building it for resolution %d (weights are unchanged%s).",
+            source,
+            native,
+            res,
+            why,
+        )
+        set_resolution(config, res)
+    try:
+        model = model_cls.from_pretrained(source, config=config, **kwargs)
+    except OSError as e:
+        raise load_error(source, family, e) from e
+    return model, native

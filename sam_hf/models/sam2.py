@@ -31,10 +31,10 @@ from sam_hf.convert.sam2 import (
 from sam_hf.models.common import reinit_for_small_widths
 from sam_hf.models.freezing import apply_sam2_freezing
 from sam_hf.models.loading import (
-    load_error,
+    load_at_resolution,
     looks_like_path,
     missing_model_error,
-    read_model_config,
+    revision_kwargs,
 )
 from sam_hf.models.lora import merge_to_base
 
@@ -273,26 +273,18 @@ def export_official(model: torch.nn.Module, cfg: Any, path: Path) -> Path:
 def _load_pretrained(
     source: str, cfg: Any, revision: str | None
 ) -> tuple[Sam2Model, Sam2Processor]:
-    kwargs = {} if revision in (None, "", "main") else {"revision": revision}
-    read_model_config(source, revision, "sam2")  # the family, before any weights are read
-    try:
-        config = Sam2Config.from_pretrained(source, **kwargs)
-    except OSError as e:
-        raise load_error(source, "sam2", e) from e
-    native = sam2_resolution(config)
-    res = int(getattr(cfg, "resolution", None) or native)
-    if res != native:
-        logger.warning(
-            "%s was trained at %d px; building it for resolution %d (weights are unchanged).",
-            source,
-            native,
-            res,
-        )
-        set_sam2_resolution(config, res)
-    try:
-        model = Sam2Model.from_pretrained(source, config=config, **kwargs)
-    except OSError as e:
-        raise load_error(source, "sam2", e) from e
+    """A Hub id or a folder, built for ``cfg.resolution`` (the config first, then weights)."""
+    res = getattr(cfg, "resolution", None)
+    model, native = load_at_resolution(
+        source,
+        res,
+        revision,
+        "sam2",
+        (Sam2Config, Sam2Model),
+        (sam2_resolution, set_sam2_resolution),
+    )
+    res = int(res or native)
+    kwargs = revision_kwargs(revision)
     try:
         processor = Sam2Processor.from_pretrained(source, **kwargs)
         if res != native:

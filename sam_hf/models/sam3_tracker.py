@@ -31,10 +31,10 @@ from sam_hf.convert.sam3_tracker import tracker_config
 from sam_hf.models.common import reinit_for_small_widths
 from sam_hf.models.freezing import apply_sam2_freezing
 from sam_hf.models.loading import (
-    load_error,
+    load_at_resolution,
     looks_like_path,
     missing_model_error,
-    read_model_config,
+    revision_kwargs,
 )
 from sam_hf.models.sam2 import tie_fourier_features
 from sam_hf.models.sam3 import OFFICIAL_SUFFIXES, PRETRAINED_RESOLUTION, tiny_sam3_config
@@ -129,34 +129,24 @@ def load_official_sam3_tracker(path: str | Path, resolution: int) -> Sam3Tracker
 
 def _load_pretrained(source: str, cfg: Any, revision: str | None) -> tuple[Any, Any]:
     """A Hub id or a folder, built for ``cfg.resolution`` (the config first, then weights)."""
-    kwargs = {} if revision in (None, "", "main") else {"revision": revision}
-    read_model_config(source, revision, "sam3_tracker")  # the family, before any weights
-    try:
-        config = Sam3TrackerConfig.from_pretrained(source, **kwargs)
-    except OSError as e:
-        raise load_error(source, "sam3_tracker", e) from e
-    native = tracker_resolution(config)
-    res = int(getattr(cfg, "resolution", None) or native)
-    if res != native:
-        logger.warning(
-            "%s was trained at %d px; building it for resolution %d (weights are unchanged; "
-            "its position encodings no longer match what they learned, which fine-tuning "
-            "has to recover).",
-            source,
-            native,
-            res,
-        )
-    set_tracker_resolution(config, res)
-    try:
-        model = Sam3TrackerModel.from_pretrained(source, config=config, **kwargs)
-    except OSError as e:
-        raise load_error(source, "sam3_tracker", e) from e
+    res = getattr(cfg, "resolution", None)
+    model, native = load_at_resolution(
+        source,
+        res,
+        revision,
+        "sam3_tracker",
+        (Sam3TrackerConfig, Sam3TrackerModel),
+        (tracker_resolution, set_tracker_resolution),
+        why="; its position encodings no longer match what they learned, which fine-tuning "
+        "has to recover",
+    )
+    kwargs = revision_kwargs(revision)
     try:
         processor = Sam3TrackerProcessor.from_pretrained(source, **kwargs)
-        processor = build_sam3_tracker_processor(res, processor.image_processor)
+        processor = build_sam3_tracker_processor(int(res or native), processor.image_processor)
     except (OSError, ValueError, TypeError):
         logger.warning("%s has no processor files; using the default Sam3TrackerProcessor.", source)
-        processor = build_sam3_tracker_processor(res)
+        processor = build_sam3_tracker_processor(int(res or native))
     return model, processor
 
 
