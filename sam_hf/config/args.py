@@ -192,6 +192,13 @@ class Sam2ModelArgs:
         "folder converted from one, as model_name_or_path: its memory modules go with it).",
     )
     freeze_image_encoder: bool = _f(False, "Freeze the Hiera image encoder.")
+
+
+@dataclass
+class PromptHeadArgs:
+    """What of the promptable head to train, shared by SAM2 and the SAM3 tracker (the same
+    prompt encoder and mask decoder), and whether a frozen encoder's features are cached."""
+
     freeze_prompt_encoder: bool = _f(False, "Freeze the prompt encoder.")
     freeze_mask_decoder: bool = _f(False, "Freeze the mask decoder.")
     cache_embeddings: str = _f(
@@ -263,7 +270,14 @@ class Sam2LossArgs:
 
 @dataclass
 class Sam2Config(
-    TrainingArgs, DataArgs, Sam2ModelArgs, Sam2PromptArgs, Sam2LossArgs, LoraArgs, HubArgs
+    TrainingArgs,
+    DataArgs,
+    Sam2ModelArgs,
+    PromptHeadArgs,
+    Sam2PromptArgs,
+    Sam2LossArgs,
+    LoraArgs,
+    HubArgs,
 ):
     """Everything recipes/sam2_mineapple.py accepts."""
 
@@ -286,14 +300,6 @@ class Sam3TrackerModelArgs:
     revision: str = _f("main", "Hub revision of model_name_or_path.")
     resolution: int = _f(1008, "Square input size (a multiple of 14); SAM3 was trained at 1008.")
     freeze_image_encoder: bool = _f(False, "Freeze the SAM3 ViT vision encoder (and its FPN).")
-    freeze_prompt_encoder: bool = _f(False, "Freeze the prompt encoder.")
-    freeze_mask_decoder: bool = _f(False, "Freeze the mask decoder.")
-    cache_embeddings: str = _f(
-        "auto",
-        "auto | true | false: compute a frozen vision encoder's features once per image (and "
-        "flip) and store them beside the data (auto: on when the encoder is frozen, has no "
-        "LoRA and color_jitter is 0).",
-    )
 
 
 @dataclass
@@ -431,6 +437,7 @@ class Sam3TrackerConfig(
     TrainingArgs,
     DataArgs,
     Sam3TrackerModelArgs,
+    PromptHeadArgs,
     Sam2PromptArgs,
     Sam2LossArgs,
     LoraArgs,
