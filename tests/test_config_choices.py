@@ -98,8 +98,12 @@ def _bool_or_literal_choices(config_cls: type, yaml_path: Path) -> dict[str, lis
         tp = hints[f.name]
         if f.name in NOT_RUN:
             continue
+        optional_literals = [a for a in typing.get_args(tp) if typing.get_origin(a) is Literal]
         if typing.get_origin(tp) is Literal:
             out[f.name] = list(typing.get_args(tp))
+        elif optional_literals:
+            # `Literal[...] | None`: every named value (unset runs in every other case)
+            out[f.name] = [v for lit in optional_literals for v in typing.get_args(lit)]
         elif tp is bool:
             # the demo YAML's own value runs in every other case
             out[f.name] = [not getattr(resolved, f.name)]
@@ -194,6 +198,12 @@ def test_every_choice_trains_two_steps_or_is_refused(
         # a different kind is generated into its own folder
         values.update(
             dataset_path=str(tmp_path / "gen"), synthetic_num_images=8, synthetic_kind=value
+        )
+        values["synthetic_image_size"] = TINY[family][1]
+    elif key == "replay_synthetic_kind":
+        # replayed shapes are generated into their own folder, a quarter of the training set
+        values.update(
+            replay_dataset_path=str(tmp_path / "replay"), replay_fraction=0.25, **{key: value}
         )
         values["synthetic_image_size"] = TINY[family][1]
     else:

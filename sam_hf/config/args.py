@@ -173,6 +173,19 @@ class DataArgs:
         "What to generate: the apple orchard, or generic shapes for pretraining (shapes: flat "
         "on smooth backgrounds; clutter: shaded and occluded in busy scenes).",
     )
+    replay_dataset_path: str | None = _f(
+        None,
+        "A second prepared DatasetDict whose train split is mixed into training (rehearsal: "
+        "keeps what the checkpoint knew, e.g. the shapes a demo checkpoint was pretrained on).",
+    )
+    replay_fraction: float = _f(
+        0.0, "Share of the training images drawn from replay_dataset_path (0 <= f < 1)."
+    )
+    replay_synthetic_kind: Literal["shapes", "clutter"] | None = _f(
+        None,
+        "Generate replay_dataset_path with this shapes style when it is absent (seed 0, the "
+        "pretraining seed; synthetic_image_size).",
+    )
 
 
 @dataclass

@@ -221,12 +221,34 @@ def validate(cfg: Any) -> None:
     _check(cfg.synthetic_zoom >= 1.0, "synthetic_zoom must be >= 1 (1 = the MinneApple scale).")
     if len(cfg.synthetic_image_size) != 2:
         raise ConfigError("synthetic_image_size must be [H, W].")
+    _validate_replay(cfg)
     if cfg.family in RECIPES:
         check_model_name(cfg.model_name_or_path, cfg.family)
     if cfg.family in GEOMETRIC_FAMILIES:
         _validate_sam2(cfg)
     elif cfg.family == "sam3":
         _validate_sam3(cfg)
+
+
+def _validate_replay(cfg: Any) -> None:
+    _check(
+        0.0 <= cfg.replay_fraction < 1.0,
+        "replay_fraction must be within [0, 1) (0.25: a quarter of the training images are "
+        "replayed).",
+    )
+    _check(
+        cfg.replay_fraction == 0 or bool(cfg.replay_dataset_path),
+        "replay_fraction > 0 needs replay_dataset_path: the prepared data to replay.",
+    )
+    _check(
+        not cfg.replay_dataset_path or cfg.replay_fraction > 0,
+        "replay_dataset_path is set but replay_fraction is 0, so nothing would be replayed: "
+        "set replay_fraction (e.g. 0.25), or drop replay_dataset_path.",
+    )
+    _check(
+        not cfg.replay_synthetic_kind or bool(cfg.replay_dataset_path),
+        "replay_synthetic_kind needs replay_dataset_path: the folder to generate into.",
+    )
 
 
 def _validate_loop(cfg: Any) -> None:

@@ -15,7 +15,9 @@ from typing import Any
 import torch
 
 from sam_hf.data.prepare import load_splits, prepare_synthetic
+from sam_hf.data.replay import prepare_replay
 from sam_hf.data.transforms import SegmentationDataset
+from sam_hf.data.views import subset
 from sam_hf.features.dataset import CachedEmbeddingDataset
 from sam_hf.features.fill import cached_image_dataset
 from sam_hf.models.finetune import load_finetuned_weights, maybe_lora, save_finetuned
@@ -50,7 +52,8 @@ class TransformersTask(Task):
 
     def prepare_data(self, cfg: Any) -> None:
         prepare_synthetic(cfg, view=self.synthetic_view)
-        load_splits(cfg)  # a wrong path or split fails here, before the model is built
+        dd = load_splits(cfg)  # a wrong path or split fails here, before the model is built
+        prepare_replay(cfg, len(subset(dd[cfg.train_split], cfg.max_train_samples)))
 
     def cached(self, ds: SegmentationDataset, cfg: Any, processor: Any) -> CachedEmbeddingDataset:
         """``ds`` with its frozen-encoder features attached (see

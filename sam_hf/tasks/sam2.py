@@ -17,6 +17,7 @@ import torch
 from sam_hf.data.collate import Sam2Collator
 from sam_hf.data.overlays import sam2_overlay_items
 from sam_hf.data.prepare import load_splits
+from sam_hf.data.replay import with_replay
 from sam_hf.data.transforms import SegmentationDataset
 from sam_hf.data.views import eval_view, subset, train_view
 from sam_hf.features.cache import use_cache
@@ -51,7 +52,8 @@ class Sam2Task(TransformersTask):
         self, cfg: Any, processor: Any
     ) -> tuple[SegmentationDataset, SegmentationDataset]:
         dd = load_splits(cfg)
-        train = train_view(cfg, processor, subset(dd[cfg.train_split], cfg.max_train_samples))
+        main = subset(dd[cfg.train_split], cfg.max_train_samples)
+        train = train_view(cfg, processor, with_replay(cfg, main))
         evals = eval_view(cfg, processor, subset(dd[cfg.eval_split], cfg.max_eval_samples))
         self.cache_on = self.module is not None and use_cache(cfg, self.module.model)
         if not self.cache_on:

@@ -18,6 +18,7 @@ import torch
 from sam_hf.data.overlays import sam3_overlay_items
 from sam_hf.data.prepare import load_splits
 from sam_hf.data.queries import Sam3Collator
+from sam_hf.data.replay import with_replay
 from sam_hf.data.transforms import SegmentationDataset
 from sam_hf.data.views import (
     check_noun_phrases,
@@ -70,12 +71,13 @@ class Sam3Task(TransformersTask):
         self.vocab = self.eval_collator.vocab
         self.tokenizer = processor.tokenizer
         self.score_threshold = cfg.score_threshold
-        train = train_view(cfg, processor, train_split)
+        mixed = with_replay(cfg, train_split)
+        train = train_view(cfg, processor, mixed)
         if self.module is None:
             return train, evals
         model = self.module.model
         if use_text_cache(cfg, model):
-            self.module.text_cache = self.cached_phrases(cfg, processor, [train_split, eval_split])
+            self.module.text_cache = self.cached_phrases(cfg, processor, [mixed, eval_split])
         self.cache_on = use_cache(cfg, model)
         if not self.cache_on:
             return train, evals

@@ -74,6 +74,7 @@ RESUME_FREE_KEYS = frozenset(
         "synthetic_image_size",
         "synthetic_zoom",
         "synthetic_kind",
+        "replay_synthetic_kind",
     }
 )
 
