@@ -13,7 +13,12 @@ not the pretrained starting point, so ``before`` is the same for every seed. Pri
 per metric: before, after per seed, mean, standard deviation, min and max of after. For the
 point/box families it then scores each fine-tuned model with ``scripts/evaluate.py`` on the
 demo's validation split with up to 5 correction clicks and prints mean IoU after 1-5 clicks
-(the clicks-to-IoU curve: does the model follow corrections?).
+(the clicks-to-IoU curve: does the model follow corrections?). With ``--forgetting`` it also
+runs ``scripts/demo_forgetting.py`` on each seed's run and prints the held-out shapes metrics
+before and after, with their spread (what the fine-tune cost the pretrained domain).
+
+    python benchmarks/demo_spread.py --family sam3 --seeds 0 1 2 --forgetting -- \
+        --replay_dataset_path data/replay_shapes_112 --replay_fraction 0.25 --replay_synthetic_kind shapes
 """
 
 from __future__ import annotations
@@ -83,6 +88,29 @@ def clicks_curve(family: str, seed: int, out_root: Path) -> list[float]:
     return model["clicks"]["miou_per_click"]
 
 
+def forgetting(family: str, seed: int, out_root: Path) -> dict:
+    """``scripts/demo_forgetting.py`` on the seed's run: its held-out shapes before/after."""
+    run = out_root / f"{family}_seed{seed}"
+    cmd = [sys.executable, "scripts/demo_forgetting.py", str(run)]
+    subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    return json.loads((run / "forgetting_results.json").read_text())
+
+
+def print_spread(title: str, before: dict, after: dict[int, dict], keys: list[str]) -> None:
+    """One row per metric: before, after per seed, mean, sd, min, max of after."""
+    seeds = sorted(after)
+    print(title)
+    print(
+        " | ".join(["metric", "before", *(f"seed {s}" for s in seeds), "mean", "sd", "min", "max"])
+    )
+    for key in keys:
+        vals = [after[s][key] for s in seeds]
+        sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        cells = [key, f"{before.get(key, float('nan')):.3f}", *(f"{a:.3f}" for a in vals)]
+        cells += [f"{statistics.mean(vals):.3f}", f"{sd:.3f}", f"{min(vals):.3f}"]
+        print(" | ".join([*cells, f"{max(vals):.3f}"]))
+
+
 def print_clicks(curves: dict[int, list[float]]) -> None:
     seeds = sorted(curves)
     print(f"\nclicks-to-IoU after fine-tuning (mean IoU after k clicks), seeds {seeds}")
@@ -99,6 +127,9 @@ def main() -> None:
     p.add_argument("--family", choices=sorted(DEMOS), required=True)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", default="outputs/demo_spread", help="Run folders go here.")
+    p.add_argument(
+        "--forgetting", action="store_true", help="Also score each run on held-out shapes."
+    )
     p.add_argument("extra", nargs="*", help="After --: flags passed to the recipe as given.")
     args = p.parse_args()
     runs = {}
@@ -108,15 +139,19 @@ def main() -> None:
     kernel = os.environ.get("ATEN_CPU_CAPABILITY", "default")
     flags = f", recipe flags {' '.join(args.extra)}" if args.extra else ""
     print(f"\n{args.family} demo, seeds {args.seeds}, ATEN_CPU_CAPABILITY={kernel}{flags}")
-    head = ["metric", "before", *(f"seed {s}" for s in args.seeds), "mean", "sd", "min", "max"]
-    print(" | ".join(head))
-    for key in DEMOS[args.family][2]:
-        after = [runs[s][f"eval_{key}"] for s in args.seeds]
-        sd = statistics.stdev(after) if len(after) > 1 else 0.0
-        before = runs[args.seeds[0]].get(f"initial_eval_{key}", float("nan"))
-        cells = [key, f"{before:.3f}", *(f"{a:.3f}" for a in after)]
-        cells += [f"{statistics.mean(after):.3f}", f"{sd:.3f}", f"{min(after):.3f}"]
-        print(" | ".join([*cells, f"{max(after):.3f}"]))
+    metrics = DEMOS[args.family][2]
+    before = {k: runs[args.seeds[0]].get(f"initial_eval_{k}", float("nan")) for k in metrics}
+    after = {s: {k: runs[s][f"eval_{k}"] for k in metrics} for s in args.seeds}
+    print_spread("orchard (the demo's validation split)", before, after, metrics)
+    if args.forgetting:
+        held = {s: forgetting(args.family, s, ROOT / args.out) for s in args.seeds}
+        first = held[args.seeds[0]]
+        title = (
+            f"\nheld-out shapes (forgetting): {first['num_images']} images, "
+            f"{first['num_objects']} objects, seed {first['heldout_seed']}"
+        )
+        keys = [k for k in metrics if k in first["before"]]
+        print_spread(title, first["before"], {s: held[s]["after"] for s in args.seeds}, keys)
     if args.family != "sam3":
         print_clicks({s: clicks_curve(args.family, s, ROOT / args.out) for s in args.seeds})
     sys.stdout.flush()

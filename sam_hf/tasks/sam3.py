@@ -62,7 +62,8 @@ class Sam3Task(TransformersTask):
         dd = load_splits(cfg)
         train_split = sam3_training_split(dd, cfg)
         eval_split = subset(dd[cfg.eval_split], cfg.max_eval_samples)
-        check_noun_phrases(train_split, cfg.train_split, cfg.noun_phrase_from_category)
+        mixed = with_replay(cfg, train_split)  # the training images, replay appended
+        check_noun_phrases(mixed, cfg.train_split, cfg.noun_phrase_from_category)
         check_noun_phrases(eval_split, cfg.eval_split, cfg.noun_phrase_from_category)
         # the evaluation pairs, exactly as scripts/evaluate.py sam3 builds them
         evals, self.eval_collator = sam3_eval_pairs(cfg, processor, eval_split, train_split)
@@ -71,7 +72,6 @@ class Sam3Task(TransformersTask):
         self.vocab = self.eval_collator.vocab
         self.tokenizer = processor.tokenizer
         self.score_threshold = cfg.score_threshold
-        mixed = with_replay(cfg, train_split)
         train = train_view(cfg, processor, mixed)
         if self.module is None:
             return train, evals
