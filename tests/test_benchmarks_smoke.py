@@ -9,6 +9,7 @@ takes ~30 s of CPU time (more on a loaded 2-core box), hence ``slow``.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -55,3 +56,51 @@ def test_gpu_suite_smoke_prints_every_section() -> None:
     # peer: run or said why not
     assert "peer_sam2" in out
     assert "gpu_suite done" in out
+
+
+def _load_benchmark(name: str):
+    spec = importlib.util.spec_from_file_location(
+        f"_bench_{name}", ROOT / "benchmarks" / f"{name}.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_demo_spread_forgetting_prints_both_tables(tmp_path, monkeypatch, capsys) -> None:
+    """``demo_spread.py --forgetting``: per seed, the recipe's eval_results.json and
+    demo_forgetting's forgetting_results.json become one orchard and one held-out table with
+    before, each seed, mean and sd. The two subprocesses are replaced by writers of what they
+    write (the real ones are the demos: minutes each)."""
+    spread = _load_benchmark("demo_spread")
+    after = {0: 0.2, 1: 0.4}
+
+    def fake_run(cmd, cwd, check, stdout):
+        if "scripts/demo_forgetting.py" in cmd:
+            run = Path(cmd[-1])
+            seed = int(run.name.rsplit("seed", 1)[1])
+            held = {
+                "num_images": 32,
+                "num_objects": 254,
+                "heldout_seed": 1,
+                "before": {"cgF1": 0.09, "concept_recall": 0.43},
+                "after": {"cgF1": after[seed] / 4, "concept_recall": after[seed]},
+            }
+            (run / "forgetting_results.json").write_text(json.dumps(held))
+        else:
+            out = Path(cmd[cmd.index("--output_dir") + 1])
+            seed = int(cmd[cmd.index("--seed") + 1])
+            out.mkdir(parents=True)
+            metrics = {f"eval_{k}": after[seed] for k in spread.DEMOS["sam3"][2]}
+            metrics.update({f"initial_eval_{k}": 0.0 for k in spread.DEMOS["sam3"][2]})
+            (out / "eval_results.json").write_text(json.dumps(metrics))
+
+    monkeypatch.setattr(spread.subprocess, "run", fake_run)
+    argv = ["demo_spread.py", "--family", "sam3", "--seeds", "0", "1", "--forgetting"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--out", str(tmp_path)])
+    spread.main()
+    out = capsys.readouterr().out
+    orchard, held = out.split("held-out shapes (forgetting): 32 images, 254 objects, seed 1")
+    assert "cgF1 | 0.000 | 0.200 | 0.400 | 0.300 | 0.141 | 0.200 | 0.400" in orchard
+    assert "cgF1 | 0.090 | 0.050 | 0.100 | 0.075 | 0.035 | 0.050 | 0.100" in held
+    assert "concept_recall | 0.430 | 0.200 | 0.400 | 0.300 | 0.141" in held

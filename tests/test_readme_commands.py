@@ -231,6 +231,20 @@ CASES: list[Case] = [
         "the budget of this test",
     ),
     Case(
+        "python benchmarks/demo_spread.py --family sam3 --seeds 0 1 2 --forgetting",
+        "skip",
+        reason="three SAM3 demos (3 x 3.5-9 min) and their forgetting tables; the table code "
+        "runs in tests/test_benchmarks_smoke.py",
+    ),
+    Case(
+        "python benchmarks/demo_spread.py --family sam3 --seeds 0 1 2 --forgetting -- "
+        "--replay_dataset_path data/replay_shapes_112 --replay_fraction 0.25 "
+        "--replay_synthetic_kind shapes",
+        "skip",
+        reason="three SAM3 demos with replay (3 x 3.5-9 min); replay itself runs in "
+        "tests/test_replay.py and for every family in tests/test_config_choices.py",
+    ),
+    Case(
         "make test",
         "skip",
         reason="the whole fast suite (what CI runs), minutes by itself; run by CI, not from here",
