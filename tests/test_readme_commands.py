@@ -231,10 +231,10 @@ CASES: list[Case] = [
         "the budget of this test",
     ),
     Case(
-        "python benchmarks/demo_spread.py --family sam3 --seeds 0 1 2 --forgetting",
+        "python benchmarks/demo_spread.py --family <family> --seeds 0 1 2 --forgetting",
         "skip",
-        reason="three SAM3 demos (3 x 3.5-9 min) and their forgetting tables; the table code "
-        "runs in tests/test_benchmarks_smoke.py",
+        reason="three demos (3 x 2-9 min) and their forgetting tables; the table code runs in "
+        "tests/test_benchmarks_smoke.py",
     ),
     Case(
         "python benchmarks/demo_spread.py --family sam3 --seeds 0 1 2 --forgetting -- "
@@ -421,6 +421,18 @@ CASES: list[Case] = [
         "skip",
         reason="pretrains the shipped sam3-tracker-mini-shapes: about an hour on this CPU; its "
         "flags are parsed against the recipe in tests/test_hf_interface.py",
+    ),
+    Case(
+        "python scripts/build_demo_checkpoints.py --family sam3_tracker --model_name_or_path "
+        "sam_hf/assets/checkpoints/sam3-tracker-mini-shapes --dataset_path data/clutter_224 "
+        "--synthetic_kind clutter --synthetic_num_images 3000 --per_device_train_batch_size 16 "
+        "--dataloader_num_workers 1 --max_steps 1000 --learning_rate 5.0e-4 --warmup_steps 50 "
+        "--num_correction_clicks 2 --eval_strategy steps --eval_steps 250 --max_eval_samples 48 "
+        "--eval_on_start true",
+        "skip",
+        reason="stage 4 of the shipped sam3-tracker-mini-shapes (shapes in clutter): 55 minutes "
+        "on one thread of this CPU; its flags are parsed against the recipe in "
+        "tests/test_hf_interface.py",
     ),
     Case(
         "make demo-sam3-tracker",
