@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -11,10 +12,13 @@ from sam_hf.config import (
     ConfigError,
     Sam2Config,
     Sam3Config,
+    Sam3TrackerConfig,
     load_config,
     parse_args,
     save_config,
 )
+from sam_hf.config.args import SECTIONS
+from sam_hf.config.parser import ConfigParser
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -215,3 +219,16 @@ def test_readme_preset_tables_are_the_ones_that_run():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     for family in ("sam2", "sam3"):
         assert markdown_table(family) in readme, f"README's {family} preset table is stale"
+
+
+@pytest.mark.parametrize("config_cls", [Sam2Config, Sam3Config, Sam3TrackerConfig])
+def test_every_key_is_a_command_line_flag(config_cls):
+    """A key that YAML accepts is also a flag (CLI flags override YAML), and --help lists it
+    under one section: the sections are the config's own mixins, so a key moved into a new
+    mixin cannot fall out of the command line."""
+    parser = ConfigParser(config_cls)
+    flags = {a.dest for a in parser._actions} - {"help", "config"}
+    keys = {f.name for f in dataclasses.fields(config_cls)} - {"family"}
+    assert flags == keys
+    sections = [f.name for sec in SECTIONS[config_cls] for f in dataclasses.fields(sec)]
+    assert len(sections) == len(set(sections))  # no key in two sections

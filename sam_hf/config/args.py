@@ -468,33 +468,7 @@ class Sam3TrackerConfig(
 
 #: Section classes per config, in --help order.
 SECTIONS: dict[type, tuple[type, ...]] = {
-    Sam2Config: (
-        TrainingArgs,
-        DataArgs,
-        Sam2ModelArgs,
-        Sam2PromptArgs,
-        Sam2LossArgs,
-        LoraArgs,
-        HubArgs,
-    ),
-    Sam3Config: (
-        TrainingArgs,
-        DataArgs,
-        Sam3ModelArgs,
-        Sam3QueryArgs,
-        Sam3LossArgs,
-        LoraArgs,
-        HubArgs,
-    ),
-    Sam3TrackerConfig: (
-        TrainingArgs,
-        DataArgs,
-        Sam3TrackerModelArgs,
-        Sam2PromptArgs,
-        Sam2LossArgs,
-        LoraArgs,
-        HubArgs,
-    ),
+    cls: cls.__bases__ for cls in (Sam2Config, Sam3Config, Sam3TrackerConfig)
 }
 CONFIG_CLASSES: dict[str, type] = {
     "sam2": Sam2Config,
