@@ -26,15 +26,13 @@ import argparse
 import json
 import logging
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import datasets
 import torch
 
-from sam_hf.data.build import save_atomically
-from sam_hf.data.synthetic.shape_rows import make_shapes_dataset
+from sam_hf.data.synthetic.shape_rows import write_shapes
 from sam_hf.data.synthetic.shapes import GENERATOR_VERSION
 from sam_hf.eval.compare import jsonable
 from sam_hf.eval.run import ModelSpec, run_evaluation
@@ -60,11 +58,8 @@ def heldout_shapes(data_dir: Path, resolution: int, num_images: int, seed: int) 
     path = data_dir / name
     if not path.exists():
         logging.getLogger("sam_hf").info("%s is absent: generating it.", path)
-        with tempfile.TemporaryDirectory() as cache:  # no copy left in ~/.cache
-            ds = make_shapes_dataset(num_images, seed, (resolution, resolution), cache_dir=cache)
-            save_atomically(
-                datasets.DatasetDict({"validation": ds}), path, command="demo_forgetting"
-            )
+        size = (resolution, resolution)
+        write_shapes(path, "validation", num_images, seed, size, command="demo_forgetting")
     return path
 
 

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from scripts_loader import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,21 +59,12 @@ def test_gpu_suite_smoke_prints_every_section() -> None:
     assert "gpu_suite done" in out
 
 
-def _load_benchmark(name: str):
-    spec = importlib.util.spec_from_file_location(
-        f"_bench_{name}", ROOT / "benchmarks" / f"{name}.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_demo_spread_forgetting_prints_both_tables(tmp_path, monkeypatch, capsys) -> None:
     """``demo_spread.py --forgetting``: per seed, the recipe's eval_results.json and
     demo_forgetting's forgetting_results.json become one orchard and one held-out table with
     before, each seed, mean and sd. The two subprocesses are replaced by writers of what they
     write (the real ones are the demos: minutes each)."""
-    spread = _load_benchmark("demo_spread")
+    spread = load_script("demo_spread", "benchmarks")
     after = {0: 0.2, 1: 0.4}
 
     def fake_run(cmd, cwd, check, stdout):

@@ -6,7 +6,6 @@ Hub calls replaced by the real huggingface_hub exception classes."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import typing
 from pathlib import Path
@@ -187,15 +186,6 @@ def test_resume_path_that_does_not_exist_lists_the_checkpoints(tmp_path):
     )
 
 
-def _load_recipe(name: str):
-    spec = importlib.util.spec_from_file_location(
-        f"_recipe_{name}", ROOT / "recipes" / f"{name}.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize(
     ("recipe", "args", "message"),
     [
@@ -218,7 +208,7 @@ def _load_recipe(name: str):
     ],
 )
 def test_recipes_exit_2_with_one_line(recipe, args, message, capsys):
-    module = _load_recipe(recipe)
+    module = load_script(recipe, "recipes")
     with pytest.raises(SystemExit) as e:
         demo = ROOT / "recipes" / f"{recipe.split('_')[0]}_demo.yaml"
         cli(lambda: module.main(["--config", str(demo), *args]))
@@ -230,7 +220,7 @@ def test_recipes_exit_2_with_one_line(recipe, args, message, capsys):
 def test_recipe_with_a_broken_yaml_exits_2_with_one_line(tmp_path, capsys):
     y = tmp_path / "mine.yaml"
     y.write_text("model_name_or_path: sam2-tiny\nlearning_rate 1e-4\nbatch_size: 2\n")
-    module = _load_recipe("sam2_mineapple")
+    module = load_script("sam2_mineapple", "recipes")
     with pytest.raises(SystemExit) as e:
         cli(lambda: module.main(["--config", str(y)]))
     assert e.value.code == 2

@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import logging
 import math
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import datasets
 
 from sam_hf.config import ConfigError
-from sam_hf.data.build import save_atomically
-from sam_hf.data.synthetic.shape_rows import make_shapes_dataset
+from sam_hf.data.synthetic.shape_rows import write_shapes
 
 logger = logging.getLogger("sam_hf")
 
@@ -62,11 +60,9 @@ def prepare_replay(cfg: Any, num_train: int) -> None:
         cfg.replay_synthetic_kind,
         REPLAY_SEED,
     )
-    with tempfile.TemporaryDirectory() as cache:  # no copy left in ~/.cache
-        ds = make_shapes_dataset(
-            n, REPLAY_SEED, size, style=cfg.replay_synthetic_kind, cache_dir=cache
-        )
-        save_atomically(datasets.DatasetDict({REPLAY_SPLIT: ds}), path, command="replay")
+    write_shapes(
+        path, REPLAY_SPLIT, n, REPLAY_SEED, size, style=cfg.replay_synthetic_kind, command="replay"
+    )
 
 
 def with_replay(cfg: Any, train: datasets.Dataset) -> datasets.Dataset:
@@ -103,4 +99,6 @@ def with_replay(cfg: Any, train: datasets.Dataset) -> datasets.Dataset:
             f"{sorted(clash)[0]!r}); give the replay set its own ids."
         )
     logger.info("Replay: %d of %d training images come from %s.", n, len(train) + n, path)
-    return datasets.concatenate_datasets([train, chosen.cast(train.features)])
+    if chosen.features != train.features:  # another converter's folder: same schema, typed
+        chosen = chosen.cast(train.features)
+    return datasets.concatenate_datasets([train, chosen])

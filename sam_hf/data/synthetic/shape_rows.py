@@ -9,12 +9,15 @@ version keys the Arrow cache.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import datasets
 
 from sam_hf.data import rle
+from sam_hf.data.build import save_atomically
 from sam_hf.data.schema import make_object
 from sam_hf.data.synthetic import clutter, shapes
 from sam_hf.data.synthetic.drawing import cached_rows, encode_png
@@ -101,3 +104,22 @@ def make_shapes_dataset(
         version=_style(style)[1],
         style=style,
     )
+
+
+def write_shapes(
+    path: Path,
+    split: str,
+    num_images: int,
+    seed: int,
+    image_size: tuple[int, int],
+    style: str = "shapes",
+    command: str = "shapes",
+) -> None:
+    """Draw shapes into a DatasetDict folder holding one ``split``, written atomically.
+
+    The Arrow cache of the drawing lives in a temporary folder, so no second copy is left in
+    ``~/.cache``: the folder is the data (held-out sets, replay sets).
+    """
+    with tempfile.TemporaryDirectory() as cache:
+        ds = make_shapes_dataset(num_images, seed, image_size, cache_dir=cache, style=style)
+        save_atomically(datasets.DatasetDict({split: ds}), path, command=command)
